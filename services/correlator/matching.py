@@ -1,0 +1,770 @@
+"""Watch-list matching: exact, OCR-confusion-aware fuzzy and wildcard (pure: no I/O, no clock).
+
+A sighted plate (already normalised to ``A-Z0-9`` by `shared.plates`) is matched against every
+`WatchEntry` held by a `WatchIndex`. The index never scans all entries; see ``docs/matching.md``.
+
+Costs (in `COST_SCALE` units of 0.1 internally, so thresholds compare exactly):
+
+- a substitution inside one OCR confusion class (`CONFUSION_CLASSES`: O/0/D/Q, I/1/L, B/8, S/5,
+  Z/2, G/6; every pair inside a class) costs `CONFUSION_COST` = 0.3;
+- any other substitution, an insertion or a deletion costs `EDIT_COST` = 1.0.
+
+A fuzzy entry matches when the weighted edit distance from the plate to its pattern is at most
+its ``max_cost`` (else the index's ``default_max_cost``, `DEFAULT_MAX_COST` = 1.0: one ordinary
+error, or up to three confusions). Costs are counted in tenths, so a threshold of 0.95 acts as
+0.9. ``max_cost`` is capped at `MAX_FUZZY_COST` = 2.0 (two ordinary errors) to keep the deletion
+neighbourhood small.
+
+Validity is half-open: an entry is live when ``valid_from <= now < valid_until`` (``None``: no
+bound). Matches sort by ``priority`` ascending (0 is the most urgent), then cost, then entry id.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.errors import PlatewatchError
+from shared.plates import MAX_PLATE_LENGTH
+
+CONFUSION_CLASSES: Final[tuple[str, ...]] = ("O0DQ", "I1L", "B8", "S5", "Z2", "G6")
+COST_SCALE: Final = 10  # internal integer cost units per 1.0
+CONFUSION_COST: Final = 0.3
+EDIT_COST: Final = 1.0
+DEFAULT_MAX_COST: Final = 1.0
+MAX_FUZZY_COST: Final = 2.0
+WILDCARD_KEY_CHARS: Final = 3  # literal characters of a wildcard pattern used as its index key
+
+_CONFUSION_UNITS: Final = 3
+_EDIT_UNITS: Final = 10
+_CANON: Final[dict[str, str]] = {ch: cls[0] for cls in CONFUSION_CLASSES for ch in cls}
+_CANON_TABLE: Final = str.maketrans(_CANON)
+_PLATE_RE: Final = re.compile(r"[A-Z0-9]+")
+_WILDCARD_RE: Final = re.compile(r"[A-Z0-9?*]+")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
+_NO_START: Final = np.iinfo(np.int64).min
+_NO_END: Final = np.iinfo(np.int64).max
+_CHUNK: Final = 65_536
+
+Int64Array = npt.NDArray[np.int64]
+
+
+class MatchingError(PlatewatchError):
+    """A watch entry or a query the matcher cannot accept: names the field and why."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}={shown}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class WatchEntryError(MatchingError):
+    """A `WatchEntry` field that is invalid."""
+
+
+class MatchQueryError(MatchingError):
+    """A `WatchIndex.match` argument (plate or now) that is invalid."""
+
+
+class MatchMode(StrEnum):
+    """How an entry's pattern is compared with a plate."""
+
+    EXACT = "exact"
+    FUZZY = "fuzzy"
+    WILDCARD = "wildcard"
+
+
+_MODES: Final[tuple[MatchMode, ...]] = (MatchMode.EXACT, MatchMode.FUZZY, MatchMode.WILDCARD)
+_MODE_CODE: Final[dict[MatchMode, int]] = {m: i for i, m in enumerate(_MODES)}
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEntry:
+    """One watch-list (or allow-list) entry.
+
+    ``pattern``: ``A-Z0-9`` for exact and fuzzy entries; wildcard entries may also use ``?`` (one
+    character) and ``*`` (any run, possibly empty) and need at least one literal character.
+    ``max_cost`` overrides the index's fuzzy threshold (ignored by exact and wildcard entries).
+    ``valid_from``/``valid_until`` must be timezone-aware; the entry is live in
+    ``[valid_from, valid_until)``. ``priority``: lower sorts first (0 is the most urgent).
+    """
+
+    entry_id: int
+    list_id: int
+    pattern: str
+    mode: MatchMode
+    category: str
+    priority: int
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    max_cost: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, MatchMode):
+            raise WatchEntryError("mode", self.mode, "not a MatchMode")
+        if not 1 <= len(self.pattern) <= MAX_PLATE_LENGTH:
+            raise WatchEntryError("pattern", self.pattern, f"length not in 1..{MAX_PLATE_LENGTH}")
+        if self.mode is MatchMode.WILDCARD:
+            if not _WILDCARD_RE.fullmatch(self.pattern):
+                raise WatchEntryError("pattern", self.pattern, "wildcard allows A-Z, 0-9, ? and *")
+            if not any(ch not in "?*" for ch in self.pattern):
+                raise WatchEntryError("pattern", self.pattern, "needs a literal character")
+        elif not _PLATE_RE.fullmatch(self.pattern):
+            raise WatchEntryError("pattern", self.pattern, "only A-Z and 0-9 allowed")
+        for name, value in (("valid_from", self.valid_from), ("valid_until", self.valid_until)):
+            if value is not None and value.utcoffset() is None:
+                raise WatchEntryError(name, value, "must be timezone-aware")
+        if (
+            self.valid_from is not None
+            and self.valid_until is not None
+            and self.valid_until <= self.valid_from
+        ):
+            raise WatchEntryError("valid_until", self.valid_until, "not after valid_from")
+        if self.max_cost is not None and not 0.0 <= self.max_cost <= MAX_FUZZY_COST:
+            raise WatchEntryError("max_cost", self.max_cost, f"not in 0..{MAX_FUZZY_COST}")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An entry that matched a plate, how, at what cost and why (human-readable)."""
+
+    entry: WatchEntry
+    mode: MatchMode
+    cost: float
+    explanation: str
+
+
+class EditKind(StrEnum):
+    """One step turning the sighted plate into the listed pattern."""
+
+    SUBSTITUTE = "substitute"
+    INSERT = "insert"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """An edit at 1-based ``position`` of the sighted plate.
+
+    ``observed`` is the plate's character ("" for an insertion), ``expected`` the pattern's
+    ("" for a deletion). An insertion at position p puts ``expected`` before the plate's p-th
+    character (p = len + 1: at the end).
+    """
+
+    kind: EditKind
+    position: int
+    observed: str
+    expected: str
+    cost: float
+
+    def __str__(self) -> str:
+        if self.kind is EditKind.SUBSTITUTE:
+            return f"{self.observed}->{self.expected} at position {self.position}"
+        if self.kind is EditKind.INSERT:
+            return f"insert {self.expected} at position {self.position}"
+        return f"delete {self.observed} at position {self.position}"
+
+
+@dataclass(frozen=True, slots=True)
+class Distance:
+    """The weighted edit distance from a plate to a pattern and one cheapest edit script."""
+
+    cost: float
+    edits: tuple[Edit, ...]
+
+    @property
+    def explanation(self) -> str:
+        """E.g. ``0->O at position 3, delete X at position 7``; ``identical`` when no edits."""
+        return ", ".join(str(e) for e in self.edits) if self.edits else "identical"
+
+
+def confusion_cost(a: str, b: str) -> float:
+    """Cost of reading character ``a`` where the pattern has ``b``: 0, 0.3 or 1.0."""
+    return _sub_units(a, b) / COST_SCALE
+
+
+def canonical(text: str) -> str:
+    """Replace each character by its confusion class's representative (``0``, ``D`` -> ``O``)."""
+    return text.translate(_CANON_TABLE)
+
+
+def cost_units(cost: float) -> int:
+    """A cost in integer tenths, rounded down (0.95 -> 9)."""
+    return math.floor(cost * COST_SCALE + 1e-9)
+
+
+def _sub_units(a: str, b: str) -> int:
+    if a == b:
+        return 0
+    if _CANON.get(a, a) == _CANON.get(b, b):
+        return _CONFUSION_UNITS
+    return _EDIT_UNITS
+
+
+def weighted_distance(a: str, b: str, max_cost: float = math.inf) -> Distance | None:
+    """Weighted edit distance from plate ``a`` to pattern ``b``, or None once it exceeds max_cost.
+
+    Stops early as soon as every cell of a DP row is past ``max_cost``.
+    """
+    limit = cost_units(max_cost) if math.isfinite(max_cost) else 1 << 60
+    found = _distance_units(a, b, limit)
+    if found is None:
+        return None
+    units, edits = found
+    return Distance(units / COST_SCALE, edits)
+
+
+def _distance_units(a: str, b: str, limit: int) -> tuple[int, tuple[Edit, ...]] | None:
+    n, m = len(a), len(b)
+    if abs(n - m) * _EDIT_UNITS > limit:
+        return None
+    prev = list(range(0, (m + 1) * _EDIT_UNITS, _EDIT_UNITS))
+    rows = [prev]
+    for i in range(1, n + 1):
+        ca = a[i - 1]
+        cur = [i * _EDIT_UNITS] * (m + 1)
+        best = cur[0]
+        for j in range(1, m + 1):
+            cost = prev[j - 1] + _sub_units(ca, b[j - 1])
+            up = prev[j] + _EDIT_UNITS
+            if up < cost:
+                cost = up
+            left = cur[j - 1] + _EDIT_UNITS
+            if left < cost:
+                cost = left
+            cur[j] = cost
+            if cost < best:
+                best = cost
+        if best > limit:
+            return None
+        rows.append(cur)
+        prev = cur
+    total = prev[m]
+    if total > limit:
+        return None
+    return total, _backtrace(a, b, rows)
+
+
+def _backtrace(a: str, b: str, rows: list[list[int]]) -> tuple[Edit, ...]:
+    edits: list[Edit] = []
+    i, j = len(a), len(b)
+    while i > 0 or j > 0:
+        here = rows[i][j]
+        if i > 0 and j > 0:
+            sub = _sub_units(a[i - 1], b[j - 1])
+            if rows[i - 1][j - 1] + sub == here:
+                if sub:
+                    edits.append(Edit(EditKind.SUBSTITUTE, i, a[i - 1], b[j - 1], sub / COST_SCALE))
+                i, j = i - 1, j - 1
+                continue
+        if i > 0 and rows[i - 1][j] + _EDIT_UNITS == here:
+            edits.append(Edit(EditKind.DELETE, i, a[i - 1], "", EDIT_COST))
+            i -= 1
+            continue
+        edits.append(Edit(EditKind.INSERT, i + 1, "", b[j - 1], EDIT_COST))
+        j -= 1
+    edits.reverse()
+    return tuple(edits)
+
+
+def wildcard_match(pattern: str, text: str) -> bool:
+    """True when ``text`` fits ``pattern`` (``?`` one character, ``*`` any run, maybe empty)."""
+    p = t = 0
+    star = -1
+    mark = 0
+    np_, nt = len(pattern), len(text)
+    while t < nt:
+        if p < np_ and (pattern[p] == "?" or pattern[p] == text[t]):
+            p += 1
+            t += 1
+        elif p < np_ and pattern[p] == "*":
+            star, mark = p, t
+            p += 1
+        elif star >= 0:
+            p = star + 1
+            mark += 1
+            t = mark
+        else:
+            return False
+    while p < np_ and pattern[p] == "*":
+        p += 1
+    return p == np_
+
+
+def _verify(
+    mode: MatchMode, pattern: str, plate: str, limit: int
+) -> tuple[MatchMode, float, str] | None:
+    """How ``plate`` matches ``pattern`` in ``mode`` (limit: fuzzy threshold in units), or None."""
+    if mode is MatchMode.EXACT:
+        return (MatchMode.EXACT, 0.0, "exact") if plate == pattern else None
+    if mode is MatchMode.WILDCARD:
+        return (
+            (MatchMode.WILDCARD, 0.0, f"wildcard {pattern}")
+            if wildcard_match(pattern, plate)
+            else None
+        )
+    if plate == pattern:
+        return MatchMode.EXACT, 0.0, "exact"
+    found = _distance_units(plate, pattern, limit)
+    if found is None:
+        return None
+    units, edits = found
+    return MatchMode.FUZZY, units / COST_SCALE, "fuzzy: " + ", ".join(str(e) for e in edits)
+
+
+def _to_us(when: datetime, field: str, error: type[MatchingError]) -> int:
+    if when.utcoffset() is None:
+        raise error(field, when, "must be timezone-aware")
+    return (when - _EPOCH) // _US
+
+
+def is_live(entry: WatchEntry, now: datetime) -> bool:
+    """True when ``valid_from <= now < valid_until`` (missing bounds are open)."""
+    if entry.valid_from is not None and now < entry.valid_from:
+        return False
+    return entry.valid_until is None or now < entry.valid_until
+
+
+def match_entry(
+    entry: WatchEntry, plate: str, now: datetime, default_max_cost: float = DEFAULT_MAX_COST
+) -> Match | None:
+    """Check one entry against one plate (the brute-force reference the index must agree with).
+
+    A fuzzy entry equal to the plate matches with mode ``exact`` and cost 0.
+    """
+    if not is_live(entry, now):
+        return None
+    limit = cost_units(entry.max_cost if entry.max_cost is not None else default_max_cost)
+    found = _verify(entry.mode, entry.pattern, plate, limit)
+    if found is None:
+        return None
+    return Match(entry, found[0], found[1], found[2])
+
+
+def sort_matches(matches: list[Match]) -> list[Match]:
+    """Order by priority (ascending, 0 first), then cost, then entry id."""
+    return sorted(matches, key=lambda m: (m.entry.priority, m.cost, m.entry.entry_id))
+
+
+def deletion_variants(text: str, k: int) -> set[str]:
+    """``text`` and every string left after deleting up to ``k`` of its characters."""
+    out = {text}
+    frontier = {text}
+    for _ in range(k):
+        nxt: set[str] = set()
+        for word in frontier:
+            for i in range(len(word)):
+                nxt.add(word[:i] + word[i + 1 :])
+        out |= nxt
+        frontier = nxt
+    return out
+
+
+# A wildcard entry is keyed by up to WILDCARD_KEY_CHARS literal characters at fixed positions:
+# ("H", positions from the start) inside the part before the first "*", or else
+# ("T", offsets from the end) inside the part after the last "*". Patterns with neither (e.g.
+# "*AB*") go to the scan bucket, checked for every plate.
+_Shape = tuple[str, tuple[int, ...]]
+
+
+def _wildcard_key(pattern: str) -> tuple[_Shape, str] | None:
+    star = pattern.find("*")
+    head = pattern if star < 0 else pattern[:star]
+    positions = tuple(i for i, ch in enumerate(head) if ch != "?")[:WILDCARD_KEY_CHARS]
+    if positions:
+        return ("H", positions), "".join(head[i] for i in positions)
+    if star < 0:
+        return None
+    tail = pattern[pattern.rfind("*") + 1 :]
+    offsets = tuple(len(tail) - i for i in range(len(tail) - 1, -1, -1) if tail[i] != "?")
+    offsets = offsets[:WILDCARD_KEY_CHARS]
+    if not offsets:
+        return None
+    return ("T", offsets), "".join(tail[len(tail) - o] for o in offsets)
+
+
+class _KeyTable:
+    """A multimap int64 key -> int64 slot: a sorted numpy base plus a small dict of recent adds.
+
+    Stale slots (removed entries) stay until `compact`; callers filter them by liveness.
+    """
+
+    def __init__(self, pending_limit: int) -> None:
+        self._keys: Int64Array = np.empty(0, dtype=np.int64)
+        self._slots: Int64Array = np.empty(0, dtype=np.int64)
+        self._pending: dict[int, list[int]] = {}
+        self._n_pending = 0
+        self._pending_limit = pending_limit
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._keys.nbytes + self._slots.nbytes)
+
+    def __len__(self) -> int:
+        return int(self._keys.size) + self._n_pending
+
+    def extend(self, keys: Sequence[int], slots: Sequence[int]) -> None:
+        if len(keys) >= self._pending_limit:
+            self._merge_arrays(np.asarray(keys, dtype=np.int64), np.asarray(slots, dtype=np.int64))
+            return
+        for key, slot in zip(keys, slots, strict=True):
+            self._pending.setdefault(key, []).append(slot)
+        self._n_pending += len(keys)
+        if self._n_pending > max(self._pending_limit, self._keys.size // 8):
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge the pending dict into the sorted base (O(n) copy)."""
+        if not self._pending:
+            return
+        keys = np.fromiter(
+            (k for k, v in self._pending.items() for _ in v), dtype=np.int64, count=self._n_pending
+        )
+        slots = np.fromiter(
+            (s for v in self._pending.values() for s in v), dtype=np.int64, count=self._n_pending
+        )
+        self._pending = {}
+        self._n_pending = 0
+        self._merge_arrays(keys, slots)
+
+    def _merge_arrays(self, keys: Int64Array, slots: Int64Array) -> None:
+        if keys.size * 4 >= self._keys.size:
+            all_keys = np.concatenate((self._keys, keys))
+            all_slots = np.concatenate((self._slots, slots))
+            order = np.argsort(all_keys, kind="stable")
+            self._keys, self._slots = all_keys[order], all_slots[order]
+            return
+        order = np.argsort(keys, kind="stable")
+        keys, slots = keys[order], slots[order]
+        at = np.searchsorted(self._keys, keys, side="right")
+        self._keys = np.insert(self._keys, at, keys)
+        self._slots = np.insert(self._slots, at, slots)
+
+    def lookup(self, keys: Sequence[int]) -> list[int]:
+        out: list[int] = []
+        if self._pending:
+            for key in keys:
+                hit = self._pending.get(key)
+                if hit:
+                    out.extend(hit)
+        if self._keys.size:
+            query = np.fromiter(keys, dtype=np.int64, count=len(keys))
+            lo = np.searchsorted(self._keys, query, side="left")
+            hi = np.searchsorted(self._keys, query, side="right")
+            for i in np.flatnonzero(hi > lo).tolist():
+                out.extend(self._slots[lo[i] : hi[i]].tolist())
+        return out
+
+    def may_contain(self, keys: Int64Array) -> npt.NDArray[np.bool_]:
+        """Per key: True when some slot (live or stale) is stored under it."""
+        found = np.zeros(keys.size, dtype=np.bool_)
+        if self._keys.size:
+            at = np.searchsorted(self._keys, keys, side="left")
+            inside = at < self._keys.size
+            found[inside] = self._keys[at[inside]] == keys[inside]
+        if self._pending:
+            found |= np.fromiter((int(k) in self._pending for k in keys), np.bool_, keys.size)
+        return found
+
+    def compact(self, live: npt.NDArray[np.bool_], remap: Int64Array) -> None:
+        """Drop stale slots and renumber the rest (``remap[old] = new``)."""
+        self.flush()
+        keep = live[self._slots]
+        self._keys = self._keys[keep]
+        self._slots = remap[self._slots[keep]]
+
+
+class _EntryStore:
+    """Entries as numpy columns (about 70 bytes each), one row per slot, append-only."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.entry_id: Int64Array = np.empty(0, dtype=np.int64)
+        self.list_id: Int64Array = np.empty(0, dtype=np.int64)
+        self.priority: Int64Array = np.empty(0, dtype=np.int64)
+        self.valid_from: Int64Array = np.empty(0, dtype=np.int64)
+        self.valid_until: Int64Array = np.empty(0, dtype=np.int64)
+        self.max_cost: npt.NDArray[np.float64] = np.empty(0, dtype=np.float64)
+        self.limit: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
+        self.mode: npt.NDArray[np.int8] = np.empty(0, dtype=np.int8)
+        self.category: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
+        self.pattern: npt.NDArray[np.bytes_] = np.empty(0, dtype=f"S{MAX_PLATE_LENGTH}")
+        self.live: npt.NDArray[np.bool_] = np.empty(0, dtype=np.bool_)
+        self.categories: list[str] = []
+        self._category_code: dict[str, int] = {}
+
+    _COLUMNS: Final = (
+        "entry_id", "list_id", "priority", "valid_from", "valid_until",
+        "max_cost", "limit", "mode", "category", "pattern", "live",
+    )  # fmt: skip
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(getattr(self, name).nbytes) for name in self._COLUMNS)
+
+    def _reserve(self, extra: int) -> None:
+        need = self.size + extra
+        if need <= self.live.size:
+            return
+        capacity = max(need, self.live.size * 2 if self.size else need, 1024)
+        for name in self._COLUMNS:
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype=old.dtype)
+            new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+
+    def append(self, entries: Sequence[WatchEntry], default_limit: int) -> range:
+        start = self.size
+        self._reserve(len(entries))
+        end = start + len(entries)
+        codes = self._category_code
+        cats = []
+        for e in entries:
+            code = codes.get(e.category)
+            if code is None:
+                code = codes[e.category] = len(self.categories)
+                self.categories.append(e.category)
+            cats.append(code)
+        self.entry_id[start:end] = [e.entry_id for e in entries]
+        self.list_id[start:end] = [e.list_id for e in entries]
+        self.priority[start:end] = [e.priority for e in entries]
+        self.valid_from[start:end] = [
+            _NO_START if e.valid_from is None else (e.valid_from - _EPOCH) // _US for e in entries
+        ]
+        self.valid_until[start:end] = [
+            _NO_END if e.valid_until is None else (e.valid_until - _EPOCH) // _US for e in entries
+        ]
+        self.max_cost[start:end] = [math.nan if e.max_cost is None else e.max_cost for e in entries]
+        self.limit[start:end] = [
+            default_limit if e.max_cost is None else cost_units(e.max_cost) for e in entries
+        ]
+        self.mode[start:end] = [_MODE_CODE[e.mode] for e in entries]
+        self.category[start:end] = cats
+        self.pattern[start:end] = [e.pattern.encode("ascii") for e in entries]
+        self.live[start:end] = True
+        self.size = end
+        return range(start, end)
+
+    def entry(self, slot: int) -> WatchEntry:
+        vf, vu, mc = int(self.valid_from[slot]), int(self.valid_until[slot]), self.max_cost[slot]
+        return WatchEntry(
+            entry_id=int(self.entry_id[slot]),
+            list_id=int(self.list_id[slot]),
+            pattern=self.pattern[slot].decode("ascii"),
+            mode=_MODES[int(self.mode[slot])],
+            category=self.categories[int(self.category[slot])],
+            priority=int(self.priority[slot]),
+            valid_from=None if vf == _NO_START else _EPOCH + timedelta(microseconds=vf),
+            valid_until=None if vu == _NO_END else _EPOCH + timedelta(microseconds=vu),
+            max_cost=None if math.isnan(mc) else float(mc),
+        )
+
+    def compact(self) -> tuple[npt.NDArray[np.bool_], Int64Array]:
+        """Drop dead rows; returns (live mask, old->new slot map) for the key tables."""
+        live = self.live[: self.size].copy()
+        remap = np.cumsum(live, dtype=np.int64) - 1
+        for name in self._COLUMNS:
+            setattr(self, name, getattr(self, name)[: self.size][live].copy())
+        self.size = int(live.sum())
+        return live, remap
+
+
+class WatchIndex:
+    """In-memory index of watch entries answering `match` without scanning them all.
+
+    - exact entries: keyed by the pattern;
+    - fuzzy entries: keyed by the deletion neighbourhood (up to ``floor(max_cost)`` deletions) of
+      the confusion-canonical pattern; a plate looks up its own neighbourhood, candidates are
+      verified with `weighted_distance`;
+    - wildcard entries: keyed by up to three literal characters at fixed positions (see
+      `_wildcard_key`), anchorless ones in a scan bucket.
+
+    Keys are Python string hashes (per-process, never persisted) in sorted numpy arrays; `add`
+    buffers keys in a small dict merged in O(n); `remove` marks the row dead and rows are
+    compacted once a quarter are dead. Not thread-safe: one index per correlator process, updated
+    by the thread that matches (or swapped whole after a rebuild).
+    """
+
+    def __init__(
+        self, default_max_cost: float = DEFAULT_MAX_COST, *, pending_limit: int = 4096
+    ) -> None:
+        if not 0.0 <= default_max_cost <= MAX_FUZZY_COST:
+            raise MatchingError("default_max_cost", default_max_cost, f"not in 0..{MAX_FUZZY_COST}")
+        if pending_limit < 1:
+            raise MatchingError("pending_limit", pending_limit, "must be at least 1")
+        self._default_limit = cost_units(default_max_cost)
+        self._pending_limit = pending_limit
+        self._store = _EntryStore()
+        self._keys = _KeyTable(pending_limit)
+        self._ids = _KeyTable(pending_limit)
+        self._scan: set[int] = set()
+        self._shapes: dict[_Shape, int] = {}
+        self._fuzzy_k = [0] * (int(MAX_FUZZY_COST) + 1)
+        self._n_live = 0
+        self._n_dead = 0
+
+    @classmethod
+    def from_entries(
+        cls, entries: Iterable[WatchEntry], default_max_cost: float = DEFAULT_MAX_COST
+    ) -> WatchIndex:
+        """A fresh index holding ``entries`` (the fast full rebuild)."""
+        index = cls(default_max_cost)
+        index.add_many(entries)
+        return index
+
+    def __len__(self) -> int:
+        return self._n_live
+
+    def __contains__(self, entry_id: object) -> bool:
+        return isinstance(entry_id, int) and self._slot_of(entry_id) is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the numpy columns and key tables (not the small dicts)."""
+        return self._store.nbytes + self._keys.nbytes + self._ids.nbytes
+
+    def get(self, entry_id: int) -> WatchEntry | None:
+        """The live entry with this id (datetimes come back in UTC), or None."""
+        slot = self._slot_of(entry_id)
+        return None if slot is None else self._store.entry(slot)
+
+    def add(self, entry: WatchEntry) -> None:
+        """Add an entry, replacing any entry with the same ``entry_id``."""
+        self.add_many((entry,))
+
+    def add_many(self, entries: Iterable[WatchEntry]) -> None:
+        """Add entries in bulk (later duplicates of an ``entry_id`` win)."""
+        chunk: list[WatchEntry] = []
+        for entry in entries:
+            chunk.append(entry)
+            if len(chunk) >= _CHUNK:
+                self._add_chunk(chunk)
+                chunk = []
+        if chunk:
+            self._add_chunk(chunk)
+
+    def _add_chunk(self, chunk: list[WatchEntry]) -> None:
+        by_id = {e.entry_id: e for e in chunk}
+        entries = list(by_id.values())
+        ids = np.fromiter(by_id, dtype=np.int64, count=len(by_id))
+        for known in ids[self._ids.may_contain(ids)].tolist():
+            self.remove(known)
+        slots = self._store.append(entries, self._default_limit)
+        keys: list[int] = []
+        key_slots: list[int] = []
+        for slot, entry in zip(slots, entries, strict=True):
+            mode = entry.mode
+            if mode is MatchMode.EXACT:
+                keys.append(hash(entry.pattern))
+                key_slots.append(slot)
+            elif mode is MatchMode.FUZZY:
+                k = int(self._store.limit[slot]) // _EDIT_UNITS
+                self._fuzzy_k[k] += 1
+                for variant in deletion_variants(canonical(entry.pattern), k):
+                    keys.append(hash("~" + variant))
+                    key_slots.append(slot)
+            else:
+                found = _wildcard_key(entry.pattern)
+                if found is None:
+                    self._scan.add(slot)
+                    continue
+                shape, chars = found
+                self._shapes[shape] = self._shapes.get(shape, 0) + 1
+                keys.append(hash((shape, chars)))
+                key_slots.append(slot)
+        self._keys.extend(keys, key_slots)
+        self._ids.extend(ids.tolist(), list(slots))
+        self._n_live += len(entries)
+
+    def remove(self, entry_id: int) -> bool:
+        """Remove the entry with this id; False when there is none."""
+        slot = self._slot_of(entry_id)
+        if slot is None:
+            return False
+        store = self._store
+        store.live[slot] = False
+        mode = _MODES[int(store.mode[slot])]
+        if mode is MatchMode.FUZZY:
+            self._fuzzy_k[int(store.limit[slot]) // _EDIT_UNITS] -= 1
+        elif mode is MatchMode.WILDCARD:
+            found = _wildcard_key(store.pattern[slot].decode("ascii"))
+            if found is None:
+                self._scan.discard(slot)
+            else:
+                left = self._shapes[found[0]] - 1
+                if left:
+                    self._shapes[found[0]] = left
+                else:
+                    del self._shapes[found[0]]
+        self._n_live -= 1
+        self._n_dead += 1
+        if self._n_dead > max(self._pending_limit, self._n_live // 4):
+            self.compact()
+        return True
+
+    def compact(self) -> None:
+        """Drop removed rows and their keys now (also done automatically)."""
+        live, remap = self._store.compact()
+        self._keys.compact(live, remap)
+        self._ids.compact(live, remap)
+        self._scan = {int(remap[s]) for s in self._scan}
+        self._n_dead = 0
+
+    def _slot_of(self, entry_id: int) -> int | None:
+        store = self._store
+        for slot in self._ids.lookup((entry_id,)):
+            if store.live[slot] and store.entry_id[slot] == entry_id:
+                return slot
+        return None
+
+    def match(self, plate: str, now: datetime) -> list[Match]:
+        """Every live entry matching ``plate`` at ``now``, by priority, then cost, then id."""
+        if not _PLATE_RE.fullmatch(plate):
+            raise MatchQueryError("plate", plate, "expected a normalised plate (A-Z, 0-9)")
+        now_us = _to_us(now, "now", MatchQueryError)
+        keys = [hash(plate)]
+        max_k = max((k for k, n in enumerate(self._fuzzy_k) if n), default=-1)
+        if max_k >= 0:
+            keys.extend(hash("~" + v) for v in deletion_variants(canonical(plate), max_k))
+        size = len(plate)
+        for shape in self._shapes:
+            anchor, where = shape
+            if where[-1] >= size if anchor == "H" else where[-1] > size:
+                continue
+            if anchor == "H":
+                chars = "".join([plate[i] for i in where])
+            else:
+                chars = "".join([plate[size - o] for o in where])
+            keys.append(hash((shape, chars)))
+        slots = self._keys.lookup(keys)
+        slots.extend(self._scan)
+        if not slots:
+            return []
+        store = self._store
+        cand = np.unique(np.asarray(slots, dtype=np.int64))
+        ok = (
+            store.live[cand]
+            & (store.valid_from[cand] <= now_us)
+            & (now_us < store.valid_until[cand])
+        )
+        matches: list[Match] = []
+        for slot in cand[ok].tolist():
+            mode = _MODES[int(store.mode[slot])]
+            found = _verify(
+                mode, store.pattern[slot].decode("ascii"), plate, int(store.limit[slot])
+            )
+            if found is not None:
+                matches.append(Match(store.entry(slot), found[0], found[1], found[2]))
+        return sort_matches(matches)
