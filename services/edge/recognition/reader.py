@@ -1,0 +1,359 @@
+"""Plate reader pre/post-processing (numpy + OpenCV only; no torch, no OpenVINO).
+
+The reader is a small CTC recogniser. Its sidecar JSON (`models/reader.json`) is loaded into a
+`ReaderSpec`; `preprocess` turns a BGR plate crop into the model input and `postprocess` decodes
+the model's per-step class scores into a `PlateReading` with a CTC prefix beam search whose
+candidates are re-ranked by per-region plate formats.
+
+Two-line plates: the model's feature map keeps two rows (top and bottom half of the crop); its
+output sequence is all top-row steps followed by all bottom-row steps (`sequence_rows: 2`), so a
+two-line plate decodes in reading order without any crop splitting rule at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+# Per-region plate formats used to re-rank beam candidates. Extend by adding regexes; a region
+# absent here (or None) means no re-ranking.
+REGION_PATTERNS: dict[str, tuple[str, ...]] = {
+    "br": (r"[A-Z]{3}[0-9]{4}", r"[A-Z]{3}[0-9][A-Z][0-9]{2}"),
+    "us": (r"[A-Z0-9]{2,8}",),
+    "eu": (r"[A-Z0-9]{4,10}",),
+    "ro": (r"B[0-9]{2,3}[A-Z]{3}", r"(?!B)[A-Z]{2}[0-9]{2}[A-Z]{3}", r"[A-Z]{1,2}[0-9]{6}"),
+    "uk": (r"[A-Z]{2}[0-9]{2}[A-Z]{3}",),
+    "nl": (r"[A-Z0-9]{6}",),
+    "in": (r"[A-Z]{2}[0-9]{1,2}[A-Z]{0,3}[0-9]{1,4}",),
+}
+# score factor for a candidate that fits none of its region's formats
+FORMAT_MISMATCH_PENALTY = 0.05
+
+_MIN_STEP_PROB = 1e-3  # characters less likely than this at a step are not expanded by the beam
+_SUPPORTED_SPEC_VERSION = 1
+
+
+class ReaderSpecError(ValueError):
+    """The reader sidecar JSON is missing, malformed, or has an invalid field."""
+
+    def __init__(self, path: Path, field: str, reason: str) -> None:
+        super().__init__(f"{path}: {field}: {reason}")
+        self.path = path
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """What the runtime needs to know about a reader model (from its sidecar JSON)."""
+
+    input_height: int
+    input_width: int
+    channels: int
+    mean: float
+    std: float
+    charset: str
+    blank_index: int
+    sequence_rows: int = 2
+    version: str = "0"
+    trained: str = ""
+    two_line_rule: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.charset) + 1
+
+    def char_of(self, index: int) -> str:
+        """Character of a non-blank class index."""
+        return self.charset[index if index < self.blank_index else index - 1]
+
+    @classmethod
+    def from_file(cls, path: Path) -> ReaderSpec:
+        """Read and validate a sidecar JSON; errors name the file and the field."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ReaderSpecError(path, "<file>", "not found") from exc
+        except json.JSONDecodeError as exc:
+            raise ReaderSpecError(path, "<file>", f"invalid JSON: {exc.msg}") from exc
+        if not isinstance(raw, dict):
+            raise ReaderSpecError(path, "<file>", "not a JSON object")
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: Path = Path("<dict>")) -> ReaderSpec:
+        """Validate a sidecar mapping (see `from_file`)."""
+        schema = raw.get("schema_version", _SUPPORTED_SPEC_VERSION)
+        if schema != _SUPPORTED_SPEC_VERSION:
+            raise ReaderSpecError(path, "schema_version", f"unsupported {schema!r}")
+        inp = raw.get("input")
+        if not isinstance(inp, dict):
+            raise ReaderSpecError(path, "input", "must be an object")
+        height = _positive_int(inp.get("height"), "input.height", path)
+        width = _positive_int(inp.get("width"), "input.width", path)
+        channels = _positive_int(inp.get("channels"), "input.channels", path)
+        if channels not in (1, 3):
+            raise ReaderSpecError(path, "input.channels", "must be 1 or 3")
+        mean = _number(inp.get("mean"), "input.mean", path)
+        std = _number(inp.get("std"), "input.std", path)
+        if std <= 0:
+            raise ReaderSpecError(path, "input.std", "must be > 0")
+        charset = raw.get("charset")
+        if not isinstance(charset, str) or not charset or len(set(charset)) != len(charset):
+            raise ReaderSpecError(path, "charset", "must be a non-empty string of unique chars")
+        blank = raw.get("blank_index")
+        if not isinstance(blank, int) or isinstance(blank, bool) or not 0 <= blank <= len(charset):
+            raise ReaderSpecError(path, "blank_index", f"must be an int in 0..{len(charset)}")
+        rows = _positive_int(raw.get("sequence_rows", 1), "sequence_rows", path)
+        two_line = raw.get("two_line_rule", "")
+        version = raw.get("version", "0")
+        trained = raw.get("trained", "")
+        for name, value in (
+            ("two_line_rule", two_line),
+            ("version", version),
+            ("trained", trained),
+        ):
+            if not isinstance(value, str):
+                raise ReaderSpecError(path, name, "must be a string")
+        return cls(
+            input_height=height,
+            input_width=width,
+            channels=channels,
+            mean=mean,
+            std=std,
+            charset=charset,
+            blank_index=blank,
+            sequence_rows=rows,
+            version=str(version),
+            trained=str(trained),
+            two_line_rule=str(two_line),
+        )
+
+
+def _positive_int(value: object, field: str, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ReaderSpecError(path, field, "must be a positive integer")
+    return value
+
+
+def _number(value: object, field: str, path: Path) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ReaderSpecError(path, field, "must be a number")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PlateReading:
+    """A decoded plate: best text, its probability, per-character confidences, alternatives."""
+
+    text: str
+    confidence: float
+    char_confidences: tuple[float, ...]
+    candidates: tuple[tuple[str, float], ...]
+
+
+# ------------------------------------------------------------------------- preprocess
+def preprocess(crop_bgr: npt.NDArray[Any], spec: ReaderSpec) -> FloatArray:
+    """BGR (or grey) uint8 plate crop -> float32 (1, C, H, W) model input.
+
+    The crop is resized to the model's input size (stretched, not letter-boxed), converted to
+    grey when the model has one channel, then normalised with the spec's mean/std.
+    """
+    if crop_bgr.size == 0 or crop_bgr.ndim not in (2, 3) or min(crop_bgr.shape[:2]) < 2:
+        raise ValueError(f"crop_bgr: empty or degenerate plate crop of shape {crop_bgr.shape}")
+    img = crop_bgr
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if spec.channels == 1 and img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    elif spec.channels == 3 and img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    h, w = img.shape[:2]
+    shrink = h >= spec.input_height and w >= spec.input_width
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    img = cv2.resize(img, (spec.input_width, spec.input_height), interpolation=interp)
+    x = img.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.float32(spec.mean)) / np.float32(spec.std)
+    x = x[None, None] if x.ndim == 2 else x.transpose(2, 0, 1)[None]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------- postprocess
+def postprocess(
+    logits: npt.NDArray[Any],
+    spec: ReaderSpec,
+    region: str | None = None,
+    top_n: int = 5,
+    beam_width: int = 16,
+) -> PlateReading:
+    """Decode model output (T, K) or (1, T, K) class scores (logits or probabilities)."""
+    probs = _to_probs(logits, spec)
+    beams = ctc_beam_search(probs, spec.blank_index, beam_width=max(beam_width, top_n))
+    candidates = [(_label_text(p, spec), s) for p, s in beams]
+    ranked = rerank(candidates, region)
+    if not ranked:
+        return PlateReading(text="", confidence=0.0, char_confidences=(), candidates=())
+    best_text, best_prob = ranked[0]
+    labels = [_class_of(c, spec) for c in best_text]
+    char_conf = forced_alignment_confidences(probs, labels, spec.blank_index)
+    return PlateReading(
+        text=best_text,
+        confidence=float(min(1.0, max(0.0, best_prob))),
+        char_confidences=tuple(float(c) for c in char_conf),
+        candidates=tuple((t, float(min(1.0, s))) for t, s in ranked[:top_n]),
+    )
+
+
+def greedy_decode(logits: npt.NDArray[Any], spec: ReaderSpec) -> tuple[str, tuple[float, ...]]:
+    """Best-path decoding: arg-max per step, collapse repeats, drop blanks.
+
+    Returns the text and, per character, the highest probability along its run of steps."""
+    probs = _to_probs(logits, spec)
+    best = probs.argmax(axis=1)
+    text: list[str] = []
+    confs: list[float] = []
+    prev = -1
+    for t, k in enumerate(best.tolist()):
+        if k != spec.blank_index:
+            if k != prev:
+                text.append(spec.char_of(k))
+                confs.append(float(probs[t, k]))
+            else:
+                confs[-1] = max(confs[-1], float(probs[t, k]))
+        prev = k
+    return "".join(text), tuple(confs)
+
+
+def rerank(candidates: list[tuple[str, float]], region: str | None) -> list[tuple[str, float]]:
+    """Order candidates by probability, penalising those that fit none of the region's formats.
+
+    Returned scores are the candidates' own probabilities (the penalty only changes the order);
+    empty texts are dropped."""
+    patterns = REGION_PATTERNS.get(region or "", ())
+    compiled = [re.compile(p) for p in patterns]
+
+    def score(item: tuple[str, float]) -> float:
+        text, prob = item
+        if compiled and not any(c.fullmatch(text) for c in compiled):
+            return prob * FORMAT_MISMATCH_PENALTY
+        return prob
+
+    kept = [c for c in candidates if c[0]]
+    return sorted(kept, key=score, reverse=True)
+
+
+def ctc_beam_search(
+    probs: FloatArray, blank: int, beam_width: int = 16
+) -> list[tuple[tuple[int, ...], float]]:
+    """CTC prefix beam search over (T, K) probabilities.
+
+    Returns up to `beam_width` (label tuple, probability) pairs, most probable first; the
+    probability of a label sums over all its alignments. Characters below a small probability
+    at a step are not expanded (keeps it fast; exact for peaked outputs)."""
+    # prefix -> (p ending in blank, p ending in non-blank), kept in log space
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
+    logp = np.log(np.maximum(probs, 1e-30))
+    for t in range(probs.shape[0]):
+        row = probs[t]
+        cand = np.nonzero(row >= _MIN_STEP_PROB)[0].tolist()
+        lp = logp[t]
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (pb, pnb) in beams.items():
+            total = np.logaddexp(pb, pnb)
+            _add(nxt, prefix, total + lp[blank], -math.inf)  # blank extends the same prefix
+            last = prefix[-1] if prefix else -1
+            for k in cand:
+                if k == blank:
+                    continue
+                if k == last:
+                    _add(nxt, prefix, -math.inf, pnb + lp[k])  # repeat collapses
+                    _add(nxt, (*prefix, k), -math.inf, pb + lp[k])  # needs a blank in between
+                else:
+                    _add(nxt, (*prefix, k), -math.inf, total + lp[k])
+        ordered = sorted(nxt.items(), key=lambda kv: np.logaddexp(kv[1][0], kv[1][1]), reverse=True)
+        beams = {p: (v[0], v[1]) for p, v in ordered[:beam_width]}
+    out = [(p, float(np.exp(np.logaddexp(pb, pnb)))) for p, (pb, pnb) in beams.items()]
+    out.sort(key=lambda item: item[1], reverse=True)
+    return out
+
+
+def _add(
+    beams: dict[tuple[int, ...], list[float]], prefix: tuple[int, ...], pb: float, pnb: float
+) -> None:
+    """Accumulate log-probabilities (ending in blank, ending in non-blank) of `prefix`."""
+    cur = beams.get(prefix)
+    if cur is None:
+        beams[prefix] = [pb, pnb]
+    else:
+        cur[0] = float(np.logaddexp(cur[0], pb))
+        cur[1] = float(np.logaddexp(cur[1], pnb))
+
+
+def forced_alignment_confidences(probs: FloatArray, labels: list[int], blank: int) -> list[float]:
+    """Per-label confidence: the highest step probability of each label on the Viterbi path."""
+    if not labels:
+        return []
+    n_t = probs.shape[0]
+    ext = [blank]
+    for k in labels:
+        ext += [k, blank]
+    n_s = len(ext)
+    logp = np.log(np.maximum(probs, 1e-30))
+    score = np.full((n_t, n_s), -np.inf)
+    back = np.zeros((n_t, n_s), dtype=np.int64)
+    score[0, 0] = logp[0, ext[0]]
+    if n_s > 1:
+        score[0, 1] = logp[0, ext[1]]
+    for t in range(1, n_t):
+        for s in range(n_s):
+            best, arg = score[t - 1, s], s
+            if s >= 1 and score[t - 1, s - 1] > best:
+                best, arg = score[t - 1, s - 1], s - 1
+            if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2] and score[t - 1, s - 2] > best:
+                best, arg = score[t - 1, s - 2], s - 2
+            score[t, s] = best + logp[t, ext[s]]
+            back[t, s] = arg
+    s = n_s - 1 if n_s == 1 or score[-1, n_s - 1] >= score[-1, n_s - 2] else n_s - 2
+    conf = [0.0] * len(labels)
+    for t in range(n_t - 1, -1, -1):
+        if s % 2 == 1:
+            i = s // 2
+            conf[i] = max(conf[i], float(probs[t, ext[s]]))
+        s = int(back[t, s]) if t > 0 else s
+    return conf
+
+
+def _to_probs(logits: npt.NDArray[Any], spec: ReaderSpec) -> FloatArray:
+    x: FloatArray = np.asarray(logits, dtype=np.float32)
+    if x.ndim == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 2 or x.shape[1] != spec.num_classes:
+        raise ValueError(
+            f"logits: expected shape (T, {spec.num_classes}) or (1, T, {spec.num_classes}), "
+            f"got {np.shape(logits)}"
+        )
+    sums = x.sum(axis=1)
+    if x.min() >= 0.0 and np.allclose(sums, 1.0, atol=1e-3):
+        return x.astype(np.float32, copy=False)
+    e: FloatArray = np.exp(x - x.max(axis=1, keepdims=True))
+    probs: FloatArray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs
+
+
+def _label_text(labels: tuple[int, ...], spec: ReaderSpec) -> str:
+    return "".join(spec.char_of(k) for k in labels)
+
+
+def _class_of(char: str, spec: ReaderSpec) -> int:
+    i = spec.charset.index(char)
+    return i if i < spec.blank_index else i + 1

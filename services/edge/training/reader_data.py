@@ -1,0 +1,219 @@
+"""Reader training/evaluation data: real plate crops from /work/shared/data plus synthetic plates.
+
+Real items keep some context around the plate (scene sets) so that training can jitter the box
+like an imperfect detector. Splits come from `splits.split_of`; `openalpr-endtoend-dev` is never
+used for training, and any training plate whose text equals (or is one edit away from) an
+`openalpr-endtoend-dev` plate is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from services.edge.dataset import load_labels
+from services.edge.recognition.reader import ReaderSpec, preprocess
+from services.edge.training.splits import split_of
+
+log = logging.getLogger(__name__)
+
+DATA_ROOT = Path("/work/shared/data")
+CROP_SETS = (
+    "us_openalpr_benchmarks_seg_ocr",
+    "br_openalpr_train_detector",
+    "eu_openalpr_train_detector",
+    "cn_lprnet_sirius_test",
+)
+SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
+EVAL_SET = "openalpr-endtoend-dev"
+# web-cars and in-cars share vehicle groups: a group trains only if it is 'train' under both names
+JOINT_SPLIT = {"web-cars": ("web-cars", "in-cars"), "in-cars": ("web-cars", "in-cars")}
+CONTEXT = 0.3  # context kept around scene boxes, as a fraction of box width/height
+
+
+@dataclass
+class RealItem:
+    dataset: str
+    split: str
+    text: str
+    lines: int
+    region: str
+    image: np.ndarray  # BGR crop with context
+    box: tuple[float, float, float, float]  # plate box inside `image`
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    if len(a) > len(b):
+        a, b = b, a
+    return any(a == b[:i] + b[i + 1 :] for i in range(len(b)))
+
+
+def eval_texts(root: Path = DATA_ROOT) -> set[str]:
+    return {p.text for img in load_labels(root / EVAL_SET) for p in img.plates if p.text}
+
+
+def load_real(root: Path = DATA_ROOT) -> list[RealItem]:
+    """All real plates with text, with their split ('train' or 'test')."""
+    banned = eval_texts(root)
+    items: list[RealItem] = []
+    dropped_eval = 0
+    for ds in CROP_SETS + SCENE_SETS:
+        for img in load_labels(root / ds):
+            names = JOINT_SPLIT.get(ds, (ds,))
+            splits = {split_of(n, img.split_label) for n in names}
+            split = "test" if "test" in splits else "train"
+            frame = None
+            for plate in img.plates:
+                text = plate.text
+                if ds == "cn_lprnet_sirius_test":
+                    text = plate.extra.get("text_latin")
+                if not text or plate.extra.get("synthetic") or plate.extra.get("non_latin"):
+                    continue
+                text = "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+                if not text:
+                    continue
+                if split == "train" and any(_within_one_edit(text, b) for b in banned):
+                    dropped_eval += 1
+                    continue
+                if frame is None:
+                    frame = cv2.imread(str(img.file), cv2.IMREAD_COLOR)
+                    if frame is None:
+                        raise FileNotFoundError(f"{img.file}: cannot decode image")
+                x1, y1, x2, y2 = plate.box
+                bw, bh = x2 - x1, y2 - y1
+                if bw < 4 or bh < 3:
+                    continue
+                cx1 = int(max(0, x1 - CONTEXT * bw))
+                cy1 = int(max(0, y1 - CONTEXT * bh))
+                cx2 = int(min(frame.shape[1], x2 + CONTEXT * bw + 1))
+                cy2 = int(min(frame.shape[0], y2 + CONTEXT * bh + 1))
+                crop = frame[cy1:cy2, cx1:cx2].copy()
+                region = img.region
+                country = plate.extra.get("country")
+                if region == "unknown" and isinstance(country, str):
+                    region = country.lower()
+                items.append(
+                    RealItem(
+                        dataset=ds,
+                        split=split,
+                        text=text,
+                        lines=plate.lines,
+                        region=region,
+                        image=crop,
+                        box=(x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1),
+                    )
+                )
+    log.info("real plates loaded", extra={"items": len(items), "dropped_eval": dropped_eval})
+    return items
+
+
+def load_real_cached(cache: Path) -> list[RealItem]:
+    if cache.is_file():
+        with cache.open("rb") as f:
+            return pickle.load(f)  # our own cache file
+    items = load_real()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("wb") as f:
+        pickle.dump(items, f)
+    return items
+
+
+def exact_crop(item: RealItem) -> np.ndarray:
+    """The labelled box itself (what a perfect detector would give)."""
+    x1, y1, x2, y2 = item.box
+    return item.image[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))]
+
+
+# ----------------------------------------------------------------------------- augmentation
+def augment_real(item: RealItem, rng: np.random.Generator) -> np.ndarray:
+    """A jittered, rotated, photometrically changed crop of `item` (BGR uint8)."""
+    x1, y1, x2, y2 = item.box
+    bw, bh = x2 - x1, y2 - y1
+    # imperfect detector box: sides move by -3%..+15% (x) and -5%..+20% (y) of the box size
+    dl, dr = rng.uniform(-0.03, 0.15, 2) * bw
+    dt, db = rng.uniform(-0.05, 0.2, 2) * bh
+    nx1, ny1, nx2, ny2 = x1 - dl, y1 - dt, x2 + dr, y2 + db
+    out_w = max(8, round(nx2 - nx1))
+    out_h = max(8, round(ny2 - ny1))
+    scale = rng.uniform(0.5, 1.3) if out_h > 30 else rng.uniform(0.9, 1.5)
+    ow, oh = max(8, int(out_w * scale)), max(8, int(out_h * scale))
+    src = np.array([[nx1, ny1], [nx2, ny1], [nx2, ny2], [nx1, ny2]], np.float32)
+    src += rng.normal(0, 0.02, (4, 2)).astype(np.float32) * np.array([bw, bh], np.float32)
+    angle = np.deg2rad(rng.normal(0, 2.5))
+    c = src.mean(axis=0)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    src = (src - c) @ rot.T + c
+    dst = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float32)
+    m = cv2.getPerspectiveTransform(src.astype(np.float32), dst)
+    border = cv2.BORDER_REPLICATE if rng.random() < 0.7 else cv2.BORDER_CONSTANT
+    img = cv2.warpPerspective(
+        item.image,
+        m,
+        (ow, oh),
+        flags=cv2.INTER_LINEAR,
+        borderMode=border,
+        borderValue=tuple(int(v) for v in rng.integers(0, 256, 3)),
+    )
+    f = img.astype(np.float32)
+    f = (f - 128) * rng.uniform(0.6, 1.3) + 128 + rng.uniform(-40, 40)
+    f *= rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    if rng.random() < 0.2:
+        f += rng.normal(0, rng.uniform(2, 12), f.shape).astype(np.float32)
+    img = np.clip(f, 0, 255).astype(np.uint8)
+    if rng.random() < 0.1:
+        img = 255 - img  # some plates are light-on-dark
+    if rng.random() < 0.3:
+        k = int(rng.choice([3, 5]))
+        img = cv2.GaussianBlur(img, (k, k), rng.uniform(0.3, 1.2))
+    if rng.random() < 0.3:
+        fct = rng.uniform(0.4, 0.8)
+        small = cv2.resize(img, (max(4, int(ow * fct)), max(4, int(oh * fct))), cv2.INTER_AREA)
+        img = cv2.resize(small, (ow, oh), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.4:
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
+        if ok:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return img
+
+
+def encode_text(text: str, spec: ReaderSpec) -> list[int]:
+    out = []
+    for ch in text:
+        i = spec.charset.index(ch)
+        out.append(i if i < spec.blank_index else i + 1)
+    return out
+
+
+def synth_bank(spec: ReaderSpec, n: int, seed: int, cache: Path) -> tuple[np.ndarray, list[str]]:
+    """`n` preprocessed synthetic plates (float16 (n, C, H, W)) and their texts, cached."""
+    from services.edge.training.synth import PlateSynth
+
+    if cache.is_file():
+        with cache.open("rb") as f:
+            x, texts = pickle.load(f)  # our own cache file
+        if len(texts) == n:
+            return x, texts
+    synth = PlateSynth(seed=seed)
+    x = np.empty((n, spec.channels, spec.input_height, spec.input_width), np.float16)
+    texts = []
+    for i in range(n):
+        s = synth.sample(i)
+        x[i] = preprocess(s.image, spec)[0]
+        texts.append(s.text)
+        if i % 5000 == 0:
+            log.info("synthetic plates", extra={"done": i, "of": n})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("wb") as f:
+        pickle.dump((x, texts), f, protocol=4)
+    return x, texts

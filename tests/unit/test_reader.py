@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.edge.recognition.reader import (
+    PlateReading,
+    ReaderSpec,
+    ReaderSpecError,
+    ctc_beam_search,
+    greedy_decode,
+    postprocess,
+    preprocess,
+    rerank,
+)
+
+pytestmark = pytest.mark.edge
+
+CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _sidecar(**overrides: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "schema_version": 1,
+        "input": {"height": 48, "width": 128, "channels": 1, "mean": 0.5, "std": 0.25},
+        "charset": CHARSET,
+        "blank_index": 0,
+        "sequence_rows": 2,
+        "version": "1.0.0",
+        "trained": "2026-11-25",
+        "two_line_rule": "two feature rows",
+    }
+    raw.update(overrides)
+    return raw
+
+
+SPEC = ReaderSpec.from_dict(_sidecar())
+BLANK = "-"
+
+
+def _probs(steps: str, peak: float = 0.9) -> np.ndarray:
+    """(T, K) probabilities from a string of per-step best classes ('-' is blank)."""
+    k = SPEC.num_classes
+    out = np.full((len(steps), k), (1.0 - peak) / (k - 1), dtype=np.float32)
+    for t, ch in enumerate(steps):
+        idx = SPEC.blank_index if ch == BLANK else CHARSET.index(ch) + 1
+        out[t, idx] = peak
+    return out
+
+
+def test_spec_from_file_reads_sidecar(tmp_path: Path) -> None:
+    path = tmp_path / "reader.json"
+    path.write_text(json.dumps(_sidecar()), encoding="utf-8")
+    spec = ReaderSpec.from_file(path)
+    assert (spec.input_height, spec.input_width, spec.channels) == (48, 128, 1)
+    assert spec.num_classes == 37
+    assert spec.char_of(1) == "0"
+    assert spec.sequence_rows == 2
+
+
+def test_spec_from_file_names_file_and_bad_field(tmp_path: Path) -> None:
+    path = tmp_path / "reader.json"
+    path.write_text(json.dumps(_sidecar(blank_index=99)), encoding="utf-8")
+    with pytest.raises(ReaderSpecError) as info:
+        ReaderSpec.from_file(path)
+    assert info.value.field == "blank_index"
+    assert str(path) in str(info.value)
+
+
+def test_spec_from_file_rejects_missing_input_height(tmp_path: Path) -> None:
+    raw = _sidecar(input={"width": 128, "channels": 1, "mean": 0.5, "std": 0.25})
+    path = tmp_path / "reader.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ReaderSpecError, match=r"input\.height"):
+        ReaderSpec.from_file(path)
+
+
+def test_spec_from_file_reports_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ReaderSpecError, match="not found"):
+        ReaderSpec.from_file(tmp_path / "nope.json")
+
+
+def test_greedy_decode_collapses_repeats_and_drops_blanks() -> None:
+    text, confs = greedy_decode(_probs("--AA-A--11-2--"), SPEC)
+    assert text == "AA12"
+    assert len(confs) == 4
+    assert all(c == pytest.approx(0.9) for c in confs)
+
+
+def test_greedy_decode_accepts_batched_logits() -> None:
+    logits = np.log(_probs("-B-7-"))[None]
+    assert greedy_decode(logits, SPEC)[0] == "B7"
+
+
+def test_beam_search_sums_alignments_over_greedy_path() -> None:
+    # Greedy picks blank at every step ("" ), but "A" has more total probability over alignments.
+    k = SPEC.num_classes
+    probs = np.zeros((2, k), dtype=np.float32)
+    a = CHARSET.index("A") + 1
+    probs[:, SPEC.blank_index] = 0.5
+    probs[:, a] = 0.4
+    probs[:, a + 1] = 0.1
+    assert greedy_decode(probs, SPEC)[0] == ""
+    beams = ctc_beam_search(probs, SPEC.blank_index, beam_width=8)
+    best_labels, best_p = beams[0]
+    assert best_labels == (a,)
+    # P("A") = 0.4*0.4 + 0.4*0.5 + 0.5*0.4 = 0.56
+    assert best_p == pytest.approx(0.56, abs=1e-5)
+
+
+def test_postprocess_reads_text_with_confidences() -> None:
+    reading = postprocess(_probs("-A-B--C-1-2-3-"), SPEC)
+    assert isinstance(reading, PlateReading)
+    assert reading.text == "ABC123"
+    assert 0.0 < reading.confidence <= 1.0
+    assert len(reading.char_confidences) == 6
+    assert reading.candidates[0][0] == "ABC123"
+    assert len(reading.candidates) <= 5
+
+
+def test_postprocess_reads_two_row_sequence_in_order() -> None:
+    top = "-K-L--0-1---"
+    bottom = "-A-B-1-2-3-4"
+    assert postprocess(_probs(top + bottom), SPEC).text == "KL01AB1234"
+
+
+def test_postprocess_rejects_wrong_class_count() -> None:
+    with pytest.raises(ValueError, match="logits"):
+        postprocess(np.zeros((10, 5), np.float32), SPEC)
+
+
+def test_rerank_prefers_region_format_over_more_probable_misfit() -> None:
+    cands = [("AB01234", 0.5), ("ABO1234", 0.3)]
+    assert rerank(cands, "br")[0][0] == "ABO1234"
+    assert rerank(cands, None)[0][0] == "AB01234"
+
+
+def test_postprocess_reranks_ambiguous_char_by_brazil_format() -> None:
+    probs = _probs("-A-B-C-0-1-2-3-")
+    # at the step of '0' (t=7), make 'O' a close second
+    o = CHARSET.index("O") + 1
+    zero = CHARSET.index("0") + 1
+    probs[7, zero], probs[7, o] = 0.5, 0.45
+    plain = postprocess(probs, SPEC)
+    br = postprocess(probs, SPEC, region="br")
+    assert plain.text == "ABC0123"
+    assert br.text == "ABC0123"  # already LLLNNNN
+    probs2 = _probs("-A-B-0-1-2-3-4-")
+    probs2[5, zero], probs2[5, o] = 0.5, 0.45
+    assert postprocess(probs2, SPEC).text == "AB01234"
+    reading = postprocess(probs2, SPEC, region="br")
+    assert reading.text == "ABO1234"
+    assert [c for c, _ in reading.candidates][:2] == ["ABO1234", "AB01234"]
+
+
+def test_preprocess_returns_normalised_nchw_float32() -> None:
+    crop = np.full((30, 90, 3), 255, np.uint8)
+    x = preprocess(crop, SPEC)
+    assert x.shape == (1, 1, 48, 128)
+    assert x.dtype == np.float32
+    assert np.allclose(x, (1.0 - 0.5) / 0.25)
+
+
+def test_preprocess_keeps_two_line_layout_top_and_bottom() -> None:
+    # two-line plate: dark top line, bright bottom line -> the model input keeps them in order
+    crop = np.zeros((100, 140, 3), np.uint8)
+    crop[50:] = 255
+    x = preprocess(crop, SPEC)[0, 0]
+    assert x[:20].mean() < 0 < x[-20:].mean()
+
+
+def test_preprocess_handles_three_channel_spec_and_grey_crop() -> None:
+    spec3 = ReaderSpec.from_dict(
+        _sidecar(input={"height": 24, "width": 94, "channels": 3, "mean": 0.5, "std": 0.5})
+    )
+    x = preprocess(np.zeros((20, 60), np.uint8), spec3)
+    assert x.shape == (1, 3, 24, 94)
+
+
+def test_preprocess_rejects_empty_crop() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        preprocess(np.zeros((0, 10, 3), np.uint8), SPEC)
