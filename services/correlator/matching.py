@@ -372,27 +372,54 @@ def deletion_variants(text: str, k: int) -> set[str]:
     return out
 
 
-# A wildcard entry is keyed by up to WILDCARD_KEY_CHARS literal characters at fixed positions:
-# ("H", positions from the start) inside the part before the first "*", or else
-# ("T", offsets from the end) inside the part after the last "*". Patterns with neither (e.g.
-# "*AB*") go to the scan bucket, checked for every plate.
+# A wildcard entry is keyed by up to WILDCARD_KEY_CHARS literal characters, whichever anchor holds
+# the most of them (ties: head, tail, middle):
+# - ("H", positions from the start) inside the part before the first "*" (the whole pattern when
+#   it has no "*");
+# - ("T", offsets from the end) inside the part after the last "*";
+# - ("M", (n,)): the first n characters of the longest literal run between two "*"; a plate then
+#   looks up each of its n-character substrings.
+# Every wildcard pattern has a literal character, so every one has an anchor: no pattern is
+# checked for every plate.
 _Shape = tuple[str, tuple[int, ...]]
 
 
-def _wildcard_key(pattern: str) -> tuple[_Shape, str] | None:
+def _wildcard_key(pattern: str) -> tuple[_Shape, str]:
     star = pattern.find("*")
     head = pattern if star < 0 else pattern[:star]
     positions = tuple(i for i, ch in enumerate(head) if ch != "?")[:WILDCARD_KEY_CHARS]
-    if positions:
-        return ("H", positions), "".join(head[i] for i in positions)
+    best: tuple[_Shape, str] = (("H", positions), "".join(head[i] for i in positions))
     if star < 0:
-        return None
-    tail = pattern[pattern.rfind("*") + 1 :]
+        return best
+    last = pattern.rfind("*")
+    tail = pattern[last + 1 :]
     offsets = tuple(len(tail) - i for i in range(len(tail) - 1, -1, -1) if tail[i] != "?")
     offsets = offsets[:WILDCARD_KEY_CHARS]
-    if not offsets:
-        return None
-    return ("T", offsets), "".join(tail[len(tail) - o] for o in offsets)
+    if len(offsets) > len(best[1]):
+        best = (("T", offsets), "".join(tail[len(tail) - o] for o in offsets))
+    runs = pattern[star + 1 : last].replace("*", "?").split("?")
+    run = max(runs, key=len)[:WILDCARD_KEY_CHARS]
+    if len(run) > len(best[1]):
+        best = (("M", (len(run),)), run)
+    return best
+
+
+def _wildcard_query_keys(shapes: Iterable[_Shape], plate: str) -> list[int]:
+    """The keys a plate looks up: one per head/tail shape that fits, every substring for M."""
+    keys: list[int] = []
+    size = len(plate)
+    for shape in shapes:
+        anchor, where = shape
+        if anchor == "H":
+            if where[-1] < size:
+                keys.append(hash((shape, "".join([plate[i] for i in where]))))
+        elif anchor == "T":
+            if where[-1] <= size:
+                keys.append(hash((shape, "".join([plate[size - o] for o in where]))))
+        else:
+            n = where[0]
+            keys.extend({hash((shape, plate[i : i + n])) for i in range(size - n + 1)})
+    return keys
 
 
 class _KeyTable:
@@ -589,7 +616,7 @@ class WatchIndex:
       the confusion-canonical pattern; a plate looks up its own neighbourhood, candidates are
       verified with `weighted_distance`;
     - wildcard entries: keyed by up to three literal characters at fixed positions (see
-      `_wildcard_key`), anchorless ones in a scan bucket.
+      `_wildcard_key`): at the start, at the end, or anywhere for ``*AB*``.
 
     Keys are Python string hashes (per-process, never persisted) in sorted numpy arrays; `add`
     buffers keys in a small dict merged in O(n); `remove` marks the row dead and rows are
@@ -609,7 +636,6 @@ class WatchIndex:
         self._store = _EntryStore()
         self._keys = _KeyTable(pending_limit)
         self._ids = _KeyTable(pending_limit)
-        self._scan: set[int] = set()
         self._shapes: dict[_Shape, int] = {}
         self._fuzzy_k = [0] * (int(MAX_FUZZY_COST) + 1)
         self._n_live = 0
@@ -676,11 +702,7 @@ class WatchIndex:
                     keys.append(hash("~" + variant))
                     key_slots.append(slot)
             else:
-                found = _wildcard_key(entry.pattern)
-                if found is None:
-                    self._scan.add(slot)
-                    continue
-                shape, chars = found
+                shape, chars = _wildcard_key(entry.pattern)
                 self._shapes[shape] = self._shapes.get(shape, 0) + 1
                 keys.append(hash((shape, chars)))
                 key_slots.append(slot)
@@ -699,15 +721,12 @@ class WatchIndex:
         if mode is MatchMode.FUZZY:
             self._fuzzy_k[int(store.limit[slot]) // _EDIT_UNITS] -= 1
         elif mode is MatchMode.WILDCARD:
-            found = _wildcard_key(store.pattern[slot].decode("ascii"))
-            if found is None:
-                self._scan.discard(slot)
+            shape = _wildcard_key(store.pattern[slot].decode("ascii"))[0]
+            left = self._shapes[shape] - 1
+            if left:
+                self._shapes[shape] = left
             else:
-                left = self._shapes[found[0]] - 1
-                if left:
-                    self._shapes[found[0]] = left
-                else:
-                    del self._shapes[found[0]]
+                del self._shapes[shape]
         self._n_live -= 1
         self._n_dead += 1
         if self._n_dead > max(self._pending_limit, self._n_live // 4):
@@ -719,7 +738,6 @@ class WatchIndex:
         live, remap = self._store.compact()
         self._keys.compact(live, remap)
         self._ids.compact(live, remap)
-        self._scan = {int(remap[s]) for s in self._scan}
         self._n_dead = 0
 
     def _slot_of(self, entry_id: int) -> int | None:
@@ -738,18 +756,8 @@ class WatchIndex:
         max_k = max((k for k, n in enumerate(self._fuzzy_k) if n), default=-1)
         if max_k >= 0:
             keys.extend(hash("~" + v) for v in deletion_variants(canonical(plate), max_k))
-        size = len(plate)
-        for shape in self._shapes:
-            anchor, where = shape
-            if where[-1] >= size if anchor == "H" else where[-1] > size:
-                continue
-            if anchor == "H":
-                chars = "".join([plate[i] for i in where])
-            else:
-                chars = "".join([plate[size - o] for o in where])
-            keys.append(hash((shape, chars)))
+        keys.extend(_wildcard_query_keys(self._shapes, plate))
         slots = self._keys.lookup(keys)
-        slots.extend(self._scan)
         if not slots:
             return []
         store = self._store

@@ -195,8 +195,11 @@ def test_index_default_max_cost_applies_to_entries_without_override() -> None:
         ("*9Z", "QQ9Z", True),  # star-leading, keyed by suffix
         ("*9Z", "QQ9Y", False),
         ("?A?", "XAY", True),
-        ("*X9*", "AX9B", True),  # anchorless: scan bucket
+        ("*X9*", "AX9B", True),  # keyed by a middle run: every substring looked up
         ("*X9*", "A9XB", False),
+        ("A*XYZ", "AQQXYZ", True),  # tail holds more literals than head
+        ("*AB?C*", "QABXCQ", True),
+        ("*AB?C*", "QABXDQ", False),
         ("A*B*C", "AXXBYC", True),
         ("A*B*C", "AXXCYB", False),
     ],
