@@ -1,0 +1,323 @@
+"""`platewatch eval`: end-to-end plate reading scored against any labels.jsonl folder.
+
+    platewatch eval DATASET_DIR --out PRED.jsonl [--split test] [--crops] [--threads 1]
+                    [--json SUMMARY.json] [--region label|none|XX] [--engine platewatch|rapidocr]
+
+One image at a time; writes one JSON line per image {"file", "plates": [{"text", "confidence",
+"box"}], "ms"} where ms is decoded image -> final plates. A labelled plate counts as read when a
+prediction has exactly its text and the boxes overlap (intersection / smaller area >= 0.5, the
+reference scoring of openalpr-endtoend-dev). Reads that overlap no labelled box are "extra reads";
+reads on a labelled box with the wrong text are "wrong reads".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from services.edge.dataset import LabelledImage, load_labels
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    text: str
+    confidence: float
+    box: Box
+
+
+@dataclass(frozen=True, slots=True)
+class ImageScore:
+    labelled: int  # labelled plates with text
+    read: int  # of those, read exactly with overlapping box
+    extra: int  # predictions overlapping no labelled box
+    wrong: int  # predictions on a labelled box with wrong text (not counted as extra)
+    char_correct: float  # sum over labelled plates of (1 - edit distance / len), clipped at 0
+
+
+# ----------------------------------------------------------------------------- scoring (pure)
+def overlap(a: Box, b: Box) -> float:
+    """Intersection over the smaller box's area (0 when either box is empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    smaller = min(area_a, area_b)
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        cur = [i]
+        for j, cb in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def score_image(
+    labels: Sequence[tuple[str | None, Box]],
+    predictions: Sequence[Prediction],
+    min_overlap: float = 0.5,
+) -> ImageScore:
+    """Score one image's predictions against its labelled plates (text None = unreadable)."""
+    used: set[int] = set()
+    read = 0
+    char_correct = 0.0
+    labelled = 0
+    for text, box in labels:
+        if not text:
+            continue
+        labelled += 1
+        hit = next(
+            (
+                i
+                for i, p in enumerate(predictions)
+                if i not in used and p.text == text and overlap(p.box, box) >= min_overlap
+            ),
+            None,
+        )
+        if hit is not None:
+            used.add(hit)
+            read += 1
+            char_correct += 1.0
+            continue
+        near = [p for p in predictions if overlap(p.box, box) >= min_overlap]
+        if near:
+            best = min(edit_distance(p.text, text) for p in near)
+            char_correct += max(0.0, 1.0 - best / len(text))
+    extra = wrong = 0
+    for i, p in enumerate(predictions):
+        if i in used:
+            continue
+        if any(overlap(p.box, box) >= min_overlap for _, box in labels):
+            wrong += 1
+        else:
+            extra += 1
+    return ImageScore(labelled, read, extra, wrong, char_correct)
+
+
+def summarise(scores: Sequence[ImageScore], ms: Sequence[float]) -> dict[str, Any]:
+    """Totals over images: recall, extra/wrong reads per image, char accuracy, latency."""
+    labelled = sum(s.labelled for s in scores)
+    images = len(scores)
+    ordered = sorted(ms)
+    return {
+        "images": images,
+        "labelled_plates": labelled,
+        "read": sum(s.read for s in scores),
+        "exact_plate_recall": sum(s.read for s in scores) / labelled if labelled else 0.0,
+        "extra_reads_per_image": sum(s.extra for s in scores) / images if images else 0.0,
+        "wrong_reads_per_image": sum(s.wrong for s in scores) / images if images else 0.0,
+        "char_accuracy": sum(s.char_correct for s in scores) / labelled if labelled else 0.0,
+        "median_ms": statistics.median(ordered) if ordered else 0.0,
+        "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else 0.0,
+    }
+
+
+def normalise_text(text: str) -> str:
+    """Upper-case A-Z0-9 only (the label alphabet)."""
+    return "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+
+
+# ----------------------------------------------------------------------------- engines
+Engine = Callable[[np.ndarray, "str | None", bool], tuple[list[Prediction], float]]
+
+
+def platewatch_engine(models: Path, threads: int, detector: str, reader: str) -> Engine:
+    from services.edge.recognition.pipeline import PipelineOptions, PlateRecognizer
+    from services.edge.recognition.runtime import RuntimeOptions
+
+    recognizer = PlateRecognizer.from_dir(
+        models,
+        RuntimeOptions(threads=threads),
+        PipelineOptions(),
+        detector_name=detector,
+        reader_name=reader,
+    )
+
+    def run(frame: np.ndarray, region: str | None, crops: bool) -> tuple[list[Prediction], float]:
+        result = recognizer.recognize(frame, region=region, crops=crops)
+        preds = [Prediction(p.text, p.confidence, p.box) for p in result.plates]
+        return preds, result.timings_ms.get("total", 0.0)
+
+    return run
+
+
+def rapidocr_engine(threads: int) -> Engine:
+    """Generic PP-OCRv4 (rapidocr-openvino) as a reference reader: every text line is a read."""
+    import tempfile
+
+    import openvino
+    import yaml
+
+    try:
+        import openvino.runtime
+    except ImportError:  # openvino >= 2025 dropped the alias rapidocr-openvino imports
+        sys.modules["openvino.runtime"] = openvino
+    import rapidocr_openvino  # type: ignore[import-untyped]
+
+    cfg_path = Path(rapidocr_openvino.__file__).parent / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    for section in ("Global", "Det", "Cls", "Rec"):
+        cfg[section]["inference_num_threads"] = threads
+    for section in ("Det", "Cls", "Rec"):
+        path = Path(cfg[section]["model_path"])
+        if not path.is_absolute():
+            cfg[section]["model_path"] = str(cfg_path.parent / path)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(cfg, handle)
+    ocr = rapidocr_openvino.RapidOCR(config_path=handle.name)
+
+    def run(frame: np.ndarray, region: str | None, crops: bool) -> tuple[list[Prediction], float]:
+        start = time.perf_counter()
+        result, _ = ocr(frame, use_det=not crops)
+        ms = (time.perf_counter() - start) * 1000.0
+        preds: list[Prediction] = []
+        height, width = frame.shape[:2]
+        for item in result or []:
+            if crops:
+                text, conf = item[0], item[1]
+                box: Box = (0.0, 0.0, float(width), float(height))
+            else:
+                points, text, conf = item
+                xs = [float(p[0]) for p in points]
+                ys = [float(p[1]) for p in points]
+                box = (min(xs), min(ys), max(xs), max(ys))
+            clean = normalise_text(str(text))
+            if len(clean) >= 2:
+                preds.append(Prediction(clean, float(conf), box))
+        return preds, ms
+
+    return run
+
+
+# ----------------------------------------------------------------------------- main
+def select(images: Iterable[LabelledImage], dataset: str, split: str) -> list[LabelledImage]:
+    if split == "all":
+        return list(images)
+    from services.edge.training.splits import split_of
+
+    return [i for i in images if split_of(dataset, i.split_label) == split]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="platewatch eval", description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", type=Path, help="folder with labels.jsonl and images/")
+    ap.add_argument("--out", type=Path, required=True, help="predictions, one JSON line per image")
+    ap.add_argument("--split", choices=("all", "train", "test", "eval"), default="all")
+    ap.add_argument("--crops", action="store_true", help="skip detection: image = one plate")
+    ap.add_argument("--threads", type=int, default=1, help="OpenVINO inference threads")
+    ap.add_argument("--json", type=Path, help="write the summary here too")
+    ap.add_argument(
+        "--region",
+        default="none",
+        help="reader format hint: 'none', 'label' (each image's labelled region, as a site "
+        "would be configured) or a region code",
+    )
+    ap.add_argument("--engine", choices=("platewatch", "rapidocr"), default="platewatch")
+    ap.add_argument("--models", type=Path, default=None, help="models folder")
+    ap.add_argument("--detector", default="detector", help="detector IR name in --models")
+    ap.add_argument("--reader", default="reader", help="reader IR name in --models")
+    ap.add_argument("--min-overlap", type=float, default=0.5)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    cv2.setNumThreads(1)
+    try:
+        images = select(load_labels(args.dataset), args.dataset.resolve().name, args.split)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"platewatch eval: {exc}", file=sys.stderr)
+        return 2
+    if args.limit:
+        images = images[: args.limit]
+    if args.engine == "rapidocr":
+        engine = rapidocr_engine(args.threads)
+    else:
+        from services.edge.recognition.pipeline import MODELS_DIR
+
+        engine = platewatch_engine(
+            args.models or MODELS_DIR, args.threads, args.detector, args.reader
+        )
+    scores: list[ImageScore] = []
+    times: list[float] = []
+    by_region: dict[str, list[ImageScore]] = {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", encoding="utf-8") as out:
+        for item in images:
+            frame = cv2.imread(str(item.file), cv2.IMREAD_COLOR)
+            if frame is None:
+                print(f"platewatch eval: {item.file}: cannot decode, skipped", file=sys.stderr)
+                continue
+            region = {"none": None, "label": item.region}.get(args.region, args.region)
+            preds, ms = engine(frame, region, args.crops)
+            labels = [(p.text, p.box) for p in item.plates]
+            if args.crops:
+                full: Box = (0.0, 0.0, float(item.width), float(item.height))
+                labels = [(p.text, full) for p in item.plates]
+            score = score_image(labels, preds, args.min_overlap)
+            scores.append(score)
+            times.append(ms)
+            by_region.setdefault(item.region, []).append(score)
+            row = {
+                "file": item.relative_file,
+                "plates": [
+                    {
+                        "text": p.text,
+                        "confidence": round(p.confidence, 4),
+                        "box": [round(v, 1) for v in p.box],
+                    }
+                    for p in preds
+                ],
+                "ms": round(ms, 3),
+                "labels": [p.text for p in item.plates],
+            }
+            out.write(json.dumps(row) + "\n")
+    summary = summarise(scores, times)
+    summary["by_region"] = {
+        r: summarise(s, [])["exact_plate_recall"] for r, s in sorted(by_region.items())
+    }
+    summary.update(
+        dataset=str(args.dataset),
+        split=args.split,
+        crops=args.crops,
+        threads=args.threads,
+        engine=args.engine,
+        region=args.region,
+    )
+    print(
+        f"{args.dataset.name} [{args.split}{', crops' if args.crops else ''}] "
+        f"engine={args.engine} images={summary['images']} plates={summary['labelled_plates']}\n"
+        f"  exact-plate recall {summary['exact_plate_recall']:.1%}  "
+        f"extra reads/image {summary['extra_reads_per_image']:.3f}  "
+        f"wrong reads/image {summary['wrong_reads_per_image']:.3f}  "
+        f"char accuracy {summary['char_accuracy']:.1%}\n"
+        f"  ms median {summary['median_ms']:.2f}  p90 {summary['p90_ms']:.2f}  "
+        f"by region {json.dumps({k: round(v, 3) for k, v in summary['by_region'].items()})}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Plate detection and reading: pure pre/post-processing plus one OpenVINO adapter."""

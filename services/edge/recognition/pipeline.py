@@ -1,0 +1,329 @@
+"""`PlateRecognizer`: decode -> resize -> detect -> crop -> read -> post-process, timed per stage.
+
+The recogniser depends on two `InferenceModel`s (see runtime.py) and the pure pre/post code of
+detector.py and reader.py; `PlateRecognizer.from_dir` wires in the OpenVINO adapter.
+Bad input (undecodable bytes, empty or degenerate arrays, absurdly large images) never raises
+from `recognize*`: it gives an empty result whose `error` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from services.edge.recognition import detector as det
+from services.edge.recognition import reader as rdr
+from services.edge.recognition.runtime import InferenceModel, OpenVinoModel, RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+STAGES = ("decode", "resize", "detect", "read", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    """Tunables of the composed pipeline (not of either model)."""
+
+    crop_margin_x: float = 0.06
+    crop_margin_y: float = 0.10
+    min_read_confidence: float = 0.3
+    min_text_length: int = 2
+    max_plates: int = 8
+    top_n: int = 5
+    max_decode_side: int = 4096
+    max_pixels: int = 400_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RecognizedPlate:
+    """One plate read in a frame; `box` is x1, y1, x2, y2 in the pixels of the given image."""
+
+    text: str
+    confidence: float
+    char_confidences: tuple[float, ...]
+    candidates: tuple[tuple[str, float], ...]
+    box: tuple[float, float, float, float]
+    detector_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionResult:
+    """All plates of one image, the time each stage took, and why it is empty when rejected."""
+
+    plates: tuple[RecognizedPlate, ...]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    width: int = 0
+    height: int = 0
+
+
+# ----------------------------------------------------------------------------- decoding
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding pixels; None if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return int(width), int(height)
+        i += 2 + length
+    return None
+
+
+_REDUCED = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
+
+
+def decode_image(
+    data: bytes, max_side: int, max_pixels: int
+) -> tuple[npt.NDArray[np.uint8] | None, float, str | None]:
+    """Bytes -> (BGR image, factor to multiply boxes by to get original pixels, error).
+
+    Images whose long side exceeds `max_side` are decoded at 1/2, 1/4 or 1/8 size (JPEG DCT
+    scaling), so a 10000 x 10000 upload never allocates the full frame."""
+    if not data:
+        return None, 1.0, "empty input"
+    size = image_size_from_header(data)
+    flag, factor = cv2.IMREAD_COLOR, 1.0
+    if size is not None:
+        width, height = size
+        if width <= 0 or height <= 0:
+            return None, 1.0, "image header has zero size"
+        if width * height > max_pixels:
+            return None, 1.0, f"image too large: {width}x{height}"
+        long_side = max(width, height)
+        for div, reduced in reversed(_REDUCED):
+            if long_side > max_side and long_side / div <= max_side:
+                flag, factor = reduced, float(div)
+                break
+        else:
+            if long_side > max_side:
+                flag, factor = cv2.IMREAD_REDUCED_COLOR_8, 8.0
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, flag)
+    if image is None or image.size == 0:
+        return None, 1.0, "undecodable image"
+    if size is not None and factor != 1.0:
+        factor = size[0] / image.shape[1]
+    return image.astype(np.uint8, copy=False), factor, None
+
+
+def as_bgr(frame: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint8] | None, str | None]:
+    """Accept HxW grey, HxWx1, HxWx3 BGR or HxWx4 BGRA uint8; anything else is an error."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        return None, "frame must be a uint8 numpy array"
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim not in (2, 3) or frame.shape[0] < 2 or frame.shape[1] < 2:
+        return None, f"frame shape {frame.shape} is not an image"
+    if frame.ndim == 2:
+        return np.asarray(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), dtype=np.uint8), None
+    if frame.shape[2] == 4:
+        return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR), dtype=np.uint8), None
+    if frame.shape[2] != 3:
+        return None, f"frame has {frame.shape[2]} channels"
+    return frame, None
+
+
+def crop_box(
+    frame: npt.NDArray[np.uint8], box: tuple[float, float, float, float], mx: float, my: float
+) -> npt.NDArray[np.uint8] | None:
+    """The detection box widened by mx/my of its size on each side, clipped; None if tiny."""
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    height, width = frame.shape[:2]
+    cx1, cy1 = max(0, int(x1 - mx * bw)), max(0, int(y1 - my * bh))
+    cx2, cy2 = min(width, int(np.ceil(x2 + mx * bw))), min(height, int(np.ceil(y2 + my * bh)))
+    if cx2 - cx1 < 4 or cy2 - cy1 < 3:
+        return None
+    return frame[cy1:cy2, cx1:cx2]
+
+
+# ----------------------------------------------------------------------------- recogniser
+class PlateRecognizer:
+    """Detect and read plates in one frame at a time (not thread-safe: one per thread)."""
+
+    def __init__(
+        self,
+        detector_model: InferenceModel,
+        detector_spec: det.DetectorSpec,
+        reader_model: InferenceModel | None,
+        reader_spec: rdr.ReaderSpec | None,
+        options: PipelineOptions | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._det_model = detector_model
+        self._det_spec = detector_spec
+        self._reader_model = reader_model
+        self._reader_spec = reader_spec
+        self.options = options or PipelineOptions()
+        self._clock = clock
+
+    @classmethod
+    def from_dir(
+        cls,
+        models_dir: Path = MODELS_DIR,
+        runtime: RuntimeOptions | None = None,
+        options: PipelineOptions | None = None,
+        detector_name: str = "detector",
+        reader_name: str | None = "reader",
+    ) -> PlateRecognizer:
+        """Load `<detector_name>.xml/.json` and `<reader_name>.xml/.json` from `models_dir`."""
+        import openvino as ov
+
+        core = ov.Core()
+        det_spec = det.DetectorSpec.from_file(models_dir / f"{detector_name}.json")
+        det_model = OpenVinoModel.load(models_dir / f"{detector_name}.xml", runtime, core)
+        reader_model: InferenceModel | None = None
+        reader_spec: rdr.ReaderSpec | None = None
+        if reader_name is not None:
+            reader_spec = rdr.ReaderSpec.from_file(models_dir / f"{reader_name}.json")
+            reader_model = OpenVinoModel.load(models_dir / f"{reader_name}.xml", runtime, core)
+        return cls(det_model, det_spec, reader_model, reader_spec, options)
+
+    def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
+        """Decode an encoded image (JPEG, PNG, ...) and recognise its plates."""
+        start = self._clock()
+        image, factor, error = decode_image(
+            data, self.options.max_decode_side, self.options.max_pixels
+        )
+        decode_ms = (self._clock() - start) * 1000.0
+        if image is None:
+            log.warning("image rejected", extra={"reason": error, "bytes": len(data)})
+            return RecognitionResult(plates=(), timings_ms={"decode": decode_ms}, error=error)
+        result = self.recognize(image, region=region)
+        plates = result.plates
+        if factor != 1.0:
+            plates = tuple(_scale_plate(p, factor) for p in plates)
+        timings = {"decode": decode_ms, **result.timings_ms}
+        timings["total"] = timings.get("total", 0.0) + decode_ms
+        return RecognitionResult(
+            plates=plates,
+            timings_ms=timings,
+            error=result.error,
+            width=round(result.width * factor),
+            height=round(result.height * factor),
+        )
+
+    def detect(self, frame: npt.NDArray[np.uint8]) -> list[det.Detection]:
+        """Detections only (frame must be HxWx3 uint8 BGR)."""
+        inputs, meta = det.preprocess(frame, self._det_spec)
+        outputs = self._det_model.infer({self._det_spec.input_name: inputs})
+        return det.postprocess(outputs, meta, self._det_spec)
+
+    def recognize(
+        self, frame: npt.NDArray[Any], region: str | None = None, crops: bool = False
+    ) -> RecognitionResult:
+        """Recognise plates in a decoded frame. `crops=True`: the frame is one plate crop."""
+        clock = self._clock
+        t0 = clock()
+        image, error = as_bgr(frame)
+        if image is None:
+            log.warning("frame rejected", extra={"reason": error})
+            return RecognitionResult(plates=(), timings_ms={"total": 0.0}, error=error)
+        height, width = image.shape[:2]
+        timings: dict[str, float] = {}
+        if crops:
+            detections = [det.Detection(box=(0.0, 0.0, float(width), float(height)), score=1.0)]
+            timings["resize"] = timings["detect"] = 0.0
+            t2 = clock()
+        else:
+            inputs, meta = det.preprocess(image, self._det_spec)
+            t1 = clock()
+            outputs = self._det_model.infer({self._det_spec.input_name: inputs})
+            detections = det.postprocess(outputs, meta, self._det_spec)
+            t2 = clock()
+            timings["resize"] = (t1 - t0) * 1000.0
+            timings["detect"] = (t2 - t1) * 1000.0
+        plates = self._read_all(image, detections, region, crops)
+        t3 = clock()
+        timings["read"] = (t3 - t2) * 1000.0
+        timings["total"] = (t3 - t0) * 1000.0
+        return RecognitionResult(plates=plates, timings_ms=timings, width=width, height=height)
+
+    def _read_all(
+        self,
+        image: npt.NDArray[np.uint8],
+        detections: list[det.Detection],
+        region: str | None,
+        crops: bool,
+    ) -> tuple[RecognizedPlate, ...]:
+        opts = self.options
+        plates: list[RecognizedPlate] = []
+        for detection in detections[: opts.max_plates]:
+            if self._reader_model is None or self._reader_spec is None:
+                plates.append(RecognizedPlate("", 0.0, (), (), detection.box, detection.score))
+                continue
+            mx, my = (0.0, 0.0) if crops else (opts.crop_margin_x, opts.crop_margin_y)
+            crop = crop_box(image, detection.box, mx, my)
+            if crop is None:
+                continue
+            x = rdr.preprocess(crop, self._reader_spec)
+            name = self._reader_model.input_names[0]
+            out = self._reader_model.infer({name: x})
+            logits = out[self._reader_model.output_names[0]]
+            reading = rdr.postprocess(logits, self._reader_spec, region=region, top_n=opts.top_n)
+            if len(reading.text) < opts.min_text_length:
+                continue
+            if reading.confidence < opts.min_read_confidence and not crops:
+                continue
+            plates.append(
+                RecognizedPlate(
+                    text=reading.text,
+                    confidence=reading.confidence,
+                    char_confidences=reading.char_confidences,
+                    candidates=reading.candidates,
+                    box=detection.box,
+                    detector_score=detection.score,
+                )
+            )
+        return tuple(_dedupe(plates))
+
+
+def _dedupe(plates: list[RecognizedPlate]) -> list[RecognizedPlate]:
+    """Keep one plate per text (the most confident): NMS leaves rare double boxes."""
+    best: dict[str, RecognizedPlate] = {}
+    for plate in plates:
+        if not plate.text:
+            best[f"#{len(best)}"] = plate
+        elif plate.text not in best or plate.confidence > best[plate.text].confidence:
+            best[plate.text] = plate
+    return list(best.values())
+
+
+def _scale_plate(plate: RecognizedPlate, factor: float) -> RecognizedPlate:
+    x1, y1, x2, y2 = plate.box
+    box = (x1 * factor, y1 * factor, x2 * factor, y2 * factor)
+    return RecognizedPlate(
+        plate.text,
+        plate.confidence,
+        plate.char_confidences,
+        plate.candidates,
+        box,
+        plate.detector_score,
+    )

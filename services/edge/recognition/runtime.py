@@ -1,0 +1,165 @@
+"""The one OpenVINO adapter. Pre/post-processing code depends only on `InferenceModel`.
+
+model = OpenVinoModel.load(Path("services/edge/models/detector.xml"), RuntimeOptions(threads=1))
+outputs = model.infer({"image": x})            # sync, dict of output name -> ndarray
+runner = AsyncRunner(model, jobs=4, callback)  # AsyncInferQueue for several streams
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import openvino as ov
+
+log = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+T = TypeVar("T")
+
+
+class ModelLoadError(RuntimeError):
+    """The IR file is missing or OpenVINO could not read or compile it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+class InferenceInputError(ValueError):
+    """The inputs given to a model do not match its input names."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+class InferenceModel(Protocol):
+    """What pre/post-processing code needs from a compiled model."""
+
+    @property
+    def input_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def output_names(self) -> tuple[str, ...]: ...
+
+    def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """How to compile a model for the CPU.
+
+    threads: INFERENCE_NUM_THREADS (0 = OpenVINO default, all cores).
+    streams: NUM_STREAMS (1 for lowest latency; more for throughput with async requests).
+    precision: INFERENCE_PRECISION_HINT ("f32" keeps FP32 maths; None = device default).
+    """
+
+    threads: int = 1
+    streams: int = 1
+    precision: str | None = "f32"
+    device: str = "CPU"
+
+    def config(self) -> dict[str, str]:
+        cfg = {"NUM_STREAMS": str(self.streams), "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads > 0:
+            cfg["INFERENCE_NUM_THREADS"] = str(self.threads)
+        if self.precision:
+            cfg["INFERENCE_PRECISION_HINT"] = self.precision
+        return cfg
+
+
+def _first_name(port: Any) -> str:
+    names = port.get_names()
+    return str(port.get_any_name()) if names else f"port{port.get_index()}"
+
+
+class OpenVinoModel:
+    """An IR compiled for the CPU with one synchronous infer request."""
+
+    def __init__(self, compiled: Any, path: Path) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self.path = path
+        self._inputs = tuple(_first_name(p) for p in compiled.inputs)
+        self._outputs = tuple(_first_name(p) for p in compiled.outputs)
+
+    @classmethod
+    def load(
+        cls, xml: Path, options: RuntimeOptions | None = None, core: Any = None
+    ) -> OpenVinoModel:
+        """Read `xml` (+ .bin next to it) and compile it with `options`."""
+        opts = options or RuntimeOptions()
+        if not xml.is_file() or not xml.with_suffix(".bin").is_file():
+            raise ModelLoadError(xml, "IR .xml/.bin pair not found")
+        ov_core = core if core is not None else ov.Core()
+        try:
+            model = ov_core.read_model(str(xml))
+            compiled = ov_core.compile_model(model, opts.device, opts.config())
+        except RuntimeError as exc:
+            raise ModelLoadError(xml, f"OpenVINO failed: {exc}") from exc
+        log.info(
+            "model compiled",
+            extra={"model": str(xml), "threads": opts.threads, "streams": opts.streams},
+        )
+        return cls(compiled, xml)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def compiled(self) -> Any:
+        """The underlying CompiledModel (for AsyncRunner only)."""
+        return self._compiled
+
+    def check_inputs(self, inputs: Mapping[str, Array]) -> None:
+        missing = [n for n in self._inputs if n not in inputs]
+        if missing:
+            raise InferenceInputError(missing[0], f"missing input of {self.path.name}")
+
+    def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """Run one synchronous inference; returns copies of the outputs by name."""
+        self.check_inputs(inputs)
+        results = self._request.infer({n: inputs[n] for n in self._inputs})
+        return {
+            name: np.array(results[port], copy=True)
+            for name, port in zip(self._outputs, self._compiled.outputs, strict=True)
+        }
+
+
+class AsyncRunner(Generic[T]):
+    """AsyncInferQueue wrapper: submit inputs with user data; `callback(outputs, userdata)` runs
+    on an OpenVINO thread when each request completes."""
+
+    def __init__(
+        self, model: OpenVinoModel, jobs: int, callback: Callable[[dict[str, Array], T], None]
+    ) -> None:
+        self._model = model
+        self._queue = ov.AsyncInferQueue(model.compiled, jobs)
+        outputs = list(zip(model.output_names, model.compiled.outputs, strict=True))
+
+        def on_done(request: Any, userdata: T) -> None:
+            result = {
+                name: np.array(request.get_tensor(port).data, copy=True) for name, port in outputs
+            }
+            callback(result, userdata)
+
+        self._queue.set_callback(on_done)
+
+    def submit(self, inputs: Mapping[str, Array], userdata: T) -> None:
+        """Start one inference; blocks only while all `jobs` requests are busy."""
+        self._model.check_inputs(inputs)
+        self._queue.start_async({n: inputs[n] for n in self._model.input_names}, userdata)
+
+    def wait_all(self) -> None:
+        self._queue.wait_all()
