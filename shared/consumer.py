@@ -1,0 +1,139 @@
+"""Validated event intake over MQTT: decode, dispatch, or dead-letter with the reason.
+
+A payload that does not parse never crashes the consumer and is never silently dropped: it is
+logged, handed to the dead-letter sink (published on ``{root}/v1/deadletter/{service}``; the
+correlator also stores it), and only then acknowledged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
+
+from shared.errors import PayloadError
+from shared.events import DeadLetter, EventBase, decode_event, encode_event
+from shared.mqtt import Delivery, MqttClient
+from shared.topics import deadletter_topic
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=EventBase)
+MAX_DEADLETTER_COPY = 16 * 1024
+
+
+class DeadLetterSink(Protocol):
+    def dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+class MqttDeadLetterSink:
+    """Publishes dead letters (QoS 1) and waits for the broker to take them."""
+
+    def __init__(self, client: MqttClient, service: str, root: str) -> None:
+        self._client = client
+        self._topic = deadletter_topic(service, root)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self._client.publish(self._topic, encode_event(letter), qos=1).wait()
+
+
+def make_dead_letter(
+    service: str, delivery: Delivery, error: PayloadError | str, now: datetime
+) -> DeadLetter:
+    """The dead-letter record of a refused delivery (payload copied, capped at 16 KiB)."""
+    reason = str(error)
+    field = error.field if isinstance(error, PayloadError) else None
+    return DeadLetter(
+        service=service,
+        received_at=now,
+        topic=delivery.topic[:512],
+        reason=reason[:1000],
+        field=field[:128] if field else None,
+        payload_b64=base64.b64encode(delivery.payload[:MAX_DEADLETTER_COPY]).decode(),
+        payload_size=len(delivery.payload),
+    )
+
+
+class EventConsumer(Generic[E]):
+    """Subscribes (shared or not), decodes each payload into `model` and calls `on_event`.
+
+    `on_event(event, delivery)` owns the acknowledgement of good events (ack after commit);
+    `check(event, delivery)` may raise PayloadError to refuse an event that parses but is wrong
+    (e.g. its site disagrees with its topic). Refused payloads are dead-lettered, then acked.
+
+    Work runs on one worker thread, never on the MQTT network thread, so handlers may block on
+    the database or wait for their own publishes. The broker's receive maximum (the client's
+    ``max_inflight``) bounds how many unacknowledged messages can pile up in between.
+    """
+
+    def __init__(
+        self,
+        client: MqttClient,
+        subscription: str,
+        model: type[E],
+        on_event: Callable[[E, Delivery], None],
+        sink: DeadLetterSink,
+        service: str,
+        clock: Callable[[], datetime],
+        check: Callable[[E, Delivery], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._subscription = subscription
+        self._model = model
+        self._on_event = on_event
+        self._sink = sink
+        self._service = service
+        self._clock = clock
+        self._check = check
+        self._inbox: queue.Queue[Delivery | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    def start(self, qos: int = 1) -> None:
+        self._worker = threading.Thread(
+            target=self._run, name=f"{self._service}-consumer", daemon=True
+        )
+        self._worker.start()
+        self._client.subscribe(self._subscription, self._inbox.put, qos=qos)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking work; what is queued but unacknowledged is redelivered by the broker."""
+        self._inbox.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def _run(self) -> None:
+        while (delivery := self._inbox.get()) is not None:
+            try:
+                self._handle(delivery)
+            except Exception:
+                # Left unacknowledged: the broker redelivers it after a reconnect.
+                log.exception("event handler failed", extra={"topic": delivery.topic})
+
+    def _handle(self, delivery: Delivery) -> None:
+        try:
+            event = decode_event(delivery.payload, self._model)
+            if self._check is not None:
+                self._check(event, delivery)
+        except PayloadError as exc:
+            self.reject(delivery, exc)
+            return
+        self._on_event(event, delivery)
+
+    def reject(self, delivery: Delivery, error: PayloadError | str) -> None:
+        letter = make_dead_letter(self._service, delivery, error, self._clock())
+        log.warning(
+            "payload rejected",
+            extra={
+                "service": self._service,
+                "topic": delivery.topic,
+                "reason": letter.reason,
+                "field": letter.field,
+                "size": letter.payload_size,
+            },
+        )
+        self._sink.dead_letter(letter)
+        delivery.ack()

@@ -1,0 +1,311 @@
+"""The one MQTT adapter: paho-mqtt 2 on MQTT 5.
+
+What it adds to paho: settings-driven TLS and credentials, reconnect with exponential backoff,
+re-subscription in ``on_connect`` (so a broker restart or a lost session does not silently end a
+consumer), a last will, persistent sessions for consumers, routing of messages to handlers by
+filter (shared subscriptions included), and manual acknowledgement: with ``manual_ack=True`` a
+QoS 1 message is acknowledged only when the handler's caller says ``delivery.ack()``, e.g. after the
+database commit, so that a crash before that makes the broker deliver it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from shared.errors import PlatewatchError
+from shared.settings import MqttSettings
+from shared.topics import parse_shared_subscription
+
+log = logging.getLogger(__name__)
+
+
+class MqttError(PlatewatchError):
+    """The broker refused or could not be reached in time."""
+
+
+class Publisher(Protocol):
+    """What the core needs to send: a topic and bytes."""
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> PublishResult: ...
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for us if we vanish without a clean disconnect."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received message. With manual acks, call ``ack()`` once it is safely handled."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    user_properties: tuple[tuple[str, str], ...] = ()
+    _ack: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+
+    def ack(self) -> None:
+        self._ack()
+
+
+class PublishResult:
+    """Handle of one publish; ``wait()`` blocks until the broker has it (QoS >= 1)."""
+
+    def __init__(self, info: paho.MQTTMessageInfo) -> None:
+        self._info = info
+
+    @property
+    def mid(self) -> int:
+        return int(self._info.mid)
+
+    def is_published(self) -> bool:
+        return bool(self._info.is_published())
+
+    def wait(self, timeout: float = 10.0) -> None:
+        if self._info.rc != paho.MQTT_ERR_SUCCESS and self._info.rc != paho.MQTT_ERR_NO_CONN:
+            raise MqttError(f"publish mid={self._info.mid}: {paho.error_string(self._info.rc)}")
+        try:
+            self._info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise MqttError(f"publish mid={self._info.mid}: {exc}") from exc
+        if not self._info.is_published():
+            raise MqttError(f"publish mid={self._info.mid}: not acknowledged in {timeout}s")
+
+
+Handler = Callable[[Delivery], None]
+
+
+def _filter_of(subscription: str) -> str:
+    if subscription.startswith("$share/"):
+        return parse_shared_subscription(subscription)[1]
+    return subscription
+
+
+class MqttClient:
+    """A connected MQTT 5 client; build in a composition root, pass it down."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        manual_ack: bool = False,
+        persistent_session: bool = False,
+        will: Will | None = None,
+        max_inflight: int = 100,
+    ) -> None:
+        self._settings = settings
+        self._client_id = settings.client_id or client_id
+        self._persistent = persistent_session
+        self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self._v5 = settings.protocol == "5"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            manual_ack=manual_ack,
+            clean_session=None if self._v5 else not persistent_session,
+        )
+        self._manual_ack = manual_ack
+        self._client.enable_logger(logging.getLogger("paho"))
+        self._max_inflight = max_inflight
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.reconnect_delay_set(
+            min_delay=max(1, round(settings.reconnect_min_s)),
+            max_delay=max(1, round(settings.reconnect_max_s)),
+        )
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else None
+            self._client.username_pw_set(settings.username, password)
+        if settings.tls is not None:
+            tls = settings.tls
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self._client.tls_insecure_set(tls.insecure)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, wait_s: float | None = 10.0) -> None:
+        """Connect in the background (retrying for ever); optionally wait for the first CONNACK."""
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._settings.session_expiry_s if self._persistent else 0
+            props.ReceiveMaximum = self._max_inflight
+            self._client.connect_async(
+                self._settings.host,
+                self._settings.port,
+                keepalive=self._settings.keepalive_s,
+                clean_start=not self._persistent,
+                properties=props,
+            )
+        else:
+            self._client.connect_async(
+                self._settings.host, self._settings.port, keepalive=self._settings.keepalive_s
+            )
+        self._client.loop_start()
+        if wait_s is not None and not self.connected.wait(wait_s):
+            self.stop()
+            raise MqttError(
+                f"no connection to {self._settings.host}:{self._settings.port} in {wait_s}s"
+            )
+
+    def stop(self) -> None:
+        """Clean disconnect (no last will), then stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def __enter__(self) -> MqttClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- publish / subscribe -------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: tuple[tuple[str, str], ...] = (),
+        expiry_s: int | None = None,
+    ) -> PublishResult:
+        props: Properties | None = None
+        if self._v5 and (user_properties or expiry_s is not None):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if user_properties:
+                props.UserProperty = list(user_properties)
+            if expiry_s is not None:
+                props.MessageExpiryInterval = expiry_s
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        return PublishResult(info)
+
+    def subscribe(self, subscription: str, handler: Handler, qos: int = 1) -> None:
+        """Subscribe now if connected, and again after every reconnect."""
+        with self._lock:
+            self._subscriptions[subscription] = (qos, handler)
+        if self.connected.is_set():
+            self._client.subscribe(subscription, qos=qos)
+
+    def unsubscribe(self, subscription: str) -> None:
+        with self._lock:
+            self._subscriptions.pop(subscription, None)
+        self._client.unsubscribe(subscription)
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error(
+                "mqtt connect refused",
+                extra={"client_id": self._client_id, "reason": str(reason_code)},
+            )
+            return
+        with self._lock:
+            subs = [(s, q) for s, (q, _) in self._subscriptions.items()]
+        for subscription, qos in subs:
+            client.subscribe(subscription, qos=qos)
+        log.info(
+            "mqtt connected",
+            extra={
+                "client_id": self._client_id,
+                "session_present": bool(flags.session_present),
+                "subscriptions": len(subs),
+            },
+        )
+        self.connected.set()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        log.warning(
+            "mqtt disconnected", extra={"client_id": self._client_id, "reason": str(reason_code)}
+        )
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        handler = self._handler_for(msg.topic)
+        user_props: tuple[tuple[str, str], ...] = ()
+        props = getattr(msg, "properties", None)
+        if props is not None and hasattr(props, "UserProperty"):
+            user_props = tuple((str(k), str(v)) for k, v in props.UserProperty)
+        mid, qos = int(msg.mid), int(msg.qos)
+
+        def ack() -> None:
+            if self._manual_ack and qos > 0:
+                client.ack(mid, qos)
+
+        delivery = Delivery(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            qos=qos,
+            retain=bool(msg.retain),
+            mid=mid,
+            user_properties=user_props,
+            _ack=ack,
+        )
+        if handler is None:
+            log.warning("mqtt message matches no handler", extra={"topic": msg.topic})
+            delivery.ack()
+            return
+        try:
+            handler(delivery)
+        except Exception:
+            # A handler must never kill the network thread. With manual acks the message stays
+            # unacknowledged, so the broker delivers it again after a reconnect.
+            log.exception("mqtt handler failed", extra={"topic": msg.topic})
+
+    def _handler_for(self, topic: str) -> Handler | None:
+        with self._lock:
+            items = list(self._subscriptions.items())
+        for subscription, (_, handler) in items:
+            if paho.topic_matches_sub(_filter_of(subscription), topic):
+                return handler
+        return None

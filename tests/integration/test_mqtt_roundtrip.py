@@ -1,0 +1,238 @@
+"""The skeleton end to end over the real mosquitto: publish, shared subscription, dead letters."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shared.consumer import EventConsumer, MqttDeadLetterSink
+from shared.errors import PayloadError
+from shared.events import DeadLetter, PlateRead, decode_event, encode_event, utc_now
+from shared.mqtt import Delivery, MqttClient, Will
+from shared.settings import MqttSettings
+from shared.topics import (
+    deadletter_filter,
+    parse_plate_topic,
+    plate_filter,
+    plate_topic,
+    shared_subscription,
+    status_topic,
+)
+from tests.factories import plate_read
+
+pytestmark = [pytest.mark.integration, pytest.mark.mqtt, pytest.mark.shared]
+
+
+@pytest.fixture
+def clients(mqtt_settings: MqttSettings, client_id: str) -> Iterator[list[MqttClient]]:
+    made: list[MqttClient] = []
+    yield made
+    for c in made:
+        c.stop()
+
+
+def _client(
+    clients: list[MqttClient], settings: MqttSettings, cid: str, **kw: object
+) -> MqttClient:
+    c = MqttClient(settings, cid, **kw)  # type: ignore[arg-type]
+    clients.append(c)
+    return c
+
+
+def _site_check(event: PlateRead, delivery: Delivery) -> None:
+    topic = parse_plate_topic(delivery.topic, root=delivery.topic.split("/", 1)[0])
+    if (topic.site, topic.camera) != (event.site, event.camera):
+        raise PayloadError("site", event.site, "disagrees with the topic")
+
+
+def _consumer(
+    clients: list[MqttClient], settings: MqttSettings, cid: str, got: queue.Queue[PlateRead]
+) -> MqttClient:
+    client = _client(clients, settings, cid, manual_ack=True)
+
+    def on_event(event: PlateRead, delivery: Delivery) -> None:
+        got.put(event)
+        delivery.ack()
+
+    EventConsumer(
+        client,
+        shared_subscription("correlator", plate_filter(settings.topic_root)),
+        PlateRead,
+        on_event,
+        MqttDeadLetterSink(client, "correlator", settings.topic_root),
+        "correlator",
+        utc_now,
+        check=_site_check,
+    ).start()
+    client.start()
+    return client
+
+
+def _dead_letters(
+    clients: list[MqttClient], settings: MqttSettings, cid: str
+) -> queue.Queue[DeadLetter]:
+    letters: queue.Queue[DeadLetter] = queue.Queue()
+    watcher = _client(clients, settings, cid)
+    watcher.subscribe(
+        deadletter_filter(settings.topic_root),
+        lambda d: letters.put(decode_event(d.payload, DeadLetter)),
+    )
+    watcher.start()
+    time.sleep(0.3)
+    return letters
+
+
+def test_plate_read_arrives_identical_through_shared_subscription(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    got: queue.Queue[PlateRead] = queue.Queue()
+    _consumer(clients, mqtt_settings, client_id + "-c", got)
+    time.sleep(0.3)  # let the SUBACK land
+    pub = _client(clients, mqtt_settings, client_id + "-p")
+    pub.start()
+    event = plate_read()
+    pub.publish(
+        plate_topic("north-gate", "cam-1", mqtt_settings.topic_root), encode_event(event)
+    ).wait()
+    assert got.get(timeout=5) == event
+
+
+def test_two_shared_consumers_split_the_load_without_duplicates(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    got_a: queue.Queue[PlateRead] = queue.Queue()
+    got_b: queue.Queue[PlateRead] = queue.Queue()
+    _consumer(clients, mqtt_settings, client_id + "-a", got_a)
+    _consumer(clients, mqtt_settings, client_id + "-b", got_b)
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, client_id + "-p")
+    pub.start()
+    sent = [plate_read(track_id=f"t{i}") for i in range(40)]
+    for e in sent:
+        pub.publish(
+            plate_topic("north-gate", "cam-1", mqtt_settings.topic_root), encode_event(e)
+        ).wait()
+    received: list[PlateRead] = []
+    deadline = time.monotonic() + 10
+    while len(received) < len(sent) and time.monotonic() < deadline:
+        for q in (got_a, got_b):
+            while not q.empty():
+                received.append(q.get())
+        time.sleep(0.05)
+    assert sorted(e.event_id for e in received) == sorted(e.event_id for e in sent)
+    assert got_a.qsize() == got_b.qsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"\xff\xfe not json", "payload"),
+        (b'{"type": "plate_read"}', "site"),
+        (
+            encode_event(plate_read()).replace(b'"confidence":0.93', b'"confidence":"high"'),
+            "confidence",
+        ),
+        (b"{" + b" " * 70000 + b"}", "payload"),
+    ],
+    ids=["garbage", "missing-fields", "wrong-type", "oversized"],
+)
+def test_malformed_payload_is_dead_lettered_logged_and_consumer_survives(
+    clients: list[MqttClient],
+    mqtt_settings: MqttSettings,
+    client_id: str,
+    payload: bytes,
+    field: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shared.consumer")
+    letters = _dead_letters(clients, mqtt_settings, client_id + "-dl")
+    got: queue.Queue[PlateRead] = queue.Queue()
+    _consumer(clients, mqtt_settings, client_id + "-c", got)
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, client_id + "-p")
+    pub.start()
+    topic = plate_topic("north-gate", "cam-1", mqtt_settings.topic_root)
+    pub.publish(topic, payload).wait()
+    letter = letters.get(timeout=5)
+    assert letter.topic == topic and letter.payload_size == len(payload)
+    assert (letter.field or "").startswith(field) or field in letter.reason
+    assert any(r.getMessage() == "payload rejected" for r in caplog.records)
+    good = plate_read()
+    pub.publish(topic, encode_event(good)).wait()
+    assert got.get(timeout=5) == good  # the consumer is still alive
+
+
+def test_event_whose_site_disagrees_with_topic_is_dead_lettered(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    letters = _dead_letters(clients, mqtt_settings, client_id + "-dl")
+    got: queue.Queue[PlateRead] = queue.Queue()
+    _consumer(clients, mqtt_settings, client_id + "-c", got)
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, client_id + "-p")
+    pub.start()
+    spoof = plate_read(site="south-gate")
+    pub.publish(
+        plate_topic("north-gate", "cam-1", mqtt_settings.topic_root), encode_event(spoof)
+    ).wait()
+    letter = letters.get(timeout=5)
+    assert letter.field == "site" and "disagrees" in letter.reason
+    assert got.empty()
+
+
+def test_unacked_message_is_redelivered_to_a_persistent_session(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    seen: queue.Queue[Delivery] = queue.Queue()
+    first = MqttClient(mqtt_settings, client_id + "-c", manual_ack=True, persistent_session=True)
+    first.subscribe(
+        shared_subscription("correlator", plate_filter(mqtt_settings.topic_root)), seen.put
+    )
+    first.start()
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, client_id + "-p")
+    pub.start()
+    event = plate_read()
+    pub.publish(
+        plate_topic("north-gate", "cam-1", mqtt_settings.topic_root), encode_event(event)
+    ).wait()
+    seen.get(timeout=5)  # received, never acknowledged: a crash before the commit
+    first._client.loop_stop()  # simulate the crash: no DISCONNECT, no ack
+    first._client.socket().close()  # type: ignore[union-attr]
+    again: queue.Queue[Delivery] = queue.Queue()
+    second = _client(
+        clients, mqtt_settings, client_id + "-c", manual_ack=True, persistent_session=True
+    )
+    second.subscribe(
+        shared_subscription("correlator", plate_filter(mqtt_settings.topic_root)),
+        lambda d: (again.put(d), d.ack()),
+    )
+    second.start()
+    redelivered = again.get(timeout=10)
+    assert decode_event(redelivered.payload, PlateRead) == event
+
+
+def test_last_will_publishes_retained_offline_status(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    topic = status_topic("north-gate", "edge-1", mqtt_settings.topic_root)
+    node = MqttClient(
+        mqtt_settings.model_copy(update={"keepalive_s": 5}),
+        client_id + "-n",
+        will=Will(topic, b'{"state":"offline"}'),
+    )
+    node.start()
+    node._client.loop_stop()
+    node._client.socket().close()  # type: ignore[union-attr]
+    time.sleep(0.5)
+    late: queue.Queue[Delivery] = queue.Queue()
+    watcher = _client(clients, mqtt_settings, client_id + "-w")
+    watcher.subscribe(topic, late.put)
+    watcher.start()
+    d = late.get(timeout=10)
+    assert d.payload == b'{"state":"offline"}' and d.retain
+    watcher.publish(topic, b"", retain=True).wait()  # clear the retained message
