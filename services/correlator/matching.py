@@ -56,6 +56,7 @@ _NO_END: Final = np.iinfo(np.int64).max
 _CHUNK: Final = 65_536
 
 Int64Array = npt.NDArray[np.int64]
+SlotArray = npt.NDArray[np.int32]  # row numbers: 4 bytes each, up to 2**31 rows
 
 
 class MatchingError(PlatewatchError):
@@ -230,14 +231,33 @@ def _distance_units(a: str, b: str, limit: int) -> tuple[int, tuple[Edit, ...]] 
     n, m = len(a), len(b)
     if abs(n - m) * _EDIT_UNITS > limit:
         return None
-    prev = list(range(0, (m + 1) * _EDIT_UNITS, _EDIT_UNITS))
+    ca, cb = a.translate(_CANON_TABLE), b.translate(_CANON_TABLE)
+    if n == m and ca == cb:
+        # Only confusions apart: the aligned substitutions cost 0.3 each, and any other alignment
+        # needs an insertion and a deletion (2.0), so up to six confusions this is optimal.
+        diff = [i for i in range(n) if a[i] != b[i]]
+        units = _CONFUSION_UNITS * len(diff)
+        if units <= 2 * _EDIT_UNITS:
+            if units > limit:
+                return None
+            edits = (Edit(EditKind.SUBSTITUTE, i + 1, a[i], b[i], CONFUSION_COST) for i in diff)
+            return units, tuple(edits)
+    # Banded DP: a path within the limit never strays more than `band` cells off the diagonal.
+    band = min(limit // _EDIT_UNITS, n + m)
+    inf = 1 << 62
+    prev = [j * _EDIT_UNITS if j <= band else inf for j in range(m + 1)]
     rows = [prev]
     for i in range(1, n + 1):
-        ca = a[i - 1]
-        cur = [i * _EDIT_UNITS] * (m + 1)
+        x, cx = a[i - 1], ca[i - 1]
+        cur = [inf] * (m + 1)
+        if i <= band:
+            cur[0] = i * _EDIT_UNITS
         best = cur[0]
-        for j in range(1, m + 1):
-            cost = prev[j - 1] + _sub_units(ca, b[j - 1])
+        for j in range(max(1, i - band), min(m, i + band) + 1):
+            y = b[j - 1]
+            cost = prev[j - 1] + (
+                0 if x == y else _CONFUSION_UNITS if cx == cb[j - 1] else _EDIT_UNITS
+            )
             up = prev[j] + _EDIT_UNITS
             if up < cost:
                 cost = up
@@ -430,7 +450,7 @@ class _KeyTable:
 
     def __init__(self, pending_limit: int) -> None:
         self._keys: Int64Array = np.empty(0, dtype=np.int64)
-        self._slots: Int64Array = np.empty(0, dtype=np.int64)
+        self._slots: SlotArray = np.empty(0, dtype=np.int32)
         self._pending: dict[int, list[int]] = {}
         self._n_pending = 0
         self._pending_limit = pending_limit
@@ -444,7 +464,7 @@ class _KeyTable:
 
     def extend(self, keys: Sequence[int], slots: Sequence[int]) -> None:
         if len(keys) >= self._pending_limit:
-            self._merge_arrays(np.asarray(keys, dtype=np.int64), np.asarray(slots, dtype=np.int64))
+            self._merge_arrays(np.asarray(keys, dtype=np.int64), np.asarray(slots, dtype=np.int32))
             return
         for key, slot in zip(keys, slots, strict=True):
             self._pending.setdefault(key, []).append(slot)
@@ -460,13 +480,13 @@ class _KeyTable:
             (k for k, v in self._pending.items() for _ in v), dtype=np.int64, count=self._n_pending
         )
         slots = np.fromiter(
-            (s for v in self._pending.values() for s in v), dtype=np.int64, count=self._n_pending
+            (s for v in self._pending.values() for s in v), dtype=np.int32, count=self._n_pending
         )
         self._pending = {}
         self._n_pending = 0
         self._merge_arrays(keys, slots)
 
-    def _merge_arrays(self, keys: Int64Array, slots: Int64Array) -> None:
+    def _merge_arrays(self, keys: Int64Array, slots: SlotArray) -> None:
         if keys.size * 4 >= self._keys.size:
             all_keys = np.concatenate((self._keys, keys))
             all_slots = np.concatenate((self._slots, slots))
@@ -487,11 +507,14 @@ class _KeyTable:
                 if hit:
                     out.extend(hit)
         if self._keys.size:
-            query = np.fromiter(keys, dtype=np.int64, count=len(keys))
-            lo = np.searchsorted(self._keys, query, side="left")
-            hi = np.searchsorted(self._keys, query, side="right")
-            for i in np.flatnonzero(hi > lo).tolist():
-                out.extend(self._slots[lo[i] : hi[i]].tolist())
+            query = np.sort(np.fromiter(keys, dtype=np.int64, count=len(keys)))
+            at = np.searchsorted(self._keys, query, side="left")
+            found = self._keys[np.minimum(at, self._keys.size - 1)] == query
+            if found.any():
+                lo = at[found]
+                hi = np.searchsorted(self._keys, query[found], side="right")
+                for start, stop in zip(lo.tolist(), hi.tolist(), strict=True):
+                    out.extend(self._slots[start:stop].tolist())
         return out
 
     def may_contain(self, keys: Int64Array) -> npt.NDArray[np.bool_]:
@@ -510,7 +533,7 @@ class _KeyTable:
         self.flush()
         keep = live[self._slots]
         self._keys = self._keys[keep]
-        self._slots = remap[self._slots[keep]]
+        self._slots = remap[self._slots[keep]].astype(np.int32)
 
 
 class _EntryStore:

@@ -465,3 +465,17 @@ def test_weighted_distance_edits_rebuild_the_pattern_at_the_stated_cost(a: str, 
         else:
             chars.insert(at, edit.expected)
     assert "".join(chars) == b
+
+
+@given(plates, plates, st.sampled_from([0.0, 0.3, 0.6, 0.9, 1.0, 1.3, 2.0]))
+@settings(max_examples=300, deadline=None)
+def test_weighted_distance_with_limit_agrees_with_unbounded_distance(
+    a: str, b: str, max_cost: float
+) -> None:
+    found = weighted_distance(a, b, max_cost)
+    units = _units(a, b)
+    if units > round(max_cost * 10):
+        assert found is None
+    else:
+        assert found is not None
+        assert round(found.cost * 10) == units
