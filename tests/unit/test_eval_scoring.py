@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from services.edge.eval import (
+    ImageScore,
+    Prediction,
+    edit_distance,
+    normalise_text,
+    overlap,
+    score_image,
+    summarise,
+)
+
+pytestmark = pytest.mark.edge
+
+BOX = (100.0, 100.0, 200.0, 140.0)
+
+
+def test_exact_text_on_overlapping_box_counts_as_read() -> None:
+    score = score_image([("ABC123", BOX)], [Prediction("ABC123", 0.9, (105, 102, 198, 138))])
+    assert (score.read, score.extra, score.wrong) == (1, 0, 0)
+    assert score.char_correct == 1.0
+
+
+def test_right_text_far_from_box_is_not_read_and_is_extra() -> None:
+    score = score_image([("ABC123", BOX)], [Prediction("ABC123", 0.9, (400, 400, 500, 440))])
+    assert (score.read, score.extra) == (0, 1)
+
+
+def test_wrong_text_on_box_is_wrong_read_with_partial_char_credit() -> None:
+    score = score_image([("ABC123", BOX)], [Prediction("ABC128", 0.9, BOX)])
+    assert (score.read, score.wrong, score.extra) == (0, 1, 0)
+    assert score.char_correct == pytest.approx(5 / 6)
+
+
+def test_unreadable_label_is_not_counted_but_its_box_is_not_extra() -> None:
+    score = score_image([(None, BOX)], [Prediction("XYZ", 0.5, BOX)])
+    assert (score.labelled, score.extra, score.wrong) == (0, 0, 1)
+
+
+def test_one_prediction_reads_at_most_one_label() -> None:
+    score = score_image([("AAA", BOX), ("AAA", BOX)], [Prediction("AAA", 0.9, BOX)])
+    assert score.read == 1
+
+
+def test_overlap_uses_smaller_area() -> None:
+    assert overlap((0, 0, 10, 10), (0, 0, 100, 100)) == 1.0
+    assert overlap((0, 0, 10, 10), (5, 0, 15, 10)) == 0.5
+    assert overlap((0, 0, 0, 0), (0, 0, 1, 1)) == 0.0
+
+
+def test_edit_distance_counts_substitutions_insertions_deletions() -> None:
+    assert edit_distance("ABC", "ABC") == 0
+    assert edit_distance("ABC", "ABD") == 1
+    assert edit_distance("ABC", "AB") == 1
+    assert edit_distance("", "AB") == 2
+
+
+def test_summarise_reports_recall_extra_reads_and_latency() -> None:
+    scores = [ImageScore(1, 1, 0, 0, 1.0), ImageScore(1, 0, 2, 0, 0.5)]
+    summary = summarise(scores, [4.0, 6.0])
+    assert summary["exact_plate_recall"] == 0.5
+    assert summary["extra_reads_per_image"] == 1.0
+    assert summary["char_accuracy"] == 0.75
+    assert summary["median_ms"] == 5.0
+
+
+def test_normalise_text_keeps_upper_ascii_alnum() -> None:
+    assert normalise_text("ab-12 ç3") == "AB123"
