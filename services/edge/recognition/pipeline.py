@@ -192,17 +192,24 @@ class PlateRecognizer:
         options: PipelineOptions | None = None,
         detector_name: str = "detector",
         reader_name: str | None = "reader",
+        detector_spec_name: str | None = None,
+        reader_spec_name: str | None = None,
     ) -> PlateRecognizer:
-        """Load `<detector_name>.xml/.json` and `<reader_name>.xml/.json` from `models_dir`."""
+        """Load `<detector_name>.xml` and `<reader_name>.xml` from `models_dir`, with their
+        sidecars `<name>.json` (or `<*_spec_name>.json`, e.g. an INT8 IR sharing the FP32 one)."""
         import openvino as ov
 
         core = ov.Core()
-        det_spec = det.DetectorSpec.from_file(models_dir / f"{detector_name}.json")
+        det_json = models_dir / f"{detector_spec_name or detector_name}.json"
+        det_spec = det.DetectorSpec.from_file(det_json)
         det_model = OpenVinoModel.load(models_dir / f"{detector_name}.xml", runtime, core)
         reader_model: InferenceModel | None = None
         reader_spec: rdr.ReaderSpec | None = None
         if reader_name is not None:
-            reader_spec = rdr.ReaderSpec.from_file(models_dir / f"{reader_name}.json")
+            rdr_json = models_dir / f"{reader_spec_name or reader_name}.json"
+            if not rdr_json.is_file() and reader_name.endswith("_int8"):
+                rdr_json = models_dir / f"{reader_name.removesuffix('_int8')}.json"
+            reader_spec = rdr.ReaderSpec.from_file(rdr_json)
             reader_model = OpenVinoModel.load(models_dir / f"{reader_name}.xml", runtime, core)
         return cls(det_model, det_spec, reader_model, reader_spec, options)
 

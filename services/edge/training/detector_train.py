@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 DATA = Path("/work/shared/data")
 SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
 SHARED_GROUP_SETS = ("web-cars", "in-cars")
-CROP_SETS = ("eu_openalpr_train_detector", "br_openalpr_train_detector",
-             "us_openalpr_benchmarks_seg_ocr")
+CROP_SETS = (
+    "eu_openalpr_train_detector",
+    "br_openalpr_train_detector",
+    "us_openalpr_benchmarks_seg_ocr",
+)
 DEV_SET = "openalpr-endtoend-dev"
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SIZE = 384
@@ -53,8 +56,10 @@ VERSION = "1.0.0"
 # ----------------------------------------------------------------------------- model
 class ConvBN(nn.Sequential):
     def __init__(self, ci: int, co: int, k: int = 3, s: int = 1, g: int = 1, act: bool = True):
-        layers: list[nn.Module] = [nn.Conv2d(ci, co, k, s, k // 2, groups=g, bias=False),
-                                   nn.BatchNorm2d(co)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(ci, co, k, s, k // 2, groups=g, bias=False),
+            nn.BatchNorm2d(co),
+        ]
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -77,8 +82,8 @@ class PlateDetector(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = ConvBN(3, 16, 3, 2)                                    # /2
-        self.c4 = nn.Sequential(DWBlock(16, 24, 2), DWBlock(24, 24))        # /4
+        self.stem = ConvBN(3, 16, 3, 2)  # /2
+        self.c4 = nn.Sequential(DWBlock(16, 24, 2), DWBlock(24, 24))  # /4
         self.c8 = nn.Sequential(DWBlock(24, 40, 2), DWBlock(40, 40), DWBlock(40, 40))  # /8
         self.c16 = nn.Sequential(DWBlock(40, 64, 2), DWBlock(64, 64), DWBlock(64, 64))  # /16
         self.c32 = nn.Sequential(DWBlock(64, 96, 2), DWBlock(96, 96), DWBlock(96, 96))  # /32
@@ -188,8 +193,9 @@ def _warp_into(dst: np.ndarray, crop: np.ndarray, quad: np.ndarray) -> None:
     src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
     m = cv2.getPerspectiveTransform(src, quad.astype(np.float32))
     H, W = dst.shape[:2]
-    warped = cv2.warpPerspective(crop, m, (W, H), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT)
+    warped = cv2.warpPerspective(
+        crop, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
     mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), m, (W, H))
     sel = mask > 127
     dst[sel] = warped[sel]
@@ -199,8 +205,9 @@ def _jitter_quad(rng: random.Random, x1: float, y1: float, x2: float, y2: float)
     w, h = x2 - x1, y2 - y1
     j = 0.06
     pts = [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
-    return np.array([[px + rng.uniform(-j, j) * w, py + rng.uniform(-j, j) * h]
-                     for px, py in pts], np.float32)
+    return np.array(
+        [[px + rng.uniform(-j, j) * w, py + rng.uniform(-j, j) * h] for px, py in pts], np.float32
+    )
 
 
 def _quad_box(q: np.ndarray) -> list[float]:
@@ -214,8 +221,9 @@ def _overlaps(box: list[float], boxes: list[list[float]]) -> bool:
     return False
 
 
-def make_sample(rng: random.Random, scenes: list[Scene], crops: list[np.ndarray]
-                ) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(
+    rng: random.Random, scenes: list[Scene], crops: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """One augmented training canvas (SIZE x SIZE x 3 uint8) and its boxes in canvas pixels."""
     # ro-dashcam is 58% of the scenes but one camera: sample it at 35%
     ro = [s for s in scenes if s.dataset == "ro-dashcam"]
@@ -259,7 +267,7 @@ def make_sample(rng: random.Random, scenes: list[Scene], crops: list[np.ndarray]
     cw, chh = int(W * s * rng.uniform(0.85, 1.15)), int(H * s * rng.uniform(0.85, 1.15))
     cw, chh = max(32, min(W, cw)), max(32, min(H, chh))
     ox, oy = rng.randint(0, W - cw), rng.randint(0, H - chh)
-    img = img[oy:oy + chh, ox:ox + cw]
+    img = img[oy : oy + chh, ox : ox + cw]
     bx = bx - np.array([ox, oy, ox, oy], np.float32)
     if rng.random() < 0.5:
         img = img[:, ::-1].copy()
@@ -271,7 +279,7 @@ def make_sample(rng: random.Random, scenes: list[Scene], crops: list[np.ndarray]
         f = rng.uniform(0.4, 1.0)
         small = cv2.resize(canvas, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         canvas = np.full_like(canvas, PAD_VALUE)
-        canvas[:small.shape[0], :small.shape[1]] = small
+        canvas[: small.shape[0], : small.shape[1]] = small
         scale *= f
     bx = bx * scale
     # photometric
@@ -293,8 +301,9 @@ def make_sample(rng: random.Random, scenes: list[Scene], crops: list[np.ndarray]
     return crop_window(rng, canvas, bx, content, TRAIN_CROP)
 
 
-def crop_window(rng: random.Random, canvas: np.ndarray, bx: np.ndarray,
-                content: tuple[int, int], size: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_window(
+    rng: random.Random, canvas: np.ndarray, bx: np.ndarray, content: tuple[int, int], size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Random size x size window of the canvas (usually around a plate); boxes cut by the
     window border are greyed out so they are neither positives nor negatives."""
     cw, ch = content
@@ -307,7 +316,7 @@ def crop_window(rng: random.Random, canvas: np.ndarray, bx: np.ndarray,
         y0 = rng.randint(lo_y, hi_y) if lo_y <= hi_y else rng.randint(0, max_y)
     else:
         x0, y0 = rng.randint(0, max_x), rng.randint(0, max_y)
-    canvas = canvas[y0:y0 + size, x0:x0 + size].copy()
+    canvas = canvas[y0 : y0 + size, x0 : x0 + size].copy()
     bx = bx - np.array([x0, y0, x0, y0], np.float32)
     clipped = bx.copy()
     clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, size)
@@ -317,12 +326,13 @@ def crop_window(rng: random.Random, canvas: np.ndarray, bx: np.ndarray,
     keep = (carea > 0.6 * np.maximum(area, 1e-6)) & ((clipped[:, 2] - clipped[:, 0]) >= 3)
     for b in clipped[(~keep) & (carea > 0)]:
         x1, y1, x2, y2 = (int(v) for v in b)
-        canvas[y1:y2 + 1, x1:x2 + 1] = PAD_VALUE
+        canvas[y1 : y2 + 1, x1 : x2 + 1] = PAD_VALUE
     return canvas, clipped[keep]
 
 
-def build_targets(boxes: np.ndarray, alpha: float = 0.54
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def build_targets(
+    boxes: np.ndarray, alpha: float = 0.54
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TTFNet targets: heat (1,h,w), ltrb target (4,h,w), regression weight (1,h,w)."""
     gh = gw = TRAIN_CROP // STRIDE
     heat = np.zeros((1, gh, gw), np.float32)
@@ -357,7 +367,7 @@ def focal_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     pos = gt.eq(1).float()
     neg = 1 - pos
     pos_loss = torch.log(pred) * (1 - pred) ** 2 * pos
-    neg_loss = torch.log(1 - pred) * pred ** 2 * (1 - gt) ** 4 * neg
+    neg_loss = torch.log(1 - pred) * pred**2 * (1 - gt) ** 4 * neg
     npos = pos.sum().clamp(min=1)
     return -(pos_loss.sum() + neg_loss.sum()) / npos
 
@@ -385,6 +395,7 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) ->
 # ----------------------------------------------------------------------------- eval
 def detect_torch(model: PlateDetector, img: np.ndarray, spec: DetectorSpec) -> list:
     from services.edge.recognition.detector import postprocess, preprocess
+
     x, meta = preprocess(img, spec)
     with torch.no_grad():
         heat, ltrb = model(torch.from_numpy(x))
@@ -419,33 +430,58 @@ def evaluate(model: PlateDetector, scenes: list[Scene], thresholds: list[float])
                     tp += 1
                     used.add(bi)
             fp += len(d) - len(used)
-        out[f"{thr:.2f}"] = {"recall@0.5": tp / max(npos, 1), "extra_per_image": fp / len(scenes),
-                             "images": len(scenes), "plates": npos}
+        out[f"{thr:.2f}"] = {
+            "recall@0.5": tp / max(npos, 1),
+            "extra_per_image": fp / len(scenes),
+            "images": len(scenes),
+            "plates": npos,
+        }
     model.train()
     return out
 
 
 # ----------------------------------------------------------------------------- export
-def export(model: PlateDetector, out_dir: Path, metrics: dict, args: argparse.Namespace,
-           threshold: float) -> None:
+def export(
+    model: PlateDetector, out_dir: Path, metrics: dict, args: argparse.Namespace, threshold: float
+) -> None:
     import openvino as ov
+
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "detector.onnx"
     dummy = torch.zeros(1, 3, SIZE, SIZE)
-    torch.onnx.export(model, (dummy,), str(onnx_path), input_names=["image"],
-                      output_names=["heat", "ltrb"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(onnx_path),
+        input_names=["image"],
+        output_names=["heat", "ltrb"],
+        opset_version=17,
+        dynamo=False,
+    )
     ov_model = ov.convert_model(str(onnx_path))
     ov.save_model(ov_model, str(out_dir / "detector.xml"), compress_to_fp16=False)
     onnx_path.unlink()
     params = sum(p.numel() for p in model.parameters())
     sidecar = {
-        "input_width": SIZE, "input_height": SIZE, "stride": STRIDE,
-        "score_threshold": threshold, "nms_iou": 0.4, "max_detections": 16,
-        "min_box_size": 4.0, "input_name": "image", "heat_output": "heat",
-        "ltrb_output": "ltrb", "version": VERSION,
-        "training": {"steps": args.steps, "seed": args.seed, "batch": args.batch,
-                     "params": params, "torch": torch.__version__},
+        "input_width": SIZE,
+        "input_height": SIZE,
+        "stride": STRIDE,
+        "score_threshold": threshold,
+        "nms_iou": 0.4,
+        "max_detections": 16,
+        "min_box_size": 4.0,
+        "input_name": "image",
+        "heat_output": "heat",
+        "ltrb_output": "ltrb",
+        "version": VERSION,
+        "training": {
+            "steps": args.steps,
+            "seed": args.seed,
+            "batch": args.batch,
+            "params": params,
+            "torch": torch.__version__,
+        },
         "metrics": metrics,
     }
     (out_dir / "detector.json").write_text(json.dumps(sidecar, indent=2) + "\n")
@@ -476,16 +512,25 @@ def main(argv: list[str] | None = None) -> int:
     train = load_scenes("train", guard)
     test = load_scenes("test", None)
     crops = load_crops(guard)
-    log.info("scenes train=%d test=%d crops=%d dropped_dev_duplicates=%d",
-             len(train), len(test), len(crops), guard.dropped)
+    log.info(
+        "scenes train=%d test=%d crops=%d dropped_dev_duplicates=%d",
+        len(train),
+        len(test),
+        len(crops),
+        guard.dropped,
+    )
 
     model = PlateDetector()
     params = sum(p.numel() for p in model.parameters())
     log.info("params=%d", params)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     warm = min(200, args.steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(warm, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+
+    def lr_factor(s: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+        return min(1.0, (s + 1) / max(warm, 1)) * cosine
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start = time.monotonic()
     model.train()
     step = 0
@@ -510,8 +555,15 @@ def main(argv: list[str] | None = None) -> int:
         sched.step()
         elapsed = (time.monotonic() - start) / 60
         if step % 25 == 0:
-            log.info("step %d loss %.3f heat %.3f giou %.3f lr %.5f min %.1f", step, loss.item(),
-                     lh.item(), lr_.item(), sched.get_last_lr()[0], elapsed)
+            log.info(
+                "step %d loss %.3f heat %.3f giou %.3f lr %.5f min %.1f",
+                step,
+                loss.item(),
+                lh.item(),
+                lr_.item(),
+                sched.get_last_lr()[0],
+                elapsed,
+            )
         if step % args.eval_every == 0:
             log.info("eval %s", json.dumps(evaluate(model, test, [0.3])))
             args.checkpoint.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,295 @@
+"""`platewatch bench recognition`: per-stage latency, throughput and memory of the recogniser.
+
+    platewatch bench recognition [--models DIR] [--images DATASET_DIR] [--frames 40]
+                                 [--threads 1,0] [--precisions fp32,int8] [--streams 2]
+                                 [--json OUT.json]
+
+Frames are real scene images centre-cropped to 16:9 and resized to 1280x720 and 1920x1080, then
+JPEG-encoded so that decoding is measured too. Threads 0 means all cores. INT8 uses
+`detector_int8.xml` / `reader_int8.xml` when present in the models folder. Prints a table and
+writes JSON with the git sha, date, CPU model and the process's peak RSS. A benchmark is a
+command, not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from services.edge.dataset import load_labels
+from services.edge.recognition.pipeline import (
+    MODELS_DIR,
+    STAGES,
+    PipelineOptions,
+    PlateRecognizer,
+)
+from services.edge.recognition.runtime import RuntimeOptions
+
+DEFAULT_IMAGES = Path("/work/shared/data/openalpr-endtoend-dev")
+RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    resolution: str
+    threads: int
+    precision: str
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def to_16_9(image: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
+    """Centre-crop to 16:9 and resize to width x height."""
+    h, w = image.shape[:2]
+    if w * 9 > h * 16:
+        cw = h * 16 // 9
+        image = image[:, (w - cw) // 2 : (w - cw) // 2 + cw]
+    else:
+        ch = w * 9 // 16
+        image = image[(h - ch) // 2 : (h - ch) // 2 + ch]
+    return np.asarray(cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC))
+
+
+def make_frames(images_dir: Path, count: int, width: int, height: int) -> list[bytes]:
+    frames: list[bytes] = []
+    for item in load_labels(images_dir)[:count]:
+        raw = cv2.imread(str(item.file), cv2.IMREAD_COLOR)
+        if raw is None:
+            continue
+        frame = to_16_9(np.asarray(raw, dtype=np.uint8), width, height)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if ok:
+            frames.append(buf.tobytes())
+    return frames
+
+
+def model_names(models: Path, precision: str) -> tuple[str, str]:
+    if precision == "int8":
+        det = "detector_int8" if (models / "detector_int8.xml").is_file() else "detector"
+        rdr = "reader_int8" if (models / "reader_int8.xml").is_file() else "reader"
+        return det, rdr
+    return "detector", "reader"
+
+
+def load(models: Path, precision: str, threads: int) -> PlateRecognizer:
+    det, rdr = model_names(models, precision)
+    # INT8 IRs share the FP32 sidecar
+    det_json = det if (models / f"{det}.json").is_file() else "detector"
+    recognizer = PlateRecognizer.from_dir(
+        models,
+        RuntimeOptions(threads=threads),
+        PipelineOptions(),
+        detector_name=det,
+        reader_name=rdr,
+        detector_spec_name=det_json,
+    )
+    return recognizer
+
+
+def run_latency(recognizer: PlateRecognizer, frames: list[bytes], warmup: int) -> dict[str, Any]:
+    for data in frames[:warmup]:
+        recognizer.recognize_bytes(data)
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    plates = 0
+    for data in frames:
+        result = recognizer.recognize_bytes(data)
+        plates += len(result.plates)
+        for stage in STAGES:
+            stages[stage].append(result.timings_ms.get(stage, 0.0))
+    return {
+        "frames": len(frames),
+        "plates_per_frame": plates / max(1, len(frames)),
+        "stages_ms": {
+            s: {"p50": round(statistics.median(v), 3), "p95": round(percentile(v, 95), 3)}
+            for s, v in stages.items()
+        },
+    }
+
+
+def run_streams(
+    models: Path, precision: str, frames: list[bytes], streams: int, seconds: float
+) -> dict[str, Any]:
+    """`streams` threads, each its own 1-thread recogniser, decoding+recognising frames for
+    `seconds`; total frames/s over all streams."""
+    recognizers = [load(models, precision, 1) for _ in range(streams)]
+    counts = [0] * streams
+    stop = threading.Event()
+
+    def worker(index: int) -> None:
+        i = index
+        while not stop.is_set():
+            recognizers[index].recognize_bytes(frames[i % len(frames)])
+            counts[index] += 1
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "streams": streams,
+        "seconds": round(elapsed, 2),
+        "fps_total": round(sum(counts) / elapsed, 2),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_probe(models: Path, images: Path, frames: int) -> float:
+    """Peak RSS (MB) of a fresh process running one 1-thread FP32 recogniser on 720p frames
+    (the edge node's footprint, without this benchmark's other recognisers)."""
+    code = (
+        "import sys;from pathlib import Path;from services.edge import bench as b;"
+        f"fr=b.make_frames(Path({str(images)!r}),{frames},1280,720);"
+        f"r=b.load(Path({str(models)!r}),'fp32',1);"
+        "[r.recognize_bytes(f) for f in fr];print(b.peak_rss_mb())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return -1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="platewatch bench recognition", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--models", type=Path, default=MODELS_DIR)
+    ap.add_argument(
+        "--images",
+        type=Path,
+        default=DEFAULT_IMAGES,
+        help="labels.jsonl folder whose images become the benchmark frames",
+    )
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", default="1,0", help="comma list; 0 = all cores")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--resolutions", default="720p,1080p")
+    ap.add_argument("--streams", type=int, default=2, help="concurrent streams for fps")
+    ap.add_argument("--stream-seconds", type=float, default=10.0)
+    ap.add_argument("--json", type=Path, help="write the results here")
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    cv2.setNumThreads(1)
+    threads = [int(t) for t in args.threads.split(",") if t]
+    precisions = [p for p in args.precisions.split(",") if p]
+    resolutions = [r for r in args.resolutions.split(",") if r]
+    unknown = [r for r in resolutions if r not in RESOLUTIONS]
+    if unknown:
+        print(f"platewatch bench: unknown resolution {unknown[0]}", file=sys.stderr)
+        return 2
+    frames = {r: make_frames(args.images, args.frames, *RESOLUTIONS[r]) for r in resolutions}
+    results: list[dict[str, Any]] = []
+    print(f"{'res':6} {'thr':>3} {'prec':5} " + " ".join(f"{s:>15}" for s in STAGES))
+    for precision in precisions:
+        for thr in threads:
+            recognizer = load(args.models, precision, thr)
+            for res in resolutions:
+                row = run_latency(recognizer, frames[res], args.warmup)
+                row.update(
+                    resolution=res,
+                    threads=thr or os.cpu_count(),
+                    precision=precision,
+                    models=list(model_names(args.models, precision)),
+                )
+                results.append(row)
+                cells = " ".join(
+                    f"{row['stages_ms'][s]['p50']:7.2f}/{row['stages_ms'][s]['p95']:7.2f}"
+                    for s in STAGES
+                )
+                print(f"{res:6} {row['threads']:>3} {precision:5} {cells}")
+    streams = run_streams(
+        args.models, precisions[0], frames[resolutions[0]], args.streams, args.stream_seconds
+    )
+    print(
+        f"streams={streams['streams']} {resolutions[0]} {precisions[0]}: "
+        f"{streams['fps_total']} frames/s total"
+    )
+    probe = rss_probe(args.models, args.images, min(args.frames, 20))
+    report = {
+        "git_sha": git_sha(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "latency": results,
+        "throughput": streams,
+        "peak_rss_mb_this_process": round(peak_rss_mb(), 1),
+        "peak_rss_mb_single_recognizer": round(probe, 1),
+        "note": "p50/p95 in ms per frame; stages: " + ", ".join(STAGES),
+    }
+    print(
+        f"peak RSS: one recogniser {probe:.0f} MB; this benchmark process "
+        f"{report['peak_rss_mb_this_process']:.0f} MB"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
