@@ -1,0 +1,379 @@
+"""Cross-site correlation state in Redis, shared by every correlator process.
+
+Every key lives under one prefix and has a TTL (the alert stream is also capped by length), so
+Redis never grows without bound. Every update is one atomic command or Lua script, so N
+correlator processes on a shared subscription never race on read-modify-write. The key layout
+is in ``docs/correlation.md``; `StateKeys` is the one place that spells it.
+
+The rules themselves are pure (`services.correlator.rules`); this module only stores and fetches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import redis
+
+from shared.errors import PayloadError
+from shared.events import PLATE_PATTERN
+from shared.topics import SLUG_PATTERN
+
+from .rules import Sighting
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_HISTORY: Final = 1000  # sightings kept per plate, newest win
+DEFAULT_ALERT_MAXLEN: Final = 100_000
+DEFAULT_STREAM_TTL_S: Final = 7 * 24 * 3600
+_PLATE: Final = re.compile(PLATE_PATTERN)
+_SLUG: Final = re.compile(SLUG_PATTERN)
+_KIND: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+# KEYS: the plate's sorted set (member event_id, score seen_at in ms) and its hash
+# (event_id -> sighting JSON). ARGV: event_id, score_ms, data, window_ms, ttl_s, max_entries.
+# Adds the sighting (a redelivered event_id overwrites itself), trims entries older than the
+# window before the newest sighting and beyond max_entries, refreshes both TTLs, and returns
+# [event_id, data, ...] for the sightings within the window either side of this one.
+_RECORD_LUA: Final = """
+local zkey, hkey = KEYS[1], KEYS[2]
+local id, score, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
+redis.call('ZADD', zkey, score, id)
+redis.call('HSET', hkey, id, ARGV[3])
+local newest = tonumber(redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')[2])
+local horizon = string.format('%.0f', newest - window)
+local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
+for _, m in ipairs(old) do redis.call('HDEL', hkey, m) end
+redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
+local extra = redis.call('ZCARD', zkey) - tonumber(ARGV[6])
+if extra > 0 then
+  local drop = redis.call('ZRANGE', zkey, 0, extra - 1)
+  for _, m in ipairs(drop) do redis.call('HDEL', hkey, m) end
+  redis.call('ZREMRANGEBYRANK', zkey, 0, extra - 1)
+end
+redis.call('EXPIRE', zkey, ARGV[5])
+redis.call('EXPIRE', hkey, ARGV[5])
+local lo = string.format('%.0f', score - window)
+local hi = string.format('%.0f', score + window)
+local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
+local out = {}
+for _, m in ipairs(ids) do
+  local d = redis.call('HGET', hkey, m)
+  if d then out[#out + 1] = m; out[#out + 1] = d end
+end
+return out
+"""
+
+# KEYS: the plate's incident hash. ARGV: new incident id, window_s.
+# Reuses the open incident or opens one with ARGV[1], counts the hit, slides the window.
+_INCIDENT_LUA: Final = """
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then
+  id = ARGV[1]
+  redis.call('HSET', KEYS[1], 'id', id)
+end
+local hits = redis.call('HINCRBY', KEYS[1], 'hits', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {id, hits}
+"""
+
+
+def _text(value: object) -> str:
+    """A Redis reply as str, whether the client decodes responses or not."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _check(field: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.fullmatch(value):
+        raise PayloadError(field, value, f"must match {pattern.pattern}")
+    return value
+
+
+def _ms(t: datetime) -> int:
+    return round(t.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class StateKeys:
+    """Every Redis key and channel of the cross-site state (hash tags keep a plate's keys on one
+    cluster slot)."""
+
+    prefix: str
+
+    def sightings(self, plate: str) -> str:
+        return f"{self.prefix}seen:{{{_check('plate', plate, _PLATE)}}}"
+
+    def sighting_data(self, plate: str) -> str:
+        return f"{self.prefix}seen:{{{_check('plate', plate, _PLATE)}}}:data"
+
+    def cooldown(self, kind: str, plate: str, site: str) -> str:
+        _check("kind", kind, _KIND)
+        _check("plate", plate, _PLATE)
+        _check("site", site, _SLUG)
+        return f"{self.prefix}cooldown:{kind}:{plate}:{site}"
+
+    def incident(self, plate: str) -> str:
+        return f"{self.prefix}incident:{_check('plate', plate, _PLATE)}"
+
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts"
+
+    def list_changes(self) -> str:
+        return f"{self.prefix}watchlist:changed"
+
+
+def _encode_sighting(s: Sighting) -> str:
+    seen = s.seen_at.astimezone(UTC).isoformat(timespec="microseconds")
+    return json.dumps({"site": s.site, "camera": s.camera, "seen_at": seen}, separators=(",", ":"))
+
+
+def _decode_sighting(plate: str, event_id: str, data: str) -> Sighting:
+    d = json.loads(data)
+    return Sighting(
+        event_id=event_id,
+        plate=plate,
+        site=str(d["site"]),
+        camera=str(d["camera"]),
+        seen_at=datetime.fromisoformat(str(d["seen_at"])),
+    )
+
+
+class CrossSiteState:
+    """Per-plate sighting history, alert cooldowns, incidents, the live alert stream and
+    watch-list change notices, in Redis, safe with several correlator processes at once."""
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        prefix: str,
+        *,
+        max_history: int = DEFAULT_MAX_HISTORY,
+        stream_ttl_s: int = DEFAULT_STREAM_TTL_S,
+    ) -> None:
+        if max_history < 1:
+            raise PayloadError("max_history", max_history, "must be >= 1")
+        if stream_ttl_s < 1:
+            raise PayloadError("stream_ttl_s", stream_ttl_s, "must be >= 1")
+        self._redis = redis
+        self.keys = StateKeys(prefix)
+        self._max_history = max_history
+        self._stream_ttl_s = stream_ttl_s
+        self._record = redis.register_script(_RECORD_LUA)
+        self._incident = redis.register_script(_INCIDENT_LUA)
+
+    def record_sighting(self, s: Sighting, window_s: int) -> list[Sighting]:
+        """Add `s` to its plate's history and return the plate's sightings within `window_s`
+        either side of `s`, time-ordered, `s` included (unless it is older than the window
+        before the plate's newest sighting, and so trimmed at once).
+
+        A redelivered event (same event_id) replaces itself, so it is never counted twice.
+        Entries older than `window_s` before the newest sighting, and beyond `max_history`, are
+        dropped; both keys expire after 2 x `window_s` without a new sighting.
+        """
+        if window_s < 1:
+            raise PayloadError("window_s", window_s, "must be >= 1")
+        keys = [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
+        args: list[str | int] = [s.event_id, _ms(s.seen_at), _encode_sighting(s), window_s * 1000]
+        args += [2 * window_s, self._max_history]
+        reply = cast(list[Any], self._record(keys=keys, args=args))
+        history = [
+            _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
+            for i in range(0, len(reply), 2)
+        ]
+        history.sort(key=lambda h: (h.seen_at, h.event_id))
+        return history
+
+    def cooldown(self, kind: str, plate: str, site: str, ttl_s: int) -> bool:
+        """True for the first caller per (kind, plate, site) within `ttl_s`, across processes."""
+        if ttl_s < 1:
+            raise PayloadError("ttl_s", ttl_s, "must be >= 1")
+        key = self.keys.cooldown(kind, plate, site)
+        return bool(self._redis.set(key, "1", nx=True, ex=ttl_s))
+
+    def incident(self, plate: str, window_s: int, new_id: str) -> tuple[str, int]:
+        """(incident_id, hit_count) of this hit on `plate`.
+
+        The first hit opens an incident with `new_id`; a hit less than `window_s` after the
+        previous one joins it and increments the count (the window slides with each hit).
+        """
+        if window_s < 1:
+            raise PayloadError("window_s", window_s, "must be >= 1")
+        if not new_id:
+            raise PayloadError("new_id", new_id, "must not be empty")
+        reply = cast(
+            list[Any], self._incident(keys=[self.keys.incident(plate)], args=[new_id, window_s])
+        )
+        return _text(reply[0]), int(reply[1])
+
+    def append_alert(self, alert_json: str, maxlen: int = DEFAULT_ALERT_MAXLEN) -> str:
+        """Append an alert to the live stream (capped near `maxlen`); returns its stream id."""
+        key = self.keys.alerts()
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(key, {"alert": alert_json}, maxlen=maxlen, approximate=True)
+        pipe.expire(key, self._stream_ttl_s)
+        stream_id, _ = pipe.execute()
+        return _text(stream_id)
+
+    def read_alerts(
+        self, last_id: str = "0", count: int = 100, block_ms: int | None = None
+    ) -> list[tuple[str, str]]:
+        """Up to `count` alerts after stream id `last_id`, as (stream id, alert JSON), oldest
+        first; with `block_ms`, waits up to that long for one. `last_id="0"`: from the start."""
+        reply = cast(
+            list[Any],
+            self._redis.xread({self.keys.alerts(): last_id}, count=count, block=block_ms),
+        )
+        out: list[tuple[str, str]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                data = {_text(k): _text(v) for k, v in fields.items()}
+                out.append((_text(entry_id), data["alert"]))
+        return out
+
+    def publish_list_change(self, list_id: int, version: int) -> int:
+        """Tell every process that watch-list `list_id` is now at `version`; returns how many
+        subscribers heard it."""
+        payload = json.dumps({"list_id": list_id, "version": version}, separators=(",", ":"))
+        return int(self._redis.publish(self.keys.list_changes(), payload))
+
+    def list_change_listener(
+        self,
+        callback: Callable[[int, int], None],
+        on_resync: Callable[[], None] | None = None,
+    ) -> ListChangeListener:
+        """A listener (not started) on this state's watch-list change channel."""
+        return ListChangeListener(self._redis, self.keys.prefix, callback, on_resync=on_resync)
+
+
+class ListChangeListener:
+    """Calls ``callback(list_id, version)`` for each watch-list change, from a thread of its own.
+
+    Robust to Redis restarts and dropped connections: it resubscribes with backoff, and pings
+    to notice a silently dead connection. Changes published while it was not subscribed are
+    lost, so ``on_resync()`` is called every time the subscription is (re)established, the
+    first time included: reload every list then. Exceptions of the callbacks are logged, never
+    stop the thread.
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        prefix: str,
+        callback: Callable[[int, int], None],
+        *,
+        on_resync: Callable[[], None] | None = None,
+        poll_s: float = 0.5,
+        ping_every_s: float = 15.0,
+        reconnect_min_s: float = 0.2,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self._redis = redis
+        self.channel = StateKeys(prefix).list_changes()
+        self._callback = callback
+        self._on_resync = on_resync
+        self._poll_s = poll_s
+        self._ping_every_s = ping_every_s
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff_s = reconnect_min_s
+
+    def start(self) -> None:
+        """Start the listener thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError("listener already started")
+        self._thread = threading.Thread(target=self._run, name="list-change-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread and close its connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until the subscription is live; False on timeout."""
+        return self._subscribed.wait(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            try:
+                self._listen(pubsub)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning(
+                    "list change listener lost redis; resubscribing",
+                    extra={
+                        "channel": self.channel,
+                        "error": str(exc),
+                        "retry_in_s": self._backoff_s,
+                    },
+                )
+                self._stop.wait(self._backoff_s)
+                self._backoff_s = min(self._backoff_s * 2, self._reconnect_max_s)
+            finally:
+                self._subscribed.clear()
+                try:
+                    pubsub.close()
+                except (redis.RedisError, OSError):
+                    log.debug("list change listener close failed", extra={"channel": self.channel})
+
+    def _listen(self, pubsub: redis.client.PubSub) -> None:
+        pubsub.subscribe(self.channel)
+        last_pong = time.monotonic()
+        last_ping = last_pong
+        while not self._stop.is_set():
+            msg = pubsub.get_message(timeout=self._poll_s)
+            now = time.monotonic()
+            if msg is not None:
+                kind = _text(msg.get("type"))
+                if kind == "subscribe":
+                    self._backoff_s = self._reconnect_min_s
+                    self._subscribed.set()
+                    self._resync()
+                elif kind == "message":
+                    self._deliver(msg.get("data"))
+                elif kind == "pong":
+                    last_pong = now
+            if now - last_ping >= self._ping_every_s:
+                if now - last_pong > 2 * self._ping_every_s + self._poll_s:
+                    raise redis.ConnectionError("no pong from redis")
+                pubsub.ping()
+                last_ping = now
+
+    def _resync(self) -> None:
+        if self._on_resync is None:
+            return
+        try:
+            self._on_resync()
+        except Exception:
+            log.exception("list change resync callback failed", extra={"channel": self.channel})
+
+    def _deliver(self, data: object) -> None:
+        try:
+            body = json.loads(_text(data))
+            list_id, version = int(body["list_id"]), int(body["version"])
+        except (ValueError, KeyError, TypeError):
+            log.warning(
+                "bad list change message ignored",
+                extra={"channel": self.channel, "payload": _text(data)[:200]},
+            )
+            return
+        try:
+            self._callback(list_id, version)
+        except Exception:
+            log.exception(
+                "list change callback failed",
+                extra={"channel": self.channel, "list_id": list_id, "version": version},
+            )
