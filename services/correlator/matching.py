@@ -21,6 +21,7 @@ bound). Matches sort by ``priority`` ascending (0 is the most urgent), then cost
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -41,7 +42,7 @@ CONFUSION_COST: Final = 0.3
 EDIT_COST: Final = 1.0
 DEFAULT_MAX_COST: Final = 1.0
 MAX_FUZZY_COST: Final = 2.0
-WILDCARD_KEY_CHARS: Final = 3  # literal characters of a wildcard pattern used as its index key
+WILDCARD_KEY_CHARS: Final = 4  # literal characters of a wildcard pattern used as its index key
 
 _CONFUSION_UNITS: Final = 3
 _EDIT_UNITS: Final = 10
@@ -55,6 +56,7 @@ _NO_START: Final = np.iinfo(np.int64).min
 _NO_END: Final = np.iinfo(np.int64).max
 _CHUNK: Final = 65_536
 _FILTER_BITS_PER_KEY: Final = 16
+_FUZZY_SALT: Final = 0x5BD1E9955BD1E995  # keeps fuzzy keys apart from exact keys of equal text
 
 Int64Array = npt.NDArray[np.int64]
 SlotArray = npt.NDArray[np.int32]  # row numbers: 4 bytes each, up to 2**31 rows
@@ -381,15 +383,15 @@ def sort_matches(matches: list[Match]) -> list[Match]:
 
 def deletion_variants(text: str, k: int) -> set[str]:
     """``text`` and every string left after deleting up to ``k`` of its characters."""
+    n = len(text)
     out = {text}
-    frontier = {text}
-    for _ in range(k):
-        nxt: set[str] = set()
-        for word in frontier:
-            for i in range(len(word)):
-                nxt.add(word[:i] + word[i + 1 :])
-        out |= nxt
-        frontier = nxt
+    if k >= 1:
+        out.update([text[:i] + text[i + 1 :] for i in range(n)])
+    if k >= 2:
+        out.update([text[:i] + text[i + 1 : j] + text[j + 1 :] for j in range(n) for i in range(j)])
+    for d in range(3, min(k, n) + 1):
+        for gone in itertools.combinations(range(n), d):
+            out.add("".join(ch for i, ch in enumerate(text) if i not in gone))
     return out
 
 
@@ -754,7 +756,7 @@ class WatchIndex:
                 k = int(self._store.limit[slot]) // _EDIT_UNITS
                 self._fuzzy_k[k] += 1
                 for variant in deletion_variants(canonical(entry.pattern), k):
-                    keys.append(hash("~" + variant))
+                    keys.append(hash(variant) ^ _FUZZY_SALT)
                     key_slots.append(slot)
             else:
                 shape, chars = _wildcard_key(entry.pattern)
@@ -810,7 +812,8 @@ class WatchIndex:
         keys = [hash(plate)]
         max_k = max((k for k, n in enumerate(self._fuzzy_k) if n), default=-1)
         if max_k >= 0:
-            keys.extend(hash("~" + v) for v in deletion_variants(canonical(plate), max_k))
+            variants = deletion_variants(canonical(plate), max_k)
+            keys.extend([hash(v) ^ _FUZZY_SALT for v in variants])
         keys.extend(_wildcard_query_keys(self._shapes, plate))
         slots = self._keys.lookup(keys)
         if not slots:

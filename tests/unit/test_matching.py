@@ -23,6 +23,7 @@ from services.correlator.matching import (
     WatchEntryError,
     WatchIndex,
     confusion_cost,
+    deletion_variants,
     match_entry,
     weighted_distance,
     wildcard_match,
@@ -128,6 +129,13 @@ def test_weighted_distance_stops_past_max_cost() -> None:
     assert weighted_distance("A", "ABCD", max_cost=2.0) is None
     assert weighted_distance("O0DQ", "QDO0", max_cost=1.2) is not None
     assert weighted_distance("O0DQ", "QDO0", max_cost=1.1) is None
+
+
+def test_deletion_variants_cover_up_to_k_deletions() -> None:
+    assert deletion_variants("ABC", 0) == {"ABC"}
+    assert deletion_variants("ABC", 1) == {"ABC", "BC", "AC", "AB"}
+    assert deletion_variants("ABC", 2) == {"ABC", "BC", "AC", "AB", "A", "B", "C"}
+    assert deletion_variants("AAB", 3) == {"AAB", "AB", "AA", "A", "B", ""}
 
 
 # --- modes ---------------------------------------------------------------------------------------
