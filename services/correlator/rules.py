@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Final, TypeVar, get_args
 
@@ -128,7 +128,7 @@ def _unique(current: Sighting, history: Iterable[Sighting]) -> list[Sighting]:
 
 
 def _fmt_time(t: datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def format_duration(seconds: float) -> str:
