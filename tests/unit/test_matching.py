@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -487,3 +489,11 @@ def test_weighted_distance_with_limit_agrees_with_unbounded_distance(
     else:
         assert found is not None
         assert round(found.cost * 10) == units
+
+
+def test_docs_matching_snippets_run() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "matching.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert snippets
+    for snippet in snippets:
+        exec(compile(snippet, "docs/matching.md", "exec"), {})
