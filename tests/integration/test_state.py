@@ -1,0 +1,346 @@
+"""Cross-site state on the real Redis; two CrossSiteState instances stand for two processes."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+import redis
+
+from services.correlator.rules import Sighting
+from services.correlator.state import CrossSiteState, ListChangeListener
+from shared.errors import PayloadError
+from shared.settings import RedisSettings
+from tests.factories import T0
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.correlator]
+
+WAIT_S = 10.0  # generous upper bound for a message to arrive; never asserted as a duration
+
+
+@pytest.fixture
+def client(redis_settings: RedisSettings) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_settings.url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def two(
+    client: redis.Redis, redis_settings: RedisSettings
+) -> Iterator[tuple[CrossSiteState, CrossSiteState]]:
+    """Two processes' views of one state: separate clients, one prefix."""
+    other = redis.Redis.from_url(redis_settings.url)
+    yield (
+        CrossSiteState(client, redis_settings.key_prefix),
+        CrossSiteState(other, redis_settings.key_prefix),
+    )
+    other.close()
+
+
+def sighting(event_id: str, site: str, minutes: float, plate: str = "ABC1234") -> Sighting:
+    return Sighting(event_id, plate, site, "cam-1", T0 + timedelta(minutes=minutes))
+
+
+# -- sighting history -------------------------------------------------------------------------
+def test_history_is_shared_and_time_ordered_across_processes(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, b = two
+    a.record_sighting(sighting("e2", "depot", 10), 3600)
+    history = b.record_sighting(sighting("e1", "london", 0), 3600)  # arrives late
+    assert [s.event_id for s in history] == ["e1", "e2"]
+    assert history[1] == sighting("e2", "depot", 10)
+
+
+def test_redelivered_event_is_counted_once(two: tuple[CrossSiteState, CrossSiteState]) -> None:
+    a, b = two
+    a.record_sighting(sighting("e1", "london", 0), 3600)
+    b.record_sighting(sighting("e1", "london", 0), 3600)
+    history = a.record_sighting(sighting("e1", "london", 0), 3600)
+    assert [s.event_id for s in history] == ["e1"]
+
+
+def test_history_is_kept_per_plate(two: tuple[CrossSiteState, CrossSiteState]) -> None:
+    a, _ = two
+    a.record_sighting(sighting("e1", "london", 0, plate="XYZ999"), 3600)
+    history = a.record_sighting(sighting("e2", "london", 1), 3600)
+    assert [s.plate for s in history] == ["ABC1234"]
+
+
+def test_entries_older_than_the_window_are_trimmed(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis
+) -> None:
+    a, _ = two
+    a.record_sighting(sighting("e1", "london", 0), 3600)
+    a.record_sighting(sighting("e2", "depot", 30), 3600)
+    history = a.record_sighting(sighting("e3", "paris", 90), 3600)
+    assert [s.event_id for s in history] == ["e2", "e3"]
+    assert client.zrange(a.keys.sightings("ABC1234"), 0, -1) == [b"e2", b"e3"]
+    assert sorted(client.hkeys(a.keys.sighting_data("ABC1234"))) == [b"e2", b"e3"]
+
+
+def test_history_is_capped_at_max_history(
+    client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    state = CrossSiteState(client, redis_settings.key_prefix, max_history=3)
+    for i in range(5):
+        history = state.record_sighting(sighting(f"e{i}", "depot", i), 3600)
+    assert [s.event_id for s in history] == ["e2", "e3", "e4"]
+    assert client.hlen(state.keys.sighting_data("ABC1234")) == 3
+
+
+def test_replay_older_than_the_window_is_not_kept_but_sees_its_nearby_history(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis
+) -> None:
+    a, _ = two
+    a.record_sighting(sighting("e3", "paris", 50), 3600)
+    a.record_sighting(sighting("e1", "london", 0), 3600)
+    # 70 min before the newest sighting: trimmed at once, compared with what is within 1 h.
+    history = a.record_sighting(sighting("e0", "depot", -20), 3600)
+    assert [s.event_id for s in history] == ["e1"]
+    assert client.zrange(a.keys.sightings("ABC1234"), 0, -1) == [b"e1", b"e3"]
+
+
+def test_every_key_has_a_ttl(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    a, _ = two
+    a.record_sighting(sighting("e1", "london", 0), 3600)
+    a.cooldown("watchlist", "ABC1234", "london", 600)
+    a.incident("ABC1234", 1800, "inc-1")
+    a.append_alert('{"kind":"watchlist"}')
+    keys = list(client.scan_iter(match=redis_settings.key_prefix + "*"))
+    assert len(keys) == 5
+    ttls = {k.decode(): client.ttl(k) for k in keys}
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    assert 3600 < client.ttl(a.keys.sightings("ABC1234")) <= 7200
+
+
+def test_plate_outside_the_contract_is_refused_before_reaching_redis(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, _ = two
+    with pytest.raises(PayloadError) as info:
+        a.record_sighting(sighting("e1", "london", 0, plate="AB}C"), 3600)
+    assert info.value.field == "plate"
+
+
+# -- cooldown and incidents -------------------------------------------------------------------
+def test_cooldown_is_granted_once_across_processes(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, b = two
+    assert a.cooldown("impossible_travel", "ABC1234", "london", 600) is True
+    assert b.cooldown("impossible_travel", "ABC1234", "london", 600) is False
+    assert a.cooldown("impossible_travel", "ABC1234", "london", 600) is False
+    # Another site, kind or plate has a cooldown of its own.
+    assert b.cooldown("impossible_travel", "ABC1234", "paris", 600) is True
+    assert b.cooldown("watchlist", "ABC1234", "london", 600) is True
+    assert b.cooldown("impossible_travel", "XYZ999", "london", 600) is True
+
+
+def test_cooldown_is_granted_to_exactly_one_of_many_concurrent_callers(
+    redis_settings: RedisSettings,
+) -> None:
+    clients = [redis.Redis.from_url(redis_settings.url) for _ in range(4)]
+    states = [CrossSiteState(c, redis_settings.key_prefix) for c in clients]
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            granted = list(
+                pool.map(
+                    lambda i: states[i % 4].cooldown("watchlist", "ABC1234", "london", 600),
+                    range(40),
+                )
+            )
+    finally:
+        for c in clients:
+            c.close()
+    assert granted.count(True) == 1
+
+
+def test_cooldown_expires_with_its_ttl(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis
+) -> None:
+    a, b = two
+    assert a.cooldown("watchlist", "ABC1234", "london", 600)
+    assert 0 < client.ttl(a.keys.cooldown("watchlist", "ABC1234", "london")) <= 600
+    client.delete(a.keys.cooldown("watchlist", "ABC1234", "london"))  # as if expired
+    assert b.cooldown("watchlist", "ABC1234", "london", 600)
+
+
+def test_incident_is_shared_and_counts_hits_across_processes(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, b = two
+    assert a.incident("ABC1234", 1800, "inc-a") == ("inc-a", 1)
+    assert b.incident("ABC1234", 1800, "inc-b") == ("inc-a", 2)
+    assert a.incident("ABC1234", 1800, "inc-c") == ("inc-a", 3)
+    assert b.incident("XYZ999", 1800, "inc-d") == ("inc-d", 1)
+
+
+def test_concurrent_hits_join_one_incident_with_an_exact_count(
+    redis_settings: RedisSettings,
+) -> None:
+    clients = [redis.Redis.from_url(redis_settings.url) for _ in range(4)]
+    states = [CrossSiteState(c, redis_settings.key_prefix) for c in clients]
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(
+                pool.map(lambda i: states[i % 4].incident("ABC1234", 1800, f"inc-{i}"), range(40))
+            )
+    finally:
+        for c in clients:
+            c.close()
+    assert len({incident_id for incident_id, _ in results}) == 1
+    assert sorted(count for _, count in results) == list(range(1, 41))
+
+
+def test_incident_after_the_window_starts_a_new_one(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis
+) -> None:
+    a, b = two
+    a.incident("ABC1234", 1800, "inc-a")
+    assert 0 < client.ttl(a.keys.incident("ABC1234")) <= 1800
+    client.delete(a.keys.incident("ABC1234"))  # as if the window had passed with no hit
+    assert b.incident("ABC1234", 1800, "inc-b") == ("inc-b", 1)
+
+
+# -- alert stream ---------------------------------------------------------------------------
+def test_alerts_appended_by_two_processes_are_read_in_order(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, b = two
+    first = a.append_alert('{"n":1}')
+    second = b.append_alert('{"n":2}')
+    assert a.read_alerts("0", 10) == [(first, '{"n":1}'), (second, '{"n":2}')]
+    assert b.read_alerts(first, 10) == [(second, '{"n":2}')]
+    assert b.read_alerts(second, 10) == []
+
+
+def test_read_alerts_honours_count(two: tuple[CrossSiteState, CrossSiteState]) -> None:
+    a, _ = two
+    ids = [a.append_alert(json.dumps({"n": i})) for i in range(5)]
+    assert [i for i, _ in a.read_alerts("0", 2)] == ids[:2]
+
+
+def test_alert_stream_is_capped_near_maxlen(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis
+) -> None:
+    a, _ = two
+    for i in range(300):
+        a.append_alert(json.dumps({"n": i}), maxlen=10)
+    # Approximate trimming removes whole nodes (100 entries by default), never below maxlen.
+    assert 10 <= client.xlen(a.keys.alerts()) < 300
+
+
+def test_read_alerts_on_an_empty_stream_is_empty(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, _ = two
+    assert a.read_alerts("0", 10) == []
+
+
+# -- watch-list invalidation ----------------------------------------------------------------
+@pytest.fixture
+def listeners() -> Iterator[list[ListChangeListener]]:
+    made: list[ListChangeListener] = []
+    yield made
+    for listener in made:
+        listener.stop()
+
+
+def test_list_change_reaches_a_listener_in_another_process(
+    two: tuple[CrossSiteState, CrossSiteState], listeners: list[ListChangeListener]
+) -> None:
+    a, b = two
+    got: queue.Queue[tuple[int, int]] = queue.Queue()
+    listener = b.list_change_listener(lambda list_id, version: got.put((list_id, version)))
+    listeners.append(listener)
+    listener.start()
+    assert listener.wait_subscribed(WAIT_S)
+    assert a.publish_list_change(7, 3) == 1
+    assert got.get(timeout=WAIT_S) == (7, 3)
+
+
+def test_listener_survives_a_bad_message_and_a_failing_callback(
+    two: tuple[CrossSiteState, CrossSiteState],
+    client: redis.Redis,
+    listeners: list[ListChangeListener],
+) -> None:
+    a, b = two
+    got: queue.Queue[tuple[int, int]] = queue.Queue()
+
+    def callback(list_id: int, version: int) -> None:
+        got.put((list_id, version))
+        if list_id == 1:
+            raise RuntimeError("cache reload failed")
+
+    listener = b.list_change_listener(callback)
+    listeners.append(listener)
+    listener.start()
+    assert listener.wait_subscribed(WAIT_S)
+    client.publish(a.keys.list_changes(), "not json")
+    a.publish_list_change(1, 1)
+    a.publish_list_change(2, 5)
+    assert got.get(timeout=WAIT_S) == (1, 1)
+    assert got.get(timeout=WAIT_S) == (2, 5)
+
+
+def test_listener_resubscribes_and_resyncs_after_its_connection_is_killed(
+    redis_settings: RedisSettings, listeners: list[ListChangeListener]
+) -> None:
+    name = "pwtest-listener-" + redis_settings.key_prefix.split(":")[1]
+    listen_client = redis.Redis.from_url(redis_settings.url, client_name=name)
+    admin = redis.Redis.from_url(redis_settings.url)
+    publisher = CrossSiteState(admin, redis_settings.key_prefix)
+    got: queue.Queue[tuple[int, int]] = queue.Queue()
+    resyncs = threading.Semaphore(0)
+    listener = ListChangeListener(
+        listen_client,
+        redis_settings.key_prefix,
+        lambda list_id, version: got.put((list_id, version)),
+        on_resync=resyncs.release,
+        reconnect_min_s=0.05,
+    )
+    listeners.append(listener)
+    try:
+        listener.start()
+        assert resyncs.acquire(timeout=WAIT_S)  # first subscription
+        ours = [c for c in admin.client_list() if c.get("name") == name and c.get("sub") == "1"]
+        assert len(ours) == 1
+        admin.client_kill_filter(_id=ours[0]["id"])
+        assert resyncs.acquire(timeout=WAIT_S)  # resubscribed: caches told to reload
+        assert listener.wait_subscribed(WAIT_S)
+        assert publisher.publish_list_change(4, 9) == 1
+        assert got.get(timeout=WAIT_S) == (4, 9)
+    finally:
+        listener.stop()
+        listen_client.close()
+        admin.close()
+
+
+def test_stopped_listener_unsubscribes(
+    two: tuple[CrossSiteState, CrossSiteState],
+    client: redis.Redis,
+    listeners: list[ListChangeListener],
+) -> None:
+    a, b = two
+    listener = b.list_change_listener(lambda list_id, version: None)
+    listener.start()
+    assert listener.wait_subscribed(WAIT_S)
+    listener.stop()
+    deadline = time.monotonic() + WAIT_S  # the server drops the subscription on disconnect
+    while _subscribers(client, listener.channel) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.publish_list_change(1, 1) == 0
+
+
+def _subscribers(client: redis.Redis, channel: str) -> int:
+    return int(client.pubsub_numsub(channel)[0][1])
