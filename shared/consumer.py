@@ -11,6 +11,7 @@ import base64
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventBase)
 MAX_DEADLETTER_COPY = 16 * 1024
+
+
+_TICK = Delivery(topic="(tick)", payload=b"", qos=0, retain=False, mid=0)
 
 
 class DeadLetterSink(Protocol):
@@ -61,7 +65,8 @@ def make_dead_letter(
 class EventConsumer(Generic[E]):
     """Subscribes (shared or not), decodes each payload into `model` and calls `on_event`.
 
-    `on_event(event, delivery)` owns the acknowledgement of good events (ack after commit);
+    `tick()`, when given, runs on the same thread about every `tick_s`, with or without traffic
+    (batch flush by time, periodic jobs). `on_event(event, delivery)` owns the acknowledgement of good events (ack after commit);
     `check(event, delivery)` may raise PayloadError to refuse an event that parses but is wrong
     (e.g. its site disagrees with its topic). Refused payloads are dead-lettered, then acked.
 
@@ -80,6 +85,8 @@ class EventConsumer(Generic[E]):
         service: str,
         clock: Callable[[], datetime],
         check: Callable[[E, Delivery], None] | None = None,
+        tick: Callable[[], None] | None = None,
+        tick_s: float = 0.05,
     ) -> None:
         self._client = client
         self._subscription = subscription
@@ -89,6 +96,8 @@ class EventConsumer(Generic[E]):
         self._service = service
         self._clock = clock
         self._check = check
+        self._tick = tick
+        self._tick_s = tick_s
         self._inbox: queue.Queue[Delivery | None] = queue.Queue()
         self._worker: threading.Thread | None = None
 
@@ -106,9 +115,21 @@ class EventConsumer(Generic[E]):
             self._worker.join(timeout)
 
     def _run(self) -> None:
-        while (delivery := self._inbox.get()) is not None:
+        next_tick = time.monotonic() + self._tick_s
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic()) if self._tick else None
             try:
-                self._handle(delivery)
+                delivery = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                delivery = _TICK
+            if delivery is None:
+                return
+            try:
+                if delivery is not _TICK:
+                    self._handle(delivery)
+                if self._tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self._tick_s
+                    self._tick()
             except Exception:
                 # Left unacknowledged: the broker redelivers it after a reconnect.
                 log.exception("event handler failed", extra={"topic": delivery.topic})

@@ -1,0 +1,310 @@
+"""Ingest: plate reads from the shared subscription into the database, then alerts out.
+
+The order of work for each batch (up to `batch_max_rows` events or `batch_max_ms`):
+
+1. One transaction: register unseen cameras, insert the sightings idempotently (ON CONFLICT
+   DO NOTHING on `event_id`), evaluate the new ones (watch-lists, gates, cross-site rules), insert
+   their alerts idempotently (dedupe key), commit. A database or Redis error rolls back and the
+   whole batch is retried with backoff, for as long as it takes: intake stops (nothing is
+   acknowledged, so the broker's receive maximum stops sending) and nothing is lost.
+2. Publish the alerts (QoS 1, waiting for the broker) on MQTT and the Redis stream and mark
+   them published; publish gate decisions. Alerts left unpublished by a crash are published by
+   the sweeper on any correlator (`publish_pending`).
+3. Acknowledge every message of the batch, duplicates included.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.correlator.evaluate import Evaluation, evaluate
+from services.correlator.lists import ListCache
+from shared.errors import PayloadError, SignatureError
+from shared.events import Alert, DeadLetter, GateDecision, PlateRead, encode_event
+from shared.mqtt import Delivery, PublishResult
+from shared.signing import load_public_key, verify_event
+from shared.store import repository as repo
+from shared.topics import alert_topic, decision_topic, parse_plate_topic
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> PublishResult: ...
+
+
+class AlertStream(Protocol):
+    def append_alert(self, alert_json: str) -> str: ...
+
+
+class CrossSite(Protocol):
+    """Cross-site state (Redis): what a new sighting means across sites, and alert admission."""
+
+    def observe(self, event: PlateRead, now: datetime) -> list[Alert]: ...
+
+    def admit(self, alert: Alert) -> Alert | None: ...
+
+
+class RetryableError(Exception):
+    """A dependency (database, Redis) failed; the batch is retried."""
+
+
+@dataclass
+class Registry:
+    """What the correlator knows of cameras and nodes (refreshed from the database)."""
+
+    cameras: set[tuple[str, str]] = field(default_factory=set)
+    gates: set[tuple[str, str]] = field(default_factory=set)
+    nodes: dict[str, tuple[str | None, bool, str]] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    events: list[PlateRead] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    started: float = 0.0
+
+
+class Ingestor:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        publisher: Publisher,
+        cache: ListCache,
+        clock: Callable[[], datetime],
+        *,
+        root: str,
+        stream: AlertStream | None = None,
+        cross: CrossSite | None = None,
+        batch_max_rows: int = 500,
+        batch_max_ms: int = 50,
+        retry_max_s: float = 10.0,
+        accept_unknown_cameras: bool = True,
+        require_signatures: bool = False,
+        decision_ttl_s: int = 30,
+        retry_errors: tuple[type[Exception], ...] = (),
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self._cache = cache
+        self._clock = clock
+        self._root = root
+        self._stream = stream
+        self._cross = cross
+        self._max_rows = batch_max_rows
+        self._max_s = batch_max_ms / 1000
+        self._retry_max_s = retry_max_s
+        self._accept_unknown = accept_unknown_cameras
+        self._require_signatures = require_signatures
+        self._decision_ttl_s = decision_ttl_s
+        self._retry_errors: tuple[type[Exception], ...] = (
+            DBAPIError,
+            RetryableError,
+            *retry_errors,
+        )
+        self.registry = Registry()
+        self._batch = Batch()
+        self.stats = {"events": 0, "duplicates": 0, "alerts": 0, "batches": 0, "retries": 0}
+
+    # -- checks run by the EventConsumer before an event is accepted --------------------
+    def check(self, event: PlateRead, delivery: Delivery) -> None:
+        """Refuse spoofed, unregistered or badly signed events (PayloadError -> dead letter)."""
+        topic = parse_plate_topic(delivery.topic, self._root)
+        if topic.site != event.site:
+            raise PayloadError("site", event.site, f"disagrees with topic site {topic.site!r}")
+        if topic.camera != event.camera:
+            raise PayloadError(
+                "camera", event.camera, f"disagrees with topic camera {topic.camera!r}"
+            )
+        known = (event.site, event.camera) in self.registry.cameras
+        if not known and not self._accept_unknown:
+            raise PayloadError("camera", event.camera, f"not registered at site {event.site!r}")
+        node = self.registry.nodes.get(event.node)
+        if node is not None and node[2] != event.site:
+            raise PayloadError(
+                "node", event.node, f"registered at site {node[2]!r}, not {event.site!r}"
+            )
+        key, required, _ = node if node is not None else (None, False, "")
+        if event.signature is None:
+            if required or self._require_signatures:
+                raise PayloadError("signature", None, "this node's events must be signed")
+            return
+        if key is None:
+            raise PayloadError("signature", event.signature.key_id, "node has no registered key")
+        try:
+            verify_event(event, load_public_key(key, f"node {event.node} public_key"))
+        except SignatureError as exc:
+            raise PayloadError("signature", event.signature.key_id, str(exc)) from exc
+
+    # -- batching ------------------------------------------------------------------------
+    def handle(self, event: PlateRead, delivery: Delivery) -> None:
+        if not self._batch.events:
+            self._batch.started = time.monotonic()
+        self._batch.events.append(event)
+        self._batch.deliveries.append(delivery)
+        if len(self._batch.events) >= self._max_rows or self._batch_age() >= self._max_s:
+            self.flush()
+
+    def tick(self) -> None:
+        if self._batch.events and self._batch_age() >= self._max_s:
+            self.flush()
+
+    def _batch_age(self) -> float:
+        return time.monotonic() - self._batch.started
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch, Batch()
+        if not batch.events:
+            return
+        alerts, decisions = self._store_with_retry(batch.events)
+        self._publish(alerts, decisions)
+        for d in batch.deliveries:
+            d.ack()
+        self.stats["batches"] += 1
+
+    # -- the transaction -----------------------------------------------------------------
+    def _store_with_retry(
+        self, events: Sequence[PlateRead]
+    ) -> tuple[list[Alert], list[GateDecision]]:
+        delay = 0.1
+        while True:
+            try:
+                return self._store(events)
+            except self._retry_errors as exc:
+                self.stats["retries"] += 1
+                log.warning(
+                    "batch not stored, retrying",
+                    extra={"events": len(events), "error": str(exc)[:300], "retry_in_s": delay},
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    def _store(self, events: Sequence[PlateRead]) -> tuple[list[Alert], list[GateDecision]]:
+        now = self._clock()
+        # One event per id: a batch may hold a redelivered copy of its own event.
+        unique = list({e.event_id: e for e in events}.values())
+        with self._sessions.begin() as session:
+            unseen = {
+                (e.site, e.camera, e.node)
+                for e in unique
+                if (e.site, e.camera) not in self.registry.cameras
+            }
+            if unseen:
+                repo.ensure_sites_and_cameras(session, unseen, now)
+            new_ids = repo.insert_sightings(session, unique, now)
+            alerts: list[Alert] = []
+            decisions: list[GateDecision] = []
+            for event in unique:
+                if event.event_id not in new_ids:
+                    continue
+                result = self._evaluate(event, now)
+                alerts.extend(result.alerts)
+                if result.decision is not None:
+                    decisions.append(result.decision)
+            inserted = repo.insert_alerts(session, alerts)
+        self.registry.cameras |= {(e.site, e.camera) for e in unique}
+        self.stats["events"] += len(new_ids)
+        self.stats["duplicates"] += len(events) - len(new_ids)
+        fresh = [a for a in alerts if a.event_id in inserted]
+        self.stats["alerts"] += len(fresh)
+        return fresh, decisions
+
+    def _evaluate(self, event: PlateRead, now: datetime) -> Evaluation:
+        watch, allow = self._cache.hits(event.plate, event.site, now)
+        is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
+        result = evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s)
+        alerts = list(result.alerts)
+        if self._cross is not None:
+            alerts.extend(self._cross.observe(event, now))
+            admitted = [self._cross.admit(a) for a in alerts]
+            alerts = [a for a in admitted if a is not None]
+        return Evaluation(alerts, result.decision)
+
+    # -- publishing ----------------------------------------------------------------------
+    def _publish(self, alerts: Sequence[Alert], decisions: Sequence[GateDecision]) -> None:
+        pending: list[PublishResult] = []
+        for decision in decisions:
+            pending.append(
+                self._publisher.publish(
+                    decision_topic(decision.site, decision.gate, self._root), encode_event(decision)
+                )
+            )
+        for alert in alerts:
+            pending.append(
+                self._publisher.publish(
+                    alert_topic(alert.site, alert.severity, self._root), encode_event(alert)
+                )
+            )
+            if self._stream is not None:
+                self._stream.append_alert(alert.model_dump_json())
+        for result in pending:
+            result.wait()
+        if alerts:
+            self._mark_published([a.event_id for a in alerts])
+            for a in alerts:
+                log.info(
+                    "alert raised",
+                    extra={
+                        "kind": a.kind,
+                        "plate": a.plate,
+                        "site": a.site,
+                        "severity": a.severity,
+                    },
+                )
+
+    def _mark_published(self, ids: list[uuid.UUID]) -> None:
+        try:
+            with self._sessions.begin() as session:
+                repo.mark_published(session, ids, self._clock())
+        except SQLAlchemyError:
+            log.warning("could not mark alerts published; the sweeper will republish them")
+
+    def publish_pending(self, older_than_s: float = 10.0) -> int:
+        """Publish alerts committed but never published (after a crash); returns how many."""
+        cutoff = self._clock() - timedelta(seconds=older_than_s)
+        with self._sessions.begin() as session:
+            rows = repo.unpublished_alerts(session, cutoff)
+            alerts = [Alert.model_validate(r.payload) for r in rows]
+            for alert in alerts:
+                self._publisher.publish(
+                    alert_topic(alert.site, alert.severity, self._root), encode_event(alert)
+                ).wait()
+                if self._stream is not None:
+                    self._stream.append_alert(alert.model_dump_json())
+            repo.mark_published(session, [a.event_id for a in alerts], self._clock())
+        return len(alerts)
+
+
+class StoringDeadLetters:
+    """Dead letters go to the broker's dead-letter topic and to the dead_letter table."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], mqtt_sink: Callable[[DeadLetter], None]
+    ) -> None:
+        self._sessions = sessions
+        self._mqtt_sink = mqtt_sink
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        delay = 0.1
+        while True:
+            try:
+                with self._sessions.begin() as session:
+                    repo.insert_dead_letter(session, letter, base64.b64decode(letter.payload_b64))
+                break
+            except DBAPIError as exc:
+                log.warning("dead letter not stored, retrying", extra={"error": str(exc)[:200]})
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._mqtt_sink(letter)

@@ -1,0 +1,164 @@
+"""The correlator process: wires settings, adapters and the ingest core, and runs the jobs."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.correlator.config import CorrelatorSettings
+from services.correlator.consumer import AlertStream, CrossSite, Ingestor, StoringDeadLetters
+from services.correlator.lists import ListCache
+from shared.consumer import EventConsumer, MqttDeadLetterSink
+from shared.errors import ConfigError
+from shared.events import PlateRead, utc_now
+from shared.mqtt import MqttClient
+from shared.store import migrate
+from shared.store import models as m
+from shared.store import repository as repo
+from shared.store.db import make_engine, session_factory
+from shared.topics import plate_filter, shared_subscription
+
+log = logging.getLogger(__name__)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def ensure_schema(engine: Engine, url: str) -> None:
+    """SQLite (embedded) is migrated on start; PostgreSQL must be migrated by `db upgrade`."""
+    current = migrate.current_revision(engine)
+    if current == migrate.head_revision():
+        return
+    if make_url(url).get_backend_name() == "sqlite":
+        migrate.upgrade(url)
+        return
+    raise ConfigError(
+        f"database schema is at {current or 'nothing'}, code needs {migrate.head_revision()}: "
+        "run `platewatch db upgrade` first"
+    )
+
+
+class Correlator:
+    """One correlator process. `start()` connects and consumes; `stop()` flushes and leaves."""
+
+    def __init__(
+        self, settings: CorrelatorSettings, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.engine = make_engine(settings.db)
+        ensure_schema(self.engine, settings.db.url)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.redis = redis.Redis.from_url(settings.redis.url)
+        root = settings.mqtt.topic_root
+        self.mqtt = MqttClient(
+            settings.mqtt,
+            settings.instance,
+            manual_ack=True,
+            persistent_session=True,
+            max_inflight=settings.ingest.max_inflight,
+        )
+        self.cache = ListCache(settings.matching.fuzzy_max_cost)
+        cross, stream, self._listener = self._cross_site()
+        ing = settings.ingest
+        self.ingestor = Ingestor(
+            self.sessions,
+            self.mqtt,
+            self.cache,
+            clock,
+            root=root,
+            stream=stream,
+            cross=cross,
+            batch_max_rows=ing.batch_max_rows,
+            batch_max_ms=ing.batch_max_ms,
+            retry_max_s=ing.db_retry_max_s,
+            accept_unknown_cameras=ing.accept_unknown_cameras,
+            require_signatures=ing.require_signatures,
+            decision_ttl_s=settings.correlation.gate_decision_ttl_s,
+            retry_errors=(redis.RedisError,),
+        )
+        mqtt_sink = MqttDeadLetterSink(self.mqtt, "correlator", root)
+        subscription = plate_filter(root)
+        if settings.mqtt.protocol == "5":
+            subscription = shared_subscription(ing.share_group, subscription)
+        self.consumer = EventConsumer(
+            self.mqtt,
+            subscription,
+            PlateRead,
+            self.ingestor.handle,
+            StoringDeadLetters(self.sessions, mqtt_sink.dead_letter),
+            "correlator",
+            clock,
+            check=self.ingestor.check,
+            tick=self._tick,
+            tick_s=min(0.05, ing.batch_max_ms / 2000),
+        )
+        self._changes: queue.Queue[int] = queue.Queue()
+        self._next_reload = 0.0
+        self._next_sweep = 0.0
+        self._stopped = threading.Event()
+
+    def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, Stoppable | None]:
+        """Redis-backed cross-site rules, alert stream and list-change listener."""
+        return None, None, None
+
+    def _changes_put(self, list_id: int) -> None:
+        self._changes.put(list_id)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, wait_s: float | None = 15.0) -> None:
+        self.refresh()
+        self.consumer.start()
+        self.mqtt.start(wait_s)
+        log.info("correlator started", extra={"instance": self.settings.instance})
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.ingestor.flush()
+        self.mqtt.stop()
+        if self._listener is not None:
+            self._listener.stop()
+        self.engine.dispose()
+        self._stopped.set()
+
+    def run_forever(self) -> None:
+        self._stopped.wait()
+
+    # -- state from the database ---------------------------------------------------------
+    def refresh(self) -> None:
+        """Reload lists and the camera/node registry from the database."""
+        with self.sessions() as session:
+            self.cache.load_all(repo.all_lists(session), repo.list_entries(session))
+            reg = self.ingestor.registry
+            reg.cameras = repo.known_cameras(session)
+            reg.gates = repo.gate_cameras(session)
+            reg.nodes = repo.node_keys(session)
+        self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
+
+    def apply_list_change(self, list_id: int) -> None:
+        with self.sessions() as session:
+            wl = session.get(m.WatchList, list_id)
+            entries = repo.list_entries(session, list_id) if wl is not None else []
+            self.cache.reload_list(wl, list_id, entries)
+
+    def _tick(self) -> None:
+        while not self._changes.empty():
+            self.apply_list_change(self._changes.get())
+        self.ingestor.tick()
+        now = time.monotonic()
+        if now >= self._next_reload:
+            self.refresh()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 5.0
+            self.ingestor.publish_pending()

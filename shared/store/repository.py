@@ -1,0 +1,382 @@
+"""Queries and writes of the platform, as functions over a Session (no engine, no commit).
+
+The caller owns the transaction: the correlator commits a whole batch at once, the API one
+request at once. Inserts of sightings and alerts are idempotent (ON CONFLICT DO NOTHING on the
+event id / dedupe key) on PostgreSQL and SQLite alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.events import Alert, DeadLetter, PlateRead
+from shared.store.models import (
+    AlertRecord,
+    AuditLog,
+    Camera,
+    DeadLetterRecord,
+    Node,
+    Sighting,
+    Site,
+    WatchEntry,
+    WatchList,
+)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"database dialect {dialect!r} is not supported")
+
+
+def sighting_row(event: PlateRead, received_at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "plate": event.plate,
+        "plate_hashed": False,
+        "raw_text": event.raw_text,
+        "region": event.region,
+        "confidence": event.confidence,
+        "char_confidences": list(event.char_confidences),
+        "candidates": [c.model_dump() for c in event.candidates],
+        "site_id": event.site,
+        "camera": event.camera,
+        "node": event.node,
+        "track_id": event.track_id,
+        "direction": event.direction,
+        "first_seen": event.first_seen,
+        "last_seen": event.last_seen,
+        "seen_at": event.captured_at,
+        "received_at": received_at,
+        "frames": event.frames,
+        "box": event.box.model_dump() if event.box else None,
+        "image_ref": event.image_ref,
+        "signed": event.signature is not None,
+    }
+
+
+def insert_sightings(
+    session: Session, events: Sequence[PlateRead], received_at: datetime
+) -> set[uuid.UUID]:
+    """Insert what is new; return the event ids that were inserted (duplicates are skipped)."""
+    if not events:
+        return set()
+    rows = [sighting_row(e, received_at) for e in events]
+    stmt = (
+        _insert(session, Sighting)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(Sighting.event_id)
+    )
+    return {row[0] for row in session.execute(stmt)}
+
+
+def ensure_sites_and_cameras(
+    session: Session, pairs: Iterable[tuple[str, str, str]], now: datetime
+) -> None:
+    """Register unseen (site, camera, node) triples; existing rows are left alone."""
+    pairs = set(pairs)
+    if not pairs:
+        return
+    site_rows = [{"id": s, "name": s, "created_at": now} for s in {p[0] for p in pairs}]
+    session.execute(_insert(session, Site).values(site_rows).on_conflict_do_nothing())
+    cam_rows = [{"site_id": s, "slug": c, "name": c, "node_id": n} for s, c, n in pairs]
+    session.execute(
+        _insert(session, Camera)
+        .values(cam_rows)
+        .on_conflict_do_nothing(index_elements=["site_id", "slug"])
+    )
+
+
+def known_cameras(session: Session) -> set[tuple[str, str]]:
+    return {(s, c) for s, c in session.execute(select(Camera.site_id, Camera.slug))}
+
+
+def gate_cameras(session: Session) -> set[tuple[str, str]]:
+    rows = session.execute(select(Camera.site_id, Camera.slug).where(Camera.is_gate))
+    return {(s, c) for s, c in rows}
+
+
+def node_keys(session: Session) -> dict[str, tuple[str | None, bool, str]]:
+    """node id -> (public key, signature required, site)."""
+    rows = session.execute(select(Node.id, Node.public_key, Node.require_signature, Node.site_id))
+    return {n: (k, bool(r), s) for n, k, r, s in rows}
+
+
+def site_locations(session: Session) -> dict[str, tuple[float, float]]:
+    rows = session.execute(
+        select(Site.id, Site.latitude, Site.longitude).where(
+            Site.latitude.is_not(None), Site.longitude.is_not(None)
+        )
+    )
+    return {
+        s: (float(lat), float(lon)) for s, lat, lon in rows if lat is not None and lon is not None
+    }
+
+
+def alert_dedupe_key(alert: Alert) -> str:
+    entry = alert.match.entry_id if alert.match else ""
+    subject = alert.sighting_event_id or alert.incident_id or alert.event_id
+    return f"{alert.kind}:{subject}:{entry}"
+
+
+def alert_row(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.event_id,
+        "dedupe_key": alert_dedupe_key(alert),
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "site_id": alert.site,
+        "camera": alert.camera,
+        "plate": alert.plate,
+        "seen_at": alert.seen_at,
+        "raised_at": alert.raised_at,
+        "sighting_event_id": alert.sighting_event_id,
+        "list_id": alert.match.list_id if alert.match else None,
+        "entry_id": alert.match.entry_id if alert.match else None,
+        "incident_id": alert.incident_id,
+        "historical": alert.historical,
+        "title": alert.title,
+        "reason": alert.reason,
+        "match": alert.match.model_dump() if alert.match else None,
+        "details": dict(alert.details),
+        "payload": alert.model_dump(mode="json"),
+        "status": "new",
+    }
+
+
+def insert_alerts(session: Session, alerts: Sequence[Alert]) -> set[uuid.UUID]:
+    """Insert alerts not raised before (same kind, sighting and entry); return the new ids."""
+    if not alerts:
+        return set()
+    stmt = (
+        _insert(session, AlertRecord)
+        .values([alert_row(a) for a in alerts])
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(AlertRecord.id)
+    )
+    return {row[0] for row in session.execute(stmt)}
+
+
+def unpublished_alerts(
+    session: Session, older_than: datetime, limit: int = 500
+) -> list[AlertRecord]:
+    """Alerts committed but not yet published (a crash between commit and publish)."""
+    stmt: Select[Any] = (
+        select(AlertRecord)
+        .where(AlertRecord.published_at.is_(None), AlertRecord.raised_at < older_than)
+        .order_by(AlertRecord.raised_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(session.scalars(stmt))
+
+
+def mark_published(session: Session, alert_ids: Iterable[uuid.UUID], at: datetime) -> None:
+    ids = list(alert_ids)
+    if ids:
+        session.execute(update(AlertRecord).where(AlertRecord.id.in_(ids)).values(published_at=at))
+
+
+def insert_dead_letter(session: Session, letter: DeadLetter, payload: bytes) -> None:
+    session.execute(
+        _insert(session, DeadLetterRecord)
+        .values(
+            id=letter.event_id,
+            service=letter.service,
+            received_at=letter.received_at,
+            topic=letter.topic,
+            reason=letter.reason,
+            field=letter.field,
+            payload=payload,
+            payload_size=letter.payload_size,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+def audit(
+    session: Session,
+    at: datetime,
+    actor: str,
+    action: str,
+    target_type: str,
+    target_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditLog(
+            at=at,
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            details=details,
+        )
+    )
+
+
+# -- watch-lists ---------------------------------------------------------------------------
+def create_list(
+    session: Session,
+    name: str,
+    now: datetime,
+    *,
+    kind: str = "watch",
+    site_id: str | None = None,
+    category: str = "custom",
+    severity: str = "high",
+    fuzzy_max_cost: float = 1.0,
+    owner: str = "",
+    description: str = "",
+) -> WatchList:
+    wl = WatchList(
+        name=name,
+        kind=kind,
+        site_id=site_id,
+        category=category,
+        severity=severity,
+        fuzzy_max_cost=fuzzy_max_cost,
+        owner=owner,
+        description=description,
+        enabled=True,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(wl)
+    session.flush()
+    return wl
+
+
+def add_entries(
+    session: Session, watch_list: WatchList, entries: Sequence[dict[str, Any]], now: datetime
+) -> list[WatchEntry]:
+    """Add entries (dicts of WatchEntry columns) and bump the list's version."""
+    made = [
+        WatchEntry(
+            list_id=watch_list.id,
+            category=e.get("category", watch_list.category),
+            created_at=now,
+            updated_at=now,
+            **{k: v for k, v in e.items() if k != "category"},
+        )
+        for e in entries
+    ]
+    session.add_all(made)
+    watch_list.version += 1
+    watch_list.updated_at = now
+    session.flush()
+    return made
+
+
+def all_lists(session: Session) -> list[WatchList]:
+    return list(session.scalars(select(WatchList).order_by(WatchList.id)))
+
+
+def list_entries(session: Session, list_id: int | None = None) -> list[WatchEntry]:
+    stmt = select(WatchEntry).order_by(WatchEntry.id)
+    if list_id is not None:
+        stmt = stmt.where(WatchEntry.list_id == list_id)
+    return list(session.scalars(stmt))
+
+
+def entries_changed_since(session: Session, list_id: int, since: datetime) -> list[WatchEntry]:
+    return list(
+        session.scalars(
+            select(WatchEntry).where(WatchEntry.list_id == list_id, WatchEntry.updated_at >= since)
+        )
+    )
+
+
+# -- sightings: search, retro-hunt, retention ---------------------------------------------
+def sightings_of_plate(
+    session: Session, plate: str, since: datetime | None = None, limit: int = 1000
+) -> list[Sighting]:
+    stmt = select(Sighting).where(Sighting.plate == plate)
+    if since is not None:
+        stmt = stmt.where(Sighting.seen_at >= since)
+    return list(session.scalars(stmt.order_by(Sighting.seen_at).limit(limit)))
+
+
+def wildcard_to_like(pattern: str) -> str:
+    """`AB?12*` -> `AB_12%` (plates hold only A-Z0-9, so nothing needs escaping)."""
+    return pattern.replace("?", "_").replace("*", "%")
+
+
+def retro_candidates(
+    session: Session, mode: str, pattern: str, since: datetime, limit: int = 100_000
+) -> list[Sighting]:
+    """Stored sightings since `since` that may match an entry; the caller verifies fuzzy ones."""
+    stmt = select(Sighting).where(Sighting.seen_at >= since, Sighting.plate_hashed.is_(False))
+    if mode == "exact":
+        stmt = stmt.where(Sighting.plate == pattern)
+    elif mode == "wildcard":
+        stmt = stmt.where(Sighting.plate.like(wildcard_to_like(pattern)))
+    else:
+        n = len(pattern)
+        stmt = stmt.where(func.length(Sighting.plate).between(max(1, n - 2), n + 2))
+    return list(session.scalars(stmt.order_by(Sighting.seen_at).limit(limit)))
+
+
+def delete_expired_sightings(
+    session: Session, site_id: str, before: datetime, batch: int = 10_000
+) -> int:
+    """Delete a site's sightings older than `before`, keeping those an alert refers to."""
+    has_alert = exists().where(AlertRecord.sighting_event_id == Sighting.event_id)
+    ids = list(
+        session.scalars(
+            select(Sighting.event_id)
+            .where(Sighting.site_id == site_id, Sighting.seen_at < before, ~has_alert)
+            .limit(batch)
+        )
+    )
+    if ids:
+        session.execute(delete(Sighting).where(Sighting.event_id.in_(ids)))
+    return len(ids)
+
+
+def hash_plate(plate: str, key: bytes) -> str:
+    """Keyed hash of a plate for privacy mode: equal plates still correlate, text is gone."""
+    return "h:" + hmac.new(key, plate.encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def pseudonymise_unmatched(
+    session: Session, site_id: str, before: datetime, key: bytes, batch: int = 10_000
+) -> int:
+    """Privacy mode: replace the plate of a site's sightings without any alert by its hash."""
+    has_alert = exists().where(AlertRecord.sighting_event_id == Sighting.event_id)
+    rows = session.execute(
+        select(Sighting.event_id, Sighting.plate)
+        .where(
+            Sighting.site_id == site_id,
+            Sighting.seen_at < before,
+            Sighting.plate_hashed.is_(False),
+            ~has_alert,
+        )
+        .limit(batch)
+    ).all()
+    for event_id, plate in rows:
+        session.execute(
+            update(Sighting)
+            .where(Sighting.event_id == event_id)
+            .values(plate=hash_plate(plate, key), plate_hashed=True, raw_text="", candidates=None)
+        )
+    return len(rows)
+
+
+def sites(session: Session) -> list[Site]:
+    return list(session.scalars(select(Site).order_by(Site.id)))

@@ -1,0 +1,301 @@
+"""The correlator on the real broker, database (SQLite and PostgreSQL) and Redis."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from services.correlator.config import CorrelatorSettings
+from services.correlator.service import Correlator
+from shared.events import Alert, GateDecision, PlateRead, decode_event, encode_event, utc_now
+from shared.mqtt import MqttClient
+from shared.settings import DbSettings, MqttSettings, RedisSettings
+from shared.signing import generate_private_key, public_key_b64, sign_event
+from shared.store import migrate
+from shared.store import models as m
+from shared.store import repository as repo
+from shared.topics import alert_filter, decision_filter, plate_topic
+from tests.factories import plate_read
+
+pytestmark = [pytest.mark.integration, pytest.mark.correlator, pytest.mark.db, pytest.mark.mqtt]
+
+
+class Harness:
+    def __init__(self, correlator: Correlator, publisher: MqttClient, root: str) -> None:
+        self.c = correlator
+        self.pub = publisher
+        self.root = root
+        self.alerts: queue.Queue[Alert] = queue.Queue()
+        self.decisions: queue.Queue[GateDecision] = queue.Queue()
+
+    def publish(
+        self, event: PlateRead | bytes, site: str = "north-gate", camera: str = "cam-1"
+    ) -> None:
+        if isinstance(event, PlateRead):
+            site, camera, payload = event.site, event.camera, encode_event(event)
+        else:
+            payload = event
+        self.pub.publish(plate_topic(site, camera, self.root), payload).wait()
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.05)
+        raise AssertionError("condition not met in time")
+
+    def count(self, model: Any) -> int:
+        with self.c.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+    def add_list(self, name: str, entries: list[dict[str, Any]], **kw: Any) -> int:
+        with self.c.sessions.begin() as s:
+            wl = repo.create_list(s, name, utc_now(), **kw)
+            repo.add_entries(s, wl, entries, utc_now())
+            list_id = wl.id
+        self.c.refresh()
+        return list_id
+
+
+@pytest.fixture
+def harness(
+    mqtt_settings: MqttSettings, db_url: str, redis_settings: RedisSettings, client_id: str
+) -> Iterator[Harness]:
+    settings = CorrelatorSettings(
+        instance=client_id,
+        mqtt=mqtt_settings,
+        db=DbSettings(url=db_url),
+        redis=redis_settings,
+    )
+    migrate.upgrade(db_url)  # the real `alembic upgrade head`, as `platewatch db upgrade` runs it
+    correlator = Correlator(settings)
+    publisher = MqttClient(mqtt_settings, client_id + "-edge")
+    publisher.start()
+    h = Harness(correlator, publisher, mqtt_settings.topic_root)
+    watcher = MqttClient(mqtt_settings, client_id + "-ops")
+    watcher.subscribe(alert_filter(h.root), lambda d: h.alerts.put(decode_event(d.payload, Alert)))
+    watcher.subscribe(
+        decision_filter(h.root), lambda d: h.decisions.put(decode_event(d.payload, GateDecision))
+    )
+    watcher.start()
+    correlator.start()
+    time.sleep(0.3)
+    yield h
+    correlator.stop()
+    publisher.stop()
+    watcher.stop()
+
+
+def test_published_read_becomes_one_sighting_row(harness: Harness) -> None:
+    event = plate_read()
+    harness.publish(event)
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    with harness.c.sessions() as s:
+        row = s.get(m.Sighting, event.event_id)
+        assert row is not None
+        assert (row.plate, row.site_id, row.camera, row.raw_text) == (
+            "ABC1234",
+            "north-gate",
+            "cam-1",
+            "ABC 1234",
+        )
+        assert row.seen_at == event.captured_at
+        assert row.candidates and row.candidates[1]["text"] == "A8C1234"
+        assert s.get(m.Site, "north-gate") is not None
+
+
+def test_watchlist_hit_goes_publish_row_alert(harness: Harness) -> None:
+    harness.add_list(
+        "stolen-cars",
+        [{"pattern": "ABC1234", "mode": "exact", "category": "stolen"}],
+        category="stolen",
+        severity="critical",
+    )
+    event = plate_read()
+    harness.publish(event)
+    alert = harness.alerts.get(timeout=10)
+    assert alert.kind == "watchlist" and alert.severity == "critical"
+    assert alert.sighting_event_id == event.event_id and alert.plate == "ABC1234"
+    assert alert.match is not None and alert.match.explanation == "exact"
+
+    def published() -> bool:
+        with harness.c.sessions() as s:
+            rows = s.scalars(select(m.AlertRecord)).all()
+            assert [r.id for r in rows] == [alert.event_id] and rows[0].status == "new"
+            return rows[0].published_at is not None
+
+    harness.wait_for(published)
+
+
+def test_duplicates_are_stored_once_and_alert_once(harness: Harness) -> None:
+    harness.add_list("wanted", [{"pattern": "ABC1234", "mode": "exact", "category": "wanted"}])
+    event = plate_read()
+    for _ in range(3):
+        harness.publish(event)
+    harness.wait_for(lambda: harness.c.ingestor.stats["duplicates"] == 2)
+    assert harness.count(m.Sighting) == 1
+    assert harness.count(m.AlertRecord) == 1
+    harness.alerts.get(timeout=5)
+    time.sleep(0.3)
+    assert harness.alerts.empty()
+
+
+def test_fuzzy_and_wildcard_entries_alert_with_the_reason(harness: Harness) -> None:
+    harness.add_list("fuzzy", [{"pattern": "KLM5821", "mode": "fuzzy", "category": "wanted"}])
+    harness.add_list("partial", [{"pattern": "XY?12*", "mode": "wildcard", "category": "banned"}])
+    harness.publish(plate_read(plate="KLM582I", track_id="a"))  # I read where the list has 1
+    harness.publish(plate_read(plate="XYZ1299", track_id="b"))
+    got = {
+        a.match.mode: a
+        for a in (harness.alerts.get(timeout=10), harness.alerts.get(timeout=10))
+        if a.match
+    }
+    assert got["fuzzy"].match is not None and "I->1 at position 7" in got["fuzzy"].match.explanation
+    assert got["wildcard"].plate == "XYZ1299"
+
+
+def test_expired_entry_raises_nothing(harness: Harness) -> None:
+    past = utc_now() - timedelta(days=2)
+    harness.add_list(
+        "old",
+        [
+            {
+                "pattern": "ABC1234",
+                "mode": "exact",
+                "valid_from": past - timedelta(days=1),
+                "valid_until": past,
+            }
+        ],
+    )
+    harness.publish(plate_read())
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    time.sleep(0.3)
+    assert harness.alerts.empty() and harness.count(m.AlertRecord) == 0
+
+
+def test_spoofed_topic_is_dead_lettered_not_stored(harness: Harness) -> None:
+    spoof = plate_read(site="south-gate")
+    harness.publish(encode_event(spoof), site="north-gate", camera="cam-1")
+    harness.wait_for(lambda: harness.count(m.DeadLetterRecord) == 1)
+    assert harness.count(m.Sighting) == 0
+    with harness.c.sessions() as s:
+        letter = s.scalars(select(m.DeadLetterRecord)).one()
+        assert letter.field == "site" and "disagrees" in letter.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (b"{broken", "payload"),
+        (b"{" + b" " * 70_000 + b"}", "payload"),
+        (encode_event(plate_read()).replace(b'"frames":9', b'"frames":"nine"'), "frames"),
+    ],
+    ids=["malformed", "oversized", "wrong-type"],
+)
+def test_bad_payload_goes_to_dead_letters_and_intake_continues(
+    harness: Harness, payload: bytes, field: str
+) -> None:
+    harness.publish(payload)
+    harness.wait_for(lambda: harness.count(m.DeadLetterRecord) == 1)
+    with harness.c.sessions() as s:
+        letter = s.scalars(select(m.DeadLetterRecord)).one()
+        assert (letter.field or "payload").startswith(field)
+        assert letter.payload == payload[: len(letter.payload)] and letter.payload_size == len(
+            payload
+        )
+    harness.publish(plate_read())
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+
+
+def test_signed_events_verify_and_forgeries_are_refused(harness: Harness) -> None:
+    key = generate_private_key()
+    with harness.c.sessions.begin() as s:
+        s.add(m.Site(id="north-gate", name="North", created_at=utc_now()))
+        s.flush()
+        s.add(
+            m.Node(
+                id="edge-1",
+                site_id="north-gate",
+                public_key=public_key_b64(key),
+                require_signature=True,
+            )
+        )
+    harness.c.refresh()
+    good = sign_event(plate_read(track_id="ok"), key, "edge-1")
+    forged = sign_event(plate_read(track_id="forged"), generate_private_key(), "edge-1")
+    unsigned = plate_read(track_id="unsigned")
+    for e in (good, forged, unsigned):
+        harness.publish(e)
+    harness.wait_for(
+        lambda: harness.count(m.DeadLetterRecord) == 2 and harness.count(m.Sighting) == 1
+    )
+    with harness.c.sessions() as s:
+        assert s.get(m.Sighting, good.event_id) is not None
+        reasons = sorted(r.reason for r in s.scalars(select(m.DeadLetterRecord)))
+    assert any("does not verify" in r for r in reasons) and any(
+        "must be signed" in r for r in reasons
+    )
+
+
+def test_gate_denies_unregistered_plate_and_allows_registered(harness: Harness) -> None:
+    with harness.c.sessions.begin() as s:
+        s.add(m.Site(id="north-gate", name="North", created_at=utc_now()))
+        s.flush()
+        s.add(m.Camera(site_id="north-gate", slug="cam-1", is_gate=True))
+    harness.add_list(
+        "north-residents",
+        [{"pattern": "KLM5821", "mode": "exact", "category": "allow"}],
+        kind="allow",
+        site_id="north-gate",
+        category="allow",
+    )
+    harness.publish(plate_read(plate="KLM5821", track_id="resident"))
+    allowed = harness.decisions.get(timeout=10)
+    assert (allowed.decision, allowed.plate, allowed.gate) == ("allow", "KLM5821", "cam-1")
+    stranger = plate_read(plate="ZZZ9999", track_id="stranger")
+    harness.publish(stranger)
+    denied = harness.decisions.get(timeout=10)
+    assert denied.decision == "deny" and denied.sighting_event_id == stranger.event_id
+    alert = harness.alerts.get(timeout=10)
+    assert alert.kind == "unregistered_gate" and alert.plate == "ZZZ9999"
+    assert harness.alerts.empty()  # the resident raised nothing
+
+
+def test_unpublished_alert_is_swept_out_after_a_crash(harness: Harness) -> None:
+    event = plate_read()
+    with harness.c.sessions.begin() as s:
+        s.add(m.Site(id="north-gate", name="North", created_at=utc_now()))
+    alert = Alert(
+        raised_at=utc_now() - timedelta(minutes=1),
+        site="north-gate",
+        camera="cam-1",
+        severity="high",
+        kind="watchlist",
+        plate="ABC1234",
+        seen_at=event.captured_at,
+        sighting_event_id=event.event_id,
+        title="t",
+        reason="r",
+    )
+    with harness.c.sessions.begin() as s:
+        repo.insert_alerts(s, [alert])  # committed, then the process died before publishing
+    assert harness.c.ingestor.publish_pending() == 1
+    assert harness.alerts.get(timeout=5).event_id == alert.event_id
+    with harness.c.sessions() as s:
+        assert s.get(m.AlertRecord, alert.event_id).published_at is not None  # type: ignore[union-attr]
+
+
+def test_bad_config_stops_startup_naming_the_field(tmp_path: Any) -> None:
+    from services.correlator.__main__ import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"ingest": {"batch_max_rows": 0}}))
+    assert main(["--config", str(cfg)]) == 2
