@@ -66,7 +66,8 @@ class EventConsumer(Generic[E]):
     """Subscribes (shared or not), decodes each payload into `model` and calls `on_event`.
 
     `tick()`, when given, runs on the same thread about every `tick_s`, with or without traffic
-    (batch flush by time, periodic jobs). `on_event(event, delivery)` owns the acknowledgement of good events (ack after commit);
+    (batch flush by time, periodic jobs). `on_event(event, delivery)` owns the acknowledgement
+    of good events (ack after commit);
     `check(event, delivery)` may raise PayloadError to refuse an event that parses but is wrong
     (e.g. its site disagrees with its topic). Refused payloads are dead-lettered, then acked.
 
