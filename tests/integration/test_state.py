@@ -344,3 +344,39 @@ def test_stopped_listener_unsubscribes(
 
 def _subscribers(client: redis.Redis, channel: str) -> int:
     return int(client.pubsub_numsub(channel)[0][1])
+
+
+def test_listener_keepalive_pings_do_not_cause_reconnects(
+    redis_settings: RedisSettings, listeners: list[ListChangeListener]
+) -> None:
+    name = "pwtest-ping-" + redis_settings.key_prefix.split(":")[1]
+    listen_client = redis.Redis.from_url(redis_settings.url, client_name=name)
+    admin = redis.Redis.from_url(redis_settings.url)
+    got: queue.Queue[tuple[int, int]] = queue.Queue()
+    resyncs: list[int] = []
+    listener = ListChangeListener(
+        listen_client,
+        redis_settings.key_prefix,
+        lambda list_id, version: got.put((list_id, version)),
+        on_resync=lambda: resyncs.append(1),
+        poll_s=0.01,
+        ping_every_s=0.02,
+    )
+    listeners.append(listener)
+    try:
+        listener.start()
+        assert listener.wait_subscribed(WAIT_S)
+        pings_seen = 0
+        deadline = time.monotonic() + WAIT_S
+        while pings_seen < 3 and time.monotonic() < deadline:  # several keepalive rounds
+            ours = [c for c in admin.client_list() if c.get("name") == name]
+            pings_seen += any(c.get("cmd") == "ping" for c in ours)
+            time.sleep(0.05)
+        assert pings_seen == 3
+        CrossSiteState(admin, redis_settings.key_prefix).publish_list_change(5, 2)
+        assert got.get(timeout=WAIT_S) == (5, 2)
+        assert resyncs == [1]  # subscribed once, never dropped
+    finally:
+        listener.stop()
+        listen_client.close()
+        admin.close()
