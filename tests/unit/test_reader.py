@@ -127,6 +127,18 @@ def test_postprocess_reads_two_row_sequence_in_order() -> None:
     assert postprocess(_probs(top + bottom), SPEC).text == "KL01AB1234"
 
 
+def test_postprocess_treats_unnormalised_scores_as_logits() -> None:
+    logits = np.log(_probs("-P-W-7-"))
+    assert postprocess(logits * 3.0, SPEC).text == "PW7"
+
+
+def test_postprocess_returns_empty_reading_for_all_blank_output() -> None:
+    reading = postprocess(_probs("--------"), SPEC)
+    assert reading.text == ""
+    assert reading.confidence == 0.0
+    assert reading.candidates == ()
+
+
 def test_postprocess_rejects_wrong_class_count() -> None:
     with pytest.raises(ValueError, match="logits"):
         postprocess(np.zeros((10, 5), np.float32), SPEC)
@@ -144,12 +156,14 @@ def test_postprocess_reranks_ambiguous_char_by_brazil_format() -> None:
     o = CHARSET.index("O") + 1
     zero = CHARSET.index("0") + 1
     probs[7, zero], probs[7, o] = 0.5, 0.45
+    probs /= probs.sum(axis=1, keepdims=True)
     plain = postprocess(probs, SPEC)
     br = postprocess(probs, SPEC, region="br")
     assert plain.text == "ABC0123"
     assert br.text == "ABC0123"  # already LLLNNNN
     probs2 = _probs("-A-B-0-1-2-3-4-")
     probs2[5, zero], probs2[5, o] = 0.5, 0.45
+    probs2 /= probs2.sum(axis=1, keepdims=True)
     assert postprocess(probs2, SPEC).text == "AB01234"
     reading = postprocess(probs2, SPEC, region="br")
     assert reading.text == "ABO1234"

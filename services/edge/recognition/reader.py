@@ -39,7 +39,9 @@ REGION_PATTERNS: dict[str, tuple[str, ...]] = {
 # score factor for a candidate that fits none of its region's formats
 FORMAT_MISMATCH_PENALTY = 0.05
 
-_MIN_STEP_PROB = 1e-3  # characters less likely than this at a step are not expanded by the beam
+_MIN_STEP_PROB = 0.01  # characters less likely than this at a step are not expanded by the beam
+_MAX_STEP_CANDIDATES = 4  # at most this many classes per step are considered by the beam
+_BEAM_LOG_FLOOR = math.log(1e-3)  # prefixes 1000x less likely than the best are dropped
 _SUPPORTED_SPEC_VERSION = 1
 
 
@@ -194,7 +196,7 @@ def postprocess(
     spec: ReaderSpec,
     region: str | None = None,
     top_n: int = 5,
-    beam_width: int = 16,
+    beam_width: int = 10,
 ) -> PlateReading:
     """Decode model output (T, K) or (1, T, K) class scores (logits or probabilities)."""
     probs = _to_probs(logits, spec)
@@ -204,8 +206,12 @@ def postprocess(
     if not ranked:
         return PlateReading(text="", confidence=0.0, char_confidences=(), candidates=())
     best_text, best_prob = ranked[0]
-    labels = [_class_of(c, spec) for c in best_text]
-    char_conf = forced_alignment_confidences(probs, labels, spec.blank_index)
+    greedy_text, greedy_conf = _greedy(probs, spec)
+    if greedy_text == best_text:
+        char_conf = list(greedy_conf)
+    else:
+        labels = [_class_of(c, spec) for c in best_text]
+        char_conf = forced_alignment_confidences(probs, labels, spec.blank_index)
     return PlateReading(
         text=best_text,
         confidence=float(min(1.0, max(0.0, best_prob))),
@@ -218,7 +224,10 @@ def greedy_decode(logits: npt.NDArray[Any], spec: ReaderSpec) -> tuple[str, tupl
     """Best-path decoding: arg-max per step, collapse repeats, drop blanks.
 
     Returns the text and, per character, the highest probability along its run of steps."""
-    probs = _to_probs(logits, spec)
+    return _greedy(_to_probs(logits, spec), spec)
+
+
+def _greedy(probs: FloatArray, spec: ReaderSpec) -> tuple[str, tuple[float, ...]]:
     best = probs.argmax(axis=1)
     text: list[str] = []
     confs: list[float] = []
@@ -258,33 +267,50 @@ def ctc_beam_search(
     """CTC prefix beam search over (T, K) probabilities.
 
     Returns up to `beam_width` (label tuple, probability) pairs, most probable first; the
-    probability of a label sums over all its alignments. Characters below a small probability
-    at a step are not expanded (keeps it fast; exact for peaked outputs)."""
-    # prefix -> (p ending in blank, p ending in non-blank), kept in log space
-    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
+    probability of a label sums over all its alignments. Per step only the few most likely
+    characters above a small probability are expanded (exact for peaked outputs, and fast)."""
+    # prefix -> [log p(ending in blank), log p(ending in non-blank)]
+    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, -math.inf]}
     logp = np.log(np.maximum(probs, 1e-30))
+    n_top = min(_MAX_STEP_CANDIDATES, probs.shape[1])
+    tops = np.argpartition(probs, -n_top, axis=1)[:, -n_top:]
     for t in range(probs.shape[0]):
         row = probs[t]
-        cand = np.nonzero(row >= _MIN_STEP_PROB)[0].tolist()
-        lp = logp[t]
+        cand = [int(k) for k in tops[t] if k != blank and row[k] >= _MIN_STEP_PROB]
+        lp_blank = float(logp[t, blank])
+        if not cand:  # only blank is likely: every prefix just ends in blank now
+            beams = {p: [_lse(pb, pnb) + lp_blank, -math.inf] for p, (pb, pnb) in beams.items()}
+            continue
+        lp = {k: float(logp[t, k]) for k in cand}
         nxt: dict[tuple[int, ...], list[float]] = {}
         for prefix, (pb, pnb) in beams.items():
-            total = np.logaddexp(pb, pnb)
-            _add(nxt, prefix, total + lp[blank], -math.inf)  # blank extends the same prefix
+            total = _lse(pb, pnb)
+            _add(nxt, prefix, total + lp_blank, -math.inf)  # blank keeps the prefix
             last = prefix[-1] if prefix else -1
             for k in cand:
-                if k == blank:
-                    continue
                 if k == last:
                     _add(nxt, prefix, -math.inf, pnb + lp[k])  # repeat collapses
-                    _add(nxt, (*prefix, k), -math.inf, pb + lp[k])  # needs a blank in between
+                    _add(nxt, (*prefix, k), -math.inf, pb + lp[k])  # needs a blank between
                 else:
                     _add(nxt, (*prefix, k), -math.inf, total + lp[k])
-        ordered = sorted(nxt.items(), key=lambda kv: np.logaddexp(kv[1][0], kv[1][1]), reverse=True)
-        beams = {p: (v[0], v[1]) for p, v in ordered[:beam_width]}
-    out = [(p, float(np.exp(np.logaddexp(pb, pnb)))) for p, (pb, pnb) in beams.items()]
+        totals = {p: _lse(v[0], v[1]) for p, v in nxt.items()}
+        floor = max(totals.values()) + _BEAM_LOG_FLOOR
+        ordered = sorted((p for p in nxt if totals[p] >= floor), key=totals.__getitem__)
+        beams = {p: nxt[p] for p in ordered[-beam_width:]}
+    out = [(p, math.exp(_lse(pb, pnb))) for p, (pb, pnb) in beams.items()]
     out.sort(key=lambda item: item[1], reverse=True)
     return out
+
+
+def _lse(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) for Python floats."""
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    if a > b:
+        return a + math.log1p(math.exp(b - a))
+    return b + math.log1p(math.exp(a - b))
 
 
 def _add(
@@ -295,8 +321,8 @@ def _add(
     if cur is None:
         beams[prefix] = [pb, pnb]
     else:
-        cur[0] = float(np.logaddexp(cur[0], pb))
-        cur[1] = float(np.logaddexp(cur[1], pnb))
+        cur[0] = _lse(cur[0], pb)
+        cur[1] = _lse(cur[1], pnb)
 
 
 def forced_alignment_confidences(probs: FloatArray, labels: list[int], blank: int) -> list[float]:
@@ -308,22 +334,27 @@ def forced_alignment_confidences(probs: FloatArray, labels: list[int], blank: in
     for k in labels:
         ext += [k, blank]
     n_s = len(ext)
-    logp = np.log(np.maximum(probs, 1e-30))
+    ext_arr = np.asarray(ext)
+    logp = np.log(np.maximum(probs, 1e-30))[:, ext_arr]  # (T, S)
+    # a skip from s-2 is allowed onto a non-blank that differs from the label two back
+    can_skip = np.zeros(n_s, dtype=bool)
+    can_skip[2:] = (ext_arr[2:] != blank) & (ext_arr[2:] != ext_arr[:-2])
     score = np.full((n_t, n_s), -np.inf)
     back = np.zeros((n_t, n_s), dtype=np.int64)
-    score[0, 0] = logp[0, ext[0]]
+    score[0, 0] = logp[0, 0]
     if n_s > 1:
-        score[0, 1] = logp[0, ext[1]]
+        score[0, 1] = logp[0, 1]
+    idx = np.arange(n_s)
+    choices = np.full((3, n_s), -np.inf)  # rows: stay, step from s-1, skip from s-2
     for t in range(1, n_t):
-        for s in range(n_s):
-            best, arg = score[t - 1, s], s
-            if s >= 1 and score[t - 1, s - 1] > best:
-                best, arg = score[t - 1, s - 1], s - 1
-            if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2] and score[t - 1, s - 2] > best:
-                best, arg = score[t - 1, s - 2], s - 2
-            score[t, s] = best + logp[t, ext[s]]
-            back[t, s] = arg
-    s = n_s - 1 if n_s == 1 or score[-1, n_s - 1] >= score[-1, n_s - 2] else n_s - 2
+        prev = score[t - 1]
+        choices[0] = prev
+        choices[1, 1:] = prev[:-1]
+        choices[2, 2:] = np.where(can_skip[2:], prev[:-2], -np.inf)
+        arg = choices.argmax(axis=0)
+        score[t] = choices[arg, idx] + logp[t]
+        back[t] = idx - arg
+    s = n_s - 1 if score[-1, n_s - 1] >= score[-1, n_s - 2] else n_s - 2
     conf = [0.0] * len(labels)
     for t in range(n_t - 1, -1, -1):
         if s % 2 == 1:

@@ -121,18 +121,34 @@ def train(args: argparse.Namespace) -> nn.Module:
     ctc = nn.CTCLoss(blank=SPEC.blank_index, zero_infinity=True)
     warm = 100
 
-    def lr_at(step: int) -> float:
+    budget_s = args.max_minutes * 60
+
+    def progress(step: int, elapsed: float) -> float:
+        """Fraction of training done: by steps, or by time when a time budget is set (so that
+        the cosine schedule still anneals on a busy machine)."""
+        p = (step - warm) / max(1, args.steps - warm)
+        if budget_s > 0:
+            p = max(p, elapsed / budget_s)
+        return min(1.0, p)
+
+    def lr_at(step: int, elapsed: float = 0.0) -> float:
         if step < warm:
             return args.lr * (step + 1) / warm
-        p = (step - warm) / max(1, args.steps - warm)
+        p = progress(step, elapsed)
         return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
     model.train()
     t0 = time.time()
     running = 0.0
+    steps_done = 0
     for step in range(args.steps):
+        elapsed = time.time() - t0
+        if budget_s > 0 and elapsed > budget_s:
+            print(json.dumps({"stopped_at_step": step, "reason": "max_minutes"}), flush=True)
+            break
+        lr = lr_at(step, elapsed)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr
         x, tgt, lens = make_batch(real, w, synth_x, synth_t, args.batch, args.real_frac, rng)
         logits = model(x)  # N, T, K
         logp = logits.log_softmax(2).transpose(0, 1)  # T, N, K
@@ -149,16 +165,16 @@ def train(args: argparse.Namespace) -> nn.Module:
                     {
                         "step": step,
                         "loss": round(running, 4),
-                        "lr": round(lr_at(step), 6),
+                        "lr": round(lr, 6),
                         "elapsed_s": round(time.time() - t0, 1),
                     }
                 ),
                 flush=True,
             )
-        if args.max_minutes and time.time() - t0 > args.max_minutes * 60:
-            print(json.dumps({"stopped_at_step": step, "reason": "max_minutes"}), flush=True)
-            break
+        steps_done = step + 1
     model.eval()
+    args.steps_done = steps_done
+    args.train_seconds = round(time.time() - t0, 1)
     return model
 
 
@@ -188,13 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="services/edge/models")
     ap.add_argument("--work", default="work-data/reader")
-    ap.add_argument("--steps", type=int, default=3800)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--real-frac", type=float, default=0.5)
     ap.add_argument("--synth", type=int, default=40000)
     ap.add_argument("--seed", type=int, default=20261125)
-    ap.add_argument("--max-minutes", type=float, default=0.0, help="safety stop (0: none)")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="time budget for the training loop; the LR schedule anneals by time or steps, "
+        "whichever is further (0: steps only, fully reproducible)",
+    )
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

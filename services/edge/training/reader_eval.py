@@ -1,0 +1,225 @@
+"""Measure the reader alone on the held-out 'test' split of every crop source.
+
+    python -m services.edge.training.reader_eval --models services/edge/models [--int8]
+
+Reports exact-text accuracy, character accuracy (1 - edit distance / label length) and the
+OpenVINO latency per crop on ONE thread, for our FP32 IR, the INT8 IR (NNCF post-training
+quantisation, made here with --int8 from train-split crops only) and the PP-OCRv4 recogniser
+shipped by the PyPI package `rapidocr-openvino`, all on the same crops in the same run.
+Crops are the labelled boxes (crop sets: the whole image; scene sets: the box).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+
+from services.edge.recognition.reader import ReaderSpec, postprocess, preprocess
+from services.edge.training.reader_data import RealItem, exact_crop, load_real_cached
+
+Reader = Callable[[np.ndarray, str | None], str]
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def compile_1thread(core: ov.Core, model: ov.Model | str) -> ov.CompiledModel:
+    return core.compile_model(
+        model,
+        "CPU",
+        {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1},
+    )
+
+
+class OurReader:
+    def __init__(self, core: ov.Core, xml: Path, spec: ReaderSpec) -> None:
+        self.spec = spec
+        self.compiled = compile_1thread(core, str(xml))
+        self.req = self.compiled.create_infer_request()
+        self.infer_s: list[float] = []
+        self.total_s: list[float] = []
+
+    def __call__(self, crop: np.ndarray, region: str | None) -> str:
+        t0 = time.perf_counter()
+        x = preprocess(crop, self.spec)
+        t1 = time.perf_counter()
+        self.req.infer({0: x})
+        out = self.req.get_output_tensor(0).data
+        t2 = time.perf_counter()
+        reading = postprocess(out, self.spec, region=region)
+        t3 = time.perf_counter()
+        self.infer_s.append(t2 - t1)
+        self.total_s.append(t3 - t0)
+        return reading.text
+
+
+class PPOCRv4Reader:
+    """rapidocr-openvino's PP-OCRv4 text recogniser, run with OpenVINO on one thread."""
+
+    def __init__(self, core: ov.Core) -> None:
+        import importlib.util
+
+        # locate the package without importing it (its __init__ needs openvino.runtime)
+        spec = importlib.util.find_spec("rapidocr_openvino")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("rapidocr_openvino: package not installed")
+        pkg = Path(next(iter(spec.submodule_search_locations)))
+        self.model_path = pkg / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+        keys = (pkg / "ch_ppocr_rec" / "ppocr_keys_v1.txt").read_text(encoding="utf-8")
+        # same character table as rapidocr's CTCLabelDecode: blank, the keys, then a space
+        self.chars = ["", *keys.splitlines(), " "]
+        self.compiled = compile_1thread(core, str(self.model_path))
+        self.req = self.compiled.create_infer_request()
+        self.infer_s: list[float] = []
+        self.total_s: list[float] = []
+
+    def __call__(self, crop: np.ndarray, region: str | None) -> str:
+        t0 = time.perf_counter()
+        h, w = crop.shape[:2]
+        ratio = max(320 / 48, w / h)
+        img_w = int(48 * ratio)
+        rw = min(img_w, math.ceil(48 * w / h))
+        x = cv2.resize(crop, (rw, 48)).astype(np.float32).transpose(2, 0, 1) / 255
+        x = (x - 0.5) / 0.5
+        pad = np.zeros((1, 3, 48, img_w), np.float32)
+        pad[0, :, :, :rw] = x
+        t1 = time.perf_counter()
+        self.req.infer({0: pad})
+        out = self.req.get_output_tensor(0).data.copy()
+        t2 = time.perf_counter()
+        best = out[0].argmax(axis=1)
+        keep = np.r_[True, best[1:] != best[:-1]] & (best != 0)
+        text = "".join(self.chars[int(k)] for k in best[keep])
+        t3 = time.perf_counter()
+        self.infer_s.append(t2 - t1)
+        self.total_s.append(t3 - t0)
+        return "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+
+
+def make_int8(core: ov.Core, xml: Path, spec: ReaderSpec, train: list[RealItem], out: Path) -> Path:
+    import nncf
+
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(train), size=min(300, len(train)), replace=False)
+    calib = [preprocess(exact_crop(train[int(i)]), spec) for i in idx]
+    model = core.read_model(str(xml))
+    q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    return out
+
+
+def evaluate(readers: dict[str, Reader], items: list[RealItem]) -> dict[str, object]:
+    stats: dict[str, dict[str, dict[str, float]]] = defaultdict(
+        lambda: defaultdict(lambda: {"n": 0, "exact": 0, "chars": 0, "char_err": 0})
+    )
+    examples: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for item in items:
+        crop = exact_crop(item)
+        region = item.region if item.region in ("br", "us", "ro", "in", "nl") else None
+        groups = [item.dataset, "all"] + (["two-line"] if item.lines == 2 else [])
+        for name, reader in readers.items():
+            text = reader(crop, region)
+            err = edit_distance(text, item.text)
+            for g in groups:
+                s = stats[name][g]
+                s["n"] += 1
+                s["exact"] += int(text == item.text)
+                s["chars"] += len(item.text)
+                s["char_err"] += min(err, len(item.text))
+            if text != item.text and len(examples[name]) < 15:
+                examples[name].append((item.text, text))
+    result: dict[str, object] = {}
+    for name, by_group in stats.items():
+        result[name] = {
+            g: {
+                "n": int(s["n"]),
+                "exact_acc": round(s["exact"] / s["n"], 4),
+                "char_acc": round(1 - s["char_err"] / max(1, s["chars"]), 4),
+            }
+            for g, s in by_group.items()
+        }
+    result["errors_sample"] = dict(examples)
+    return result
+
+
+def latency(times: list[float]) -> dict[str, float]:
+    a = np.array(times[5:] if len(times) > 20 else times) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p95_ms": round(float(np.percentile(a, 95)), 3),
+        "mean_ms": round(float(a.mean()), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default="services/edge/models")
+    ap.add_argument("--work", default="work-data/reader")
+    ap.add_argument("--int8", action="store_true", help="quantise to INT8 and compare")
+    ap.add_argument("--no-ppocr", action="store_true")
+    ap.add_argument("--json-out", default="")
+    args = ap.parse_args(argv)
+
+    models = Path(args.models)
+    spec = ReaderSpec.from_file(models / "reader.json")
+    items = load_real_cached(Path(args.work) / "real.pkl")
+    test = [r for r in items if r.split == "test"]
+    train = [r for r in items if r.split == "train"]
+    core = ov.Core()
+    readers: dict[str, Reader] = {"ours_fp32": OurReader(core, models / "reader.xml", spec)}
+    if args.int8:
+        int8_xml = make_int8(
+            core, models / "reader.xml", spec, train, Path(args.work) / "reader_int8.xml"
+        )
+        readers["ours_int8"] = OurReader(core, int8_xml, spec)
+    if not args.no_ppocr:
+        readers["ppocr_v4_rec"] = PPOCRv4Reader(core)
+    for reader in readers.values():  # warm-up
+        reader(exact_crop(test[0]), None)
+    for reader in readers.values():
+        reader.infer_s.clear()  # type: ignore[attr-defined]
+        reader.total_s.clear()  # type: ignore[attr-defined]
+    acc = evaluate(readers, test)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        sha = ""
+    report = {
+        "git_sha": sha,
+        "machine": platform.processor() or platform.machine(),
+        "openvino": ov.__version__,
+        "threads": 1,
+        "test_items": len(test),
+        "accuracy": acc,
+        "latency_infer": {n: latency(r.infer_s) for n, r in readers.items()},  # type: ignore[attr-defined]
+        "latency_pre_infer_post": {n: latency(r.total_s) for n, r in readers.items()},  # type: ignore[attr-defined]
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
