@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -411,3 +413,11 @@ def test_reason_shows_times_in_utc_whatever_the_input_zone() -> None:
     b = sighting("e2", "paris", 20)
     check = check_travel(a, b, LOCS, POLICY)
     assert check is not None and "08:00:00 UTC" in check.reason
+
+
+def test_docs_correlation_snippets_run() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "correlation.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert snippets
+    for snippet in snippets:
+        exec(compile(snippet, "docs/correlation.md", "exec"), {})
