@@ -34,7 +34,6 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import PlatewatchError
-from shared.plates import MAX_PLATE_LENGTH
 
 CONFUSION_CLASSES: Final[tuple[str, ...]] = ("O0DQ", "I1L", "B8", "S5", "Z2", "G6")
 COST_SCALE: Final = 10  # internal integer cost units per 1.0
@@ -42,6 +41,7 @@ CONFUSION_COST: Final = 0.3
 EDIT_COST: Final = 1.0
 DEFAULT_MAX_COST: Final = 1.0
 MAX_FUZZY_COST: Final = 2.0
+MAX_PATTERN_LENGTH: Final = 32  # the watch_entry.pattern column is String(32)
 WILDCARD_KEY_CHARS: Final = 4  # literal characters of a wildcard pattern used as its index key
 
 _CONFUSION_UNITS: Final = 3
@@ -52,6 +52,7 @@ _PLATE_RE: Final = re.compile(r"[A-Z0-9]+")
 _WILDCARD_RE: Final = re.compile(r"[A-Z0-9?*]+")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
+_INT64: Final = -(1 << 63)
 _NO_START: Final = np.iinfo(np.int64).min
 _NO_END: Final = np.iinfo(np.int64).max
 _CHUNK: Final = 65_536
@@ -116,10 +117,21 @@ class WatchEntry:
     max_cost: float | None = None
 
     def __post_init__(self) -> None:
+        for name, number in (
+            ("entry_id", self.entry_id),
+            ("list_id", self.list_id),
+            ("priority", self.priority),
+        ):
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int)
+                or not _INT64 <= number < -_INT64
+            ):
+                raise WatchEntryError(name, number, "must be an integer that fits in 64 bits")
         if not isinstance(self.mode, MatchMode):
             raise WatchEntryError("mode", self.mode, "not a MatchMode")
-        if not 1 <= len(self.pattern) <= MAX_PLATE_LENGTH:
-            raise WatchEntryError("pattern", self.pattern, f"length not in 1..{MAX_PLATE_LENGTH}")
+        if not 1 <= len(self.pattern) <= MAX_PATTERN_LENGTH:
+            raise WatchEntryError("pattern", self.pattern, f"length not in 1..{MAX_PATTERN_LENGTH}")
         if self.mode is MatchMode.WILDCARD:
             if not _WILDCARD_RE.fullmatch(self.pattern):
                 raise WatchEntryError("pattern", self.pattern, "wildcard allows A-Z, 0-9, ? and *")
@@ -571,7 +583,7 @@ class _KeyTable:
 
 
 class _EntryStore:
-    """Entries as numpy columns (about 70 bytes each), one row per slot, append-only."""
+    """Entries as numpy columns (about 86 bytes each), one row per slot, append-only."""
 
     def __init__(self) -> None:
         self.size = 0
@@ -584,7 +596,7 @@ class _EntryStore:
         self.limit: npt.NDArray[np.int16] = np.empty(0, dtype=np.int16)
         self.mode: npt.NDArray[np.int8] = np.empty(0, dtype=np.int8)
         self.category: npt.NDArray[np.int32] = np.empty(0, dtype=np.int32)
-        self.pattern: npt.NDArray[np.bytes_] = np.empty(0, dtype=f"S{MAX_PLATE_LENGTH}")
+        self.pattern: npt.NDArray[np.bytes_] = np.empty(0, dtype=f"S{MAX_PATTERN_LENGTH}")
         self.live: npt.NDArray[np.bool_] = np.empty(0, dtype=np.bool_)
         self.categories: list[str] = []
         self._category_code: dict[str, int] = {}

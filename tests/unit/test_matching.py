@@ -312,13 +312,15 @@ def test_removals_survive_compaction() -> None:
     [
         ({"pattern": "ab12"}, "pattern"),
         ({"pattern": ""}, "pattern"),
-        ({"pattern": "A" * 17}, "pattern"),
+        ({"pattern": "A" * 33}, "pattern"),
         ({"pattern": "AB?1"}, "pattern"),  # wildcard char in an exact entry
         ({"pattern": "?*", "mode": MatchMode.WILDCARD}, "pattern"),
         ({"valid_from": datetime(2026, 1, 1)}, "valid_from"),
         ({"valid_until": NOW, "valid_from": NOW}, "valid_until"),
         ({"max_cost": 2.5, "mode": MatchMode.FUZZY}, "max_cost"),
         ({"max_cost": -0.1, "mode": MatchMode.FUZZY}, "max_cost"),
+        ({"priority": 1 << 63}, "priority"),
+        ({"list_id": "7"}, "list_id"),
     ],
 )
 def test_invalid_entry_names_the_field(kwargs: dict[str, object], field: str) -> None:
