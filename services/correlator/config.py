@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -104,6 +106,11 @@ class RetentionSettings(SettingsBlock):
         "site says otherwise; sightings tied to alerts are kept.",
     )
     interval_s: float = Field(default=3600.0, gt=0, description="How often the retention job runs.")
+    image_root: Path | None = Field(
+        default=None,
+        description="Folder that relative image_ref paths live under; their files are deleted "
+        "with their sightings.",
+    )
     privacy_key: SecretStr | None = Field(
         default=None, description="Key of the plate hash used by sites in privacy mode."
     )

@@ -233,6 +233,10 @@ class Ingestor:
         return Evaluation(alerts, result.decision)
 
     # -- publishing ----------------------------------------------------------------------
+    def publish_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Publish committed alerts (MQTT + stream) and mark them published."""
+        self._publish(alerts, ())
+
     def _publish(self, alerts: Sequence[Alert], decisions: Sequence[GateDecision]) -> None:
         pending: list[PublishResult] = []
         for decision in decisions:

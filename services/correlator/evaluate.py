@@ -34,7 +34,7 @@ class Evaluation:
 
 def alert_match(hit: ListHit) -> AlertMatch:
     m = hit.match
-    why = "exact" if m.mode == "exact" else f"{m.mode.value}: {m.explanation}"
+    why = m.explanation
     return AlertMatch(
         list_id=hit.info.id,
         list_name=hit.info.name[:128],

@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.correlator.config import CorrelatorSettings
 from services.correlator.consumer import AlertStream, CrossSite, Ingestor, StoringDeadLetters
 from services.correlator.lists import ListCache
+from services.correlator.retention import run_retention
+from services.correlator.retro import retro_hunt
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import ConfigError
 from shared.events import PlateRead, utc_now
@@ -107,13 +109,16 @@ class Correlator:
         self._changes: queue.Queue[int] = queue.Queue()
         self._next_reload = 0.0
         self._next_sweep = 0.0
+        self._next_retention = time.monotonic() + 60.0
         self._stopped = threading.Event()
+        self._list_loaded_at: dict[int, datetime] = {}
 
     def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, Stoppable | None]:
         """Redis-backed cross-site rules, alert stream and list-change listener."""
         return None, None, None
 
-    def _changes_put(self, list_id: int) -> None:
+    def notify_list_change(self, list_id: int) -> None:
+        """Thread-safe: the ingest thread reloads the list (and retro-hunts) before its next batch."""
         self._changes.put(list_id)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -144,13 +149,45 @@ class Correlator:
             reg.cameras = repo.known_cameras(session)
             reg.gates = repo.gate_cameras(session)
             reg.nodes = repo.node_keys(session)
+            now = self._clock()
+            self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
         self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
 
-    def apply_list_change(self, list_id: int) -> None:
+    def apply_list_change(self, list_id: int) -> int:
+        """Reload one list; retro-hunt its new or changed entries. Returns alerts raised."""
+        before = self.cache.entry_ids(list_id)
+        loaded_at = self._list_loaded_at.get(list_id)
+        now = self._clock()
         with self.sessions() as session:
             wl = session.get(m.WatchList, list_id)
-            entries = repo.list_entries(session, list_id) if wl is not None else []
-            self.cache.reload_list(wl, list_id, entries)
+            rows = repo.list_entries(session, list_id) if wl is not None else []
+            changed = {
+                r.id
+                for r in rows
+                if r.id not in before or (loaded_at and r.updated_at >= loaded_at)
+            }
+            fresh = self.cache.reload_list(wl, list_id, rows)
+            version = wl.version if wl is not None else 0
+        self._list_loaded_at[list_id] = now
+        hunt = [e for e in fresh if e.entry_id in changed]
+        days = self.settings.matching.retro_hunt_days
+        if not hunt or days == 0 or not self._claim(f"retro:{list_id}:{version}"):
+            return 0
+        with self.sessions.begin() as session:
+            alerts = retro_hunt(session, hunt, self.cache.lists, now, days)
+            inserted = repo.insert_alerts(session, alerts)
+        fresh_alerts = [a for a in alerts if a.event_id in inserted]
+        self.ingestor.publish_alerts(fresh_alerts)
+        log.info(
+            "retro-hunt done",
+            extra={"list_id": list_id, "entries": len(hunt), "alerts": len(fresh_alerts)},
+        )
+        return len(fresh_alerts)
+
+    def _claim(self, job: str, ttl_s: int = 3600) -> bool:
+        """True for the one correlator process that should run this job (Redis SET NX)."""
+        key = f"{self.settings.redis.key_prefix}job:{job}"
+        return bool(self.redis.set(key, self.settings.instance, nx=True, ex=ttl_s))
 
     def _tick(self) -> None:
         while not self._changes.empty():
@@ -162,3 +199,8 @@ class Correlator:
         if now >= self._next_sweep:
             self._next_sweep = now + 5.0
             self.ingestor.publish_pending()
+        if now >= self._next_retention:
+            interval = self.settings.retention.interval_s
+            self._next_retention = now + interval
+            if self._claim(f"retention:{int(time.time() // interval)}", int(interval)):
+                run_retention(self.sessions, self.settings.retention, self._clock())

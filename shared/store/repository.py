@@ -334,19 +334,19 @@ def retro_candidates(
 
 def delete_expired_sightings(
     session: Session, site_id: str, before: datetime, batch: int = 10_000
-) -> int:
-    """Delete a site's sightings older than `before`, keeping those an alert refers to."""
+) -> list[str | None]:
+    """Delete a site's sightings older than `before`, keeping those an alert refers to.
+
+    Returns the image references of the deleted rows (None where there was no image)."""
     has_alert = exists().where(AlertRecord.sighting_event_id == Sighting.event_id)
-    ids = list(
-        session.scalars(
-            select(Sighting.event_id)
-            .where(Sighting.site_id == site_id, Sighting.seen_at < before, ~has_alert)
-            .limit(batch)
-        )
-    )
-    if ids:
-        session.execute(delete(Sighting).where(Sighting.event_id.in_(ids)))
-    return len(ids)
+    rows = session.execute(
+        select(Sighting.event_id, Sighting.image_ref)
+        .where(Sighting.site_id == site_id, Sighting.seen_at < before, ~has_alert)
+        .limit(batch)
+    ).all()
+    if rows:
+        session.execute(delete(Sighting).where(Sighting.event_id.in_([r[0] for r in rows])))
+    return [r[1] for r in rows]
 
 
 def hash_plate(plate: str, key: bytes) -> str:

@@ -299,3 +299,81 @@ def test_bad_config_stops_startup_naming_the_field(tmp_path: Any) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"ingest": {"batch_max_rows": 0}}))
     assert main(["--config", str(cfg)]) == 2
+
+
+def test_new_entry_retro_hunts_recent_sightings_as_historical_alerts(harness: Harness) -> None:
+    for site in ("north-gate", "depot"):
+        harness.publish(plate_read(plate="XYZ9876", site=site, track_id=site))
+    harness.publish(plate_read(plate="OTHER12", track_id="other"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 3)
+    with harness.c.sessions.begin() as s:
+        wl = repo.create_list(s, "new-wanted", utc_now(), category="wanted", severity="high")
+        repo.add_entries(s, wl, [{"pattern": "XYZ9876", "mode": "exact"}], utc_now())
+        list_id = wl.id
+    harness.c.notify_list_change(list_id)
+    got = [harness.alerts.get(timeout=10), harness.alerts.get(timeout=10)]
+    assert all(a.historical and a.plate == "XYZ9876" for a in got)
+    assert sorted(a.site for a in got) == ["depot", "north-gate"]
+    time.sleep(0.3)
+    assert harness.alerts.empty()
+    harness.publish(plate_read(plate="XYZ9876", track_id="live"))  # and it is live from now on
+    live = harness.alerts.get(timeout=10)
+    assert not live.historical
+
+
+def test_retention_deletes_old_sightings_but_keeps_alerted_ones(harness: Harness) -> None:
+    from services.correlator.config import RetentionSettings
+    from services.correlator.retention import run_retention
+
+    now = utc_now()
+    old = [
+        plate_read(plate=f"OLD{i}", track_id=f"o{i}", seen_at=now - timedelta(days=120))
+        for i in range(3)
+    ]
+    recent = plate_read(plate="NEW1", track_id="n", seen_at=now - timedelta(days=1))
+    with harness.c.sessions.begin() as s:
+        repo.ensure_sites_and_cameras(s, {("north-gate", "cam-1", "edge-1")}, now)
+        repo.insert_sightings(s, [*old, recent], now)
+        repo.insert_alerts(
+            s,
+            [
+                Alert(
+                    raised_at=now,
+                    site="north-gate",
+                    severity="high",
+                    kind="watchlist",
+                    plate="OLD0",
+                    seen_at=old[0].captured_at,
+                    sighting_event_id=old[0].event_id,
+                    title="t",
+                    reason="r",
+                )
+            ],
+        )
+    report = run_retention(harness.c.sessions, RetentionSettings(default_days=90), now)
+    assert report.deleted == 2
+    with harness.c.sessions() as s:
+        left = sorted(r.plate for r in s.scalars(select(m.Sighting)))
+    assert left == ["NEW1", "OLD0"]
+
+
+def test_privacy_mode_hashes_plates_without_a_hit(harness: Harness) -> None:
+    from pydantic import SecretStr
+
+    from services.correlator.config import RetentionSettings
+    from services.correlator.retention import run_retention
+
+    now = utc_now()
+    reads = [
+        plate_read(plate="PRIV1", track_id="a", seen_at=now - timedelta(days=2)),
+        plate_read(plate="PRIV1", track_id="b", seen_at=now - timedelta(days=3)),
+    ]
+    with harness.c.sessions.begin() as s:
+        s.add(m.Site(id="north-gate", name="N", privacy_mode=True, created_at=now))
+        s.flush()
+        repo.insert_sightings(s, reads, now)
+    settings = RetentionSettings(privacy_key=SecretStr("k" * 32), privacy_after_hours=24)
+    assert run_retention(harness.c.sessions, settings, now).pseudonymised == 2
+    with harness.c.sessions() as s:
+        plates = {r.plate for r in s.scalars(select(m.Sighting))}
+    assert len(plates) == 1 and plates.pop().startswith("h:")  # same car still correlates
