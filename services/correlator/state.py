@@ -22,11 +22,10 @@ from typing import Any, Final, cast
 
 import redis
 
-from shared.errors import PayloadError
+from services.correlator.rules import Sighting
+from shared.errors import PayloadError, PlatewatchError
 from shared.events import PLATE_PATTERN
 from shared.topics import SLUG_PATTERN
-
-from .rules import Sighting
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,15 @@ local hits = redis.call('HINCRBY', KEYS[1], 'hits', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {id, hits}
 """
+
+
+class StateError(PlatewatchError):
+    """A bad argument to the cross-site state (a window, TTL or limit): names it and why."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"{field}={value!r}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 def _text(value: object) -> str:
@@ -160,9 +168,9 @@ class CrossSiteState:
         stream_ttl_s: int = DEFAULT_STREAM_TTL_S,
     ) -> None:
         if max_history < 1:
-            raise PayloadError("max_history", max_history, "must be >= 1")
+            raise StateError("max_history", max_history, "must be >= 1")
         if stream_ttl_s < 1:
-            raise PayloadError("stream_ttl_s", stream_ttl_s, "must be >= 1")
+            raise StateError("stream_ttl_s", stream_ttl_s, "must be >= 1")
         self._redis = redis
         self.keys = StateKeys(prefix)
         self._max_history = max_history
@@ -180,7 +188,7 @@ class CrossSiteState:
         dropped; both keys expire after 2 x `window_s` without a new sighting.
         """
         if window_s < 1:
-            raise PayloadError("window_s", window_s, "must be >= 1")
+            raise StateError("window_s", window_s, "must be >= 1")
         keys = [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
         args: list[str | int] = [s.event_id, _ms(s.seen_at), _encode_sighting(s), window_s * 1000]
         args += [2 * window_s, self._max_history]
@@ -195,7 +203,7 @@ class CrossSiteState:
     def cooldown(self, kind: str, plate: str, site: str, ttl_s: int) -> bool:
         """True for the first caller per (kind, plate, site) within `ttl_s`, across processes."""
         if ttl_s < 1:
-            raise PayloadError("ttl_s", ttl_s, "must be >= 1")
+            raise StateError("ttl_s", ttl_s, "must be >= 1")
         key = self.keys.cooldown(kind, plate, site)
         return bool(self._redis.set(key, "1", nx=True, ex=ttl_s))
 
@@ -206,9 +214,9 @@ class CrossSiteState:
         previous one joins it and increments the count (the window slides with each hit).
         """
         if window_s < 1:
-            raise PayloadError("window_s", window_s, "must be >= 1")
+            raise StateError("window_s", window_s, "must be >= 1")
         if not new_id:
-            raise PayloadError("new_id", new_id, "must not be empty")
+            raise StateError("new_id", new_id, "must not be empty")
         reply = cast(
             list[Any], self._incident(keys=[self.keys.incident(plate)], args=[new_id, window_s])
         )
@@ -311,7 +319,7 @@ class ListChangeListener:
             pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
             try:
                 self._listen(pubsub)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.RedisError, OSError) as exc:
                 log.warning(
                     "list change listener lost redis; resubscribing",
                     extra={
@@ -320,14 +328,20 @@ class ListChangeListener:
                         "retry_in_s": self._backoff_s,
                     },
                 )
-                self._stop.wait(self._backoff_s)
-                self._backoff_s = min(self._backoff_s * 2, self._reconnect_max_s)
+                self._retry_later()
+            except Exception:  # the thread's edge: never die silently, keep listening
+                log.exception("list change listener failed", extra={"channel": self.channel})
+                self._retry_later()
             finally:
                 self._subscribed.clear()
                 try:
                     pubsub.close()
                 except (redis.RedisError, OSError):
                     log.debug("list change listener close failed", extra={"channel": self.channel})
+
+    def _retry_later(self) -> None:
+        self._stop.wait(self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, self._reconnect_max_s)
 
     def _listen(self, pubsub: redis.client.PubSub) -> None:
         pubsub.subscribe(self.channel)
