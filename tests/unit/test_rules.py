@@ -98,8 +98,8 @@ def test_travel_between_far_sites_in_minutes_is_impossible() -> None:
     assert check is not None and check.impossible
     assert check.distance_km == pytest.approx(343.6, abs=0.5)
     assert check.elapsed_s == 1800
-    # Speed uses elapsed + the 60 s skew tolerance: a lower bound.
-    assert check.implied_speed_kmh == pytest.approx(check.distance_km / (1860 / 3600))
+    # Speed uses elapsed + the 30 s skew tolerance: a lower bound.
+    assert check.implied_speed_kmh == pytest.approx(check.distance_km / (1830 / 3600))
     assert "london" in check.reason and "paris" in check.reason and "km/h" in check.reason
 
 
@@ -184,9 +184,9 @@ def test_impossible_travel_ignores_other_plates_and_redeliveries() -> None:
 
 def test_travel_lookback_covers_the_furthest_sites_and_is_capped() -> None:
     lookback = travel_lookback_s([LONDON, PARIS], POLICY)
-    assert lookback == pytest.approx(343.6 / 250 * 3600 + 60, abs=10)
+    assert lookback == pytest.approx(343.6 / 250 * 3600 + 30, abs=10)
     assert travel_lookback_s([LONDON, PARIS], TravelPolicy(max_lookback_s=600)) == 600
-    assert travel_lookback_s([], POLICY) == 60
+    assert travel_lookback_s([], POLICY) == 30
 
 
 def test_history_window_is_the_longer_of_both_rules() -> None:
