@@ -125,6 +125,16 @@ def db_url(db_base_url: str, tmp_path: Path) -> Iterator[str]:
     if db_base_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'platewatch.db'}"
         return
+    yield from _pg_schema(db_base_url)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL schema of its own, for tests that only make sense on a server."""
+    yield from _pg_schema(os.environ.get("PW_TEST_PG", DEFAULT_PG))
+
+
+def _pg_schema(db_base_url: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     schema = f"t_{uuid.uuid4().hex[:16]}"
@@ -137,6 +147,7 @@ def db_url(db_base_url: str, tmp_path: Path) -> Iterator[str]:
             f"PostgreSQL is not reachable at {db_base_url} ({exc}); run `make services`",
             pytrace=False,
         )
+    admin.dispose()  # a test may restart the server: teardown connects afresh
     sep = "&" if "?" in db_base_url else "?"
     yield f"{db_base_url}{sep}options=-csearch_path%3D{schema}"
     with admin.connect() as conn:

@@ -118,7 +118,7 @@ class Correlator:
         return None, None, None
 
     def notify_list_change(self, list_id: int) -> None:
-        """Thread-safe: the ingest thread reloads the list (and retro-hunts) before its next batch."""
+        """Thread-safe: the ingest thread reloads the list (and retro-hunts) before the next batch."""
         self._changes.put(list_id)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -135,6 +135,9 @@ class Correlator:
         if self._listener is not None:
             self._listener.stop()
         self.engine.dispose()
+        log.info(
+            "correlator stopped", extra={"instance": self.settings.instance, **self.ingestor.stats}
+        )
         self._stopped.set()
 
     def run_forever(self) -> None:
