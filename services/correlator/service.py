@@ -118,7 +118,7 @@ class Correlator:
         return None, None, None
 
     def notify_list_change(self, list_id: int) -> None:
-        """Thread-safe: the ingest thread reloads the list (and retro-hunts) before the next batch."""
+        """Thread-safe: the ingest thread reloads the list and retro-hunts before the next batch."""
         self._changes.put(list_id)
 
     # -- lifecycle -----------------------------------------------------------------------

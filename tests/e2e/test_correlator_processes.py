@@ -18,12 +18,11 @@ from sqlalchemy import func, select
 
 from shared.events import Alert, decode_event, encode_event, utc_now
 from shared.mqtt import MqttClient
-from shared.settings import MqttSettings, RedisSettings
+from shared.settings import DbSettings, MqttSettings, RedisSettings
 from shared.store import migrate
 from shared.store import models as m
 from shared.store import repository as repo
 from shared.store.db import make_engine, session_factory
-from shared.settings import DbSettings
 from shared.topics import alert_filter, plate_topic
 from tests.factories import plate_read
 
