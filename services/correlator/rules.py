@@ -8,7 +8,8 @@ Two rules look at one plate's recent sightings across sites (the history comes f
 - **repeated sightings** (`repeated_sightings`): the plate came by many distinct sites, or many
   times, within a window (scouting, loitering).
 
-Two policies decide how many alerts operators get: a **cooldown** per kind, plate and site, and
+`travel_alert` and `repeat_alert` turn a rule's result into an `Alert`. Two policies decide how
+many alerts operators get: a **cooldown** per kind, plate and site, and
 **incidents** that group hits on one plate and escalate their severity (`incident_severity`).
 Settings, defaults and the reasons for them: ``docs/correlation.md``.
 
@@ -25,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Final, TypeVar, get_args
+from uuid import UUID
 
 from shared.errors import PlatewatchError
-from shared.events import PlateRead, Severity
+from shared.events import Alert, PlateRead, Severity
 
 EARTH_RADIUS_KM: Final = 6371.0088  # mean Earth radius (IUGG)
 MIN_ELAPSED_S: Final = 1.0  # floor of the time used for a speed, so it is never infinite
@@ -463,3 +465,81 @@ def incident_severity(base: Severity, hit_count: int, policy: IncidentPolicy) ->
     steps = sum(1 for n in policy.escalate_at if hit_count >= n)
     index = min(SEVERITY_ORDER.index(base) + steps, len(SEVERITY_ORDER) - 1)
     return SEVERITY_ORDER[index]
+
+
+# -- alerts ---------------------------------------------------------------------------------
+MAX_RELATED: Final = 50  # Alert.related_sightings holds at most 50 ids
+
+
+def _uuid(event_id: str) -> UUID | None:
+    try:
+        return UUID(event_id)
+    except ValueError:
+        return None
+
+
+def _related(sightings: Iterable[Sighting], current: Sighting) -> list[UUID]:
+    """Ids of the other sightings, newest first, at most `MAX_RELATED`."""
+    others = [s for s in sightings if s.event_id != current.event_id]
+    others.sort(key=lambda s: (s.seen_at, s.event_id), reverse=True)
+    ids = [u for u in (_uuid(s.event_id) for s in others) if u is not None]
+    return ids[:MAX_RELATED]
+
+
+def travel_alert(
+    check: TravelCheck, current: Sighting, raised_at: datetime, severity: Severity = "medium"
+) -> Alert:
+    """The impossible-travel `Alert` for `current` (one side of `check`)."""
+    other = check.earlier if check.later.event_id == current.event_id else check.later
+    return Alert(
+        raised_at=raised_at,
+        site=current.site,
+        camera=current.camera,
+        severity=severity,
+        kind="impossible_travel",
+        plate=current.plate,
+        seen_at=current.seen_at,
+        sighting_event_id=_uuid(current.event_id),
+        title=f"Impossible travel: {current.plate} at {other.site} and {current.site}"[:200],
+        reason=check.reason[:1000],
+        related_sightings=_related([other], current),
+        details={
+            "distance_km": round(check.distance_km, 1),
+            "elapsed_s": round(check.elapsed_s, 1),
+            "implied_speed_kmh": round(check.implied_speed_kmh),
+            "other_site": other.site,
+            "other_camera": other.camera,
+            "other_seen_at": other.seen_at.astimezone(UTC).isoformat(),
+        },
+    )
+
+
+def repeat_alert(
+    result: RepeatResult, current: Sighting, raised_at: datetime, severity: Severity = "low"
+) -> Alert:
+    """The repeated-sightings `Alert` for `current` (a sighting of `result`'s window)."""
+    span = (result.window_end - result.window_start).total_seconds()
+    return Alert(
+        raised_at=raised_at,
+        site=current.site,
+        camera=current.camera,
+        severity=severity,
+        kind="repeated_sightings",
+        plate=current.plate,
+        seen_at=current.seen_at,
+        sighting_event_id=_uuid(current.event_id),
+        title=(
+            f"Repeated sightings: {current.plate} {result.pass_count} times at "
+            f"{result.site_count} sites in {format_duration(span)}"
+        )[:200],
+        reason=result.reason[:1000],
+        related_sightings=_related(result.sightings, current),
+        details={
+            "site_count": result.site_count,
+            "pass_count": result.pass_count,
+            "sighting_count": result.sighting_count,
+            "sites": ",".join(result.sites)[:500],
+            "window_start": result.window_start.astimezone(UTC).isoformat(),
+            "window_end": result.window_end.astimezone(UTC).isoformat(),
+        },
+    )

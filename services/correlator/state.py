@@ -15,16 +15,30 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
+from uuid import UUID
 
 import redis
 
-from services.correlator.rules import Sighting
+from services.correlator.rules import (
+    CooldownPolicy,
+    IncidentPolicy,
+    RepeatPolicy,
+    Sighting,
+    SiteLocation,
+    TravelPolicy,
+    history_window_s,
+    impossible_travel,
+    incident_severity,
+    repeat_alert,
+    repeated_sightings,
+    travel_alert,
+)
 from shared.errors import PayloadError, PlatewatchError
-from shared.events import PLATE_PATTERN
+from shared.events import PLATE_PATTERN, Alert, PlateRead, Severity, new_event_id
 from shared.topics import SLUG_PATTERN
 
 log = logging.getLogger(__name__)
@@ -391,3 +405,74 @@ class ListChangeListener:
                 "list change callback failed",
                 extra={"channel": self.channel, "list_id": list_id, "version": version},
             )
+
+
+class CrossSiteCorrelator:
+    """The consumer's cross-site port (`consumer.CrossSite`): the pure rules over the shared
+    state.
+
+    `observe` records a sighting and returns the alerts the cross-site rules raise for it;
+    `admit` applies the cooldown and the incident policy to any alert (watch-list ones too):
+    None when the alert is inside its cooldown, else the alert joined to its plate's incident,
+    with the escalated severity and ``details["incident_hits"]``. Historical (retro-hunt) alerts
+    have cooldowns of their own (``{kind}_historical``), so a retro-hunt never silences a live
+    alert, and never join or escalate live incidents.
+    """
+
+    def __init__(
+        self,
+        state: CrossSiteState,
+        locations: Mapping[str, SiteLocation],
+        *,
+        travel: TravelPolicy | None = None,
+        repeat: RepeatPolicy | None = None,
+        cooldown: CooldownPolicy | None = None,
+        incident: IncidentPolicy | None = None,
+        travel_severity: Severity = "medium",
+        repeat_severity: Severity = "low",
+    ) -> None:
+        self._state = state
+        self._locations = locations
+        self._travel = travel or TravelPolicy()
+        self._repeat = repeat or RepeatPolicy()
+        self._cooldown = cooldown or CooldownPolicy()
+        self._incident = incident or IncidentPolicy()
+        self._travel_severity: Severity = travel_severity
+        self._repeat_severity: Severity = repeat_severity
+        self.window_s = history_window_s(locations.values(), self._travel, self._repeat)
+
+    def observe(self, event: PlateRead, now: datetime) -> list[Alert]:
+        """Record the sighting of `event`; the cross-site alerts it raises (not yet admitted)."""
+        current = Sighting.from_read(event)
+        history = self._state.record_sighting(current, self.window_s)
+        alerts: list[Alert] = []
+        travel = impossible_travel(current, history, self._locations, self._travel)
+        if travel is not None:
+            alerts.append(travel_alert(travel, current, now, self._travel_severity))
+        repeat = repeated_sightings(current, history, self._repeat)
+        if repeat is not None:
+            alerts.append(repeat_alert(repeat, current, now, self._repeat_severity))
+        return alerts
+
+    def admit(self, alert: Alert) -> Alert | None:
+        """The alert to raise after cooldown and incident policy, or None (in cooldown)."""
+        kind = f"{alert.kind}_historical" if alert.historical else alert.kind
+        if not self._state.cooldown(kind, alert.plate, alert.site, self._cooldown.ttl_s(kind)):
+            log.debug(
+                "alert in cooldown",
+                extra={"kind": kind, "plate": alert.plate, "site": alert.site},
+            )
+            return None
+        if alert.historical:
+            return alert
+        incident_id, hits = self._state.incident(
+            alert.plate, self._incident.window_s, str(new_event_id())
+        )
+        severity = incident_severity(alert.severity, hits, self._incident)
+        return alert.model_copy(
+            update={
+                "incident_id": UUID(incident_id),
+                "severity": severity,
+                "details": {**alert.details, "incident_hits": hits},
+            }
+        )

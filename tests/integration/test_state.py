@@ -13,11 +13,13 @@ from datetime import timedelta
 import pytest
 import redis
 
-from services.correlator.rules import Sighting
-from services.correlator.state import CrossSiteState, ListChangeListener
+from services.correlator.consumer import CrossSite
+from services.correlator.rules import Sighting, SiteLocation, locations_by_site
+from services.correlator.state import CrossSiteCorrelator, CrossSiteState, ListChangeListener
 from shared.errors import PayloadError
+from shared.events import Alert
 from shared.settings import RedisSettings
-from tests.factories import T0
+from tests.factories import T0, plate_read
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.correlator]
 
@@ -380,3 +382,91 @@ def test_listener_keepalive_pings_do_not_cause_reconnects(
         listener.stop()
         listen_client.close()
         admin.close()
+
+
+# -- the consumer's cross-site port -----------------------------------------------------------
+LOCATIONS = locations_by_site(
+    [
+        SiteLocation("london", 51.5074, -0.1278),
+        SiteLocation("paris", 48.8566, 2.3522),
+        SiteLocation("lille", 50.6292, 3.0573),
+    ]
+)
+
+
+@pytest.fixture
+def correlators(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> tuple[CrossSiteCorrelator, CrossSiteCorrelator]:
+    return CrossSiteCorrelator(two[0], LOCATIONS), CrossSiteCorrelator(two[1], LOCATIONS)
+
+
+def _watchlist_alert(site: str, historical: bool = False) -> Alert:
+    return Alert(
+        raised_at=T0,
+        site=site,
+        severity="medium",
+        kind="watchlist",
+        plate="ABC1234",
+        seen_at=T0,
+        title="Stolen vehicle",
+        reason="exact match",
+        historical=historical,
+    )
+
+
+def test_correlator_implements_the_consumer_port(
+    correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
+) -> None:
+    port: CrossSite = correlators[0]
+    assert port.observe(plate_read(site="london"), T0) == []
+
+
+def test_sightings_seen_by_two_processes_raise_impossible_travel(
+    correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
+) -> None:
+    a, b = correlators
+    london = plate_read(site="london", seen_at=T0)
+    paris = plate_read(site="paris", seen_at=T0 + timedelta(minutes=20))
+    assert a.observe(london, T0) == []
+    [alert] = b.observe(paris, T0 + timedelta(minutes=21))
+    assert alert.kind == "impossible_travel" and alert.site == "paris"
+    assert alert.related_sightings == [london.event_id]
+    assert b.observe(paris, T0 + timedelta(minutes=22))[0].related_sightings == [london.event_id]
+
+
+def test_three_sites_within_the_hour_raise_repeated_sightings(
+    correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
+) -> None:
+    a, b = correlators  # sites without a location: only the repeat rule applies
+    assert a.observe(plate_read(site="north-gate", seen_at=T0), T0) == []
+    assert b.observe(plate_read(site="south-gate", seen_at=T0 + timedelta(minutes=20)), T0) == []
+    [alert] = a.observe(plate_read(site="east-gate", seen_at=T0 + timedelta(minutes=40)), T0)
+    assert alert.kind == "repeated_sightings" and alert.details["site_count"] == 3
+    assert len(alert.related_sightings) == 2
+
+
+def test_admit_applies_cooldown_and_joins_hits_into_one_escalating_incident(
+    correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
+) -> None:
+    a, b = correlators
+    first = a.admit(_watchlist_alert("london"))
+    assert first is not None and first.incident_id is not None
+    assert first.severity == "medium" and first.details["incident_hits"] == 1
+    assert b.admit(_watchlist_alert("london")) is None  # same kind, plate and site: cooldown
+    second = b.admit(_watchlist_alert("paris"))
+    assert second is not None and second.incident_id == first.incident_id
+    third = a.admit(_watchlist_alert("lille"))
+    assert third is not None and third.incident_id == first.incident_id
+    assert third.severity == "high" and third.details["incident_hits"] == 3
+
+
+def test_historical_alert_neither_silences_a_live_one_nor_joins_its_incident(
+    correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
+) -> None:
+    a, b = correlators
+    old = a.admit(_watchlist_alert("london", historical=True))
+    assert old is not None and old.incident_id is None
+    assert b.admit(_watchlist_alert("london", historical=True)) is None
+    live = b.admit(_watchlist_alert("london"))
+    assert live is not None and live.details["incident_hits"] == 1

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
+from uuid import UUID
 
 import pytest
 from hypothesis import given, settings
@@ -29,9 +30,12 @@ from services.correlator.rules import (
     incident_continues,
     incident_severity,
     locations_by_site,
+    repeat_alert,
     repeated_sightings,
+    travel_alert,
     travel_lookback_s,
 )
+from shared.events import Alert, decode_event, encode_event
 from tests.factories import T0, plate_read
 
 pytestmark = [pytest.mark.correlator]
@@ -421,3 +425,53 @@ def test_docs_correlation_snippets_run() -> None:
     assert snippets
     for snippet in snippets:
         exec(compile(snippet, "docs/correlation.md", "exec"), {})
+
+
+# -- alerts -----------------------------------------------------------------------------------
+def _read_sighting(site: str, minutes: float) -> Sighting:
+    return Sighting.from_read(plate_read(site=site, seen_at=T0 + timedelta(minutes=minutes)))
+
+
+def test_travel_alert_carries_distance_speed_and_the_other_sighting() -> None:
+    london, paris = _read_sighting("london", 0), _read_sighting("paris", 30)
+    check = impossible_travel(paris, [london], LOCS, POLICY)
+    assert check is not None
+    raised = T0 + timedelta(minutes=31)
+    alert = travel_alert(check, paris, raised)
+    assert (alert.kind, alert.severity, alert.site, alert.plate) == (
+        "impossible_travel",
+        "medium",
+        "paris",
+        "ABC1234",
+    )
+    assert alert.sighting_event_id == UUID(paris.event_id)
+    assert alert.related_sightings == [UUID(london.event_id)]
+    assert alert.seen_at == paris.seen_at and alert.raised_at == raised
+    assert alert.details["distance_km"] == pytest.approx(343.6, abs=0.5)
+    assert alert.details["other_site"] == "london"
+    assert alert.reason == check.reason
+    assert decode_event(encode_event(alert), Alert) == alert
+
+
+def test_travel_alert_for_a_late_replay_points_at_the_later_sighting() -> None:
+    london, paris = _read_sighting("london", 0), _read_sighting("paris", 30)
+    check = impossible_travel(london, [paris], LOCS, POLICY)  # London arrives last
+    assert check is not None
+    alert = travel_alert(check, london, T0 + timedelta(hours=2), severity="high")
+    assert alert.site == "london" and alert.severity == "high"
+    assert alert.related_sightings == [UUID(paris.event_id)]
+
+
+def test_repeat_alert_lists_at_most_50_related_sightings_newest_first() -> None:
+    history = [_read_sighting(("london", "paris", "depot")[i % 3], i) for i in range(59)]
+    current = _read_sighting("depot", 59)
+    result = repeated_sightings(current, history, REPEAT)
+    assert result is not None
+    alert = repeat_alert(result, current, T0 + timedelta(hours=1))
+    assert (alert.kind, alert.severity) == ("repeated_sightings", "low")
+    assert len(alert.related_sightings) == 50
+    assert alert.related_sightings[0] == UUID(history[-1].event_id)
+    assert UUID(current.event_id) not in alert.related_sightings
+    assert alert.details["site_count"] == 3 and alert.details["pass_count"] == 60
+    assert "3 sites" in alert.title
+    assert decode_event(encode_event(alert), Alert) == alert
