@@ -48,8 +48,8 @@ COMMANDS: Final = (
     ),
     Command(
         "docs",
-        "Regenerate docs/mqtt.md and docs/schemas/ from the contract.",
-        "shared.contract_docs:main",
+        "Regenerate docs/mqtt.md, docs/schemas/ and docs/configuration.md from the code.",
+        "services.docs:main",
     ),
 )
 

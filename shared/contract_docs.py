@@ -1,12 +1,11 @@
 """Generates docs/mqtt.md and docs/schemas/*.json from the event models and the topic module.
 
-`platewatch docs` writes them; tests/unit/test_contract_docs.py fails when the committed files
-drift from what this renders.
+`platewatch docs` (services/docs.py) writes them; tests/unit/test_cli_and_docs.py fails when
+the committed files drift from what this renders.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -104,14 +103,3 @@ def write_docs(docs_dir: Path) -> list[Path]:
         (schema_dir / filename).write_text(text, encoding="utf-8")
         written.append(schema_dir / filename)
     return written
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="platewatch docs", description="Regenerate docs/mqtt.md and docs/schemas/."
-    )
-    parser.add_argument("--docs-dir", type=Path, default=Path("docs"), help="Where docs live.")
-    args = parser.parse_args(argv)
-    for path in write_docs(args.docs_dir):
-        print(path)
-    return 0

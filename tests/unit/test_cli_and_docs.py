@@ -39,6 +39,14 @@ def test_mqtt_doc_matches_the_code() -> None:
     assert (DOCS / "mqtt.md").read_text() == render_mqtt_md(), "run `platewatch docs`"
 
 
+def test_configuration_doc_matches_the_settings() -> None:
+    from services.docs import render_configuration_md
+
+    assert (DOCS / "configuration.md").read_text() == render_configuration_md(), (
+        "run `platewatch docs`"
+    )
+
+
 def test_schema_files_match_the_code() -> None:
     for filename, text in render_schema_files().items():
         assert (DOCS / "schemas" / filename).read_text() == text, (
