@@ -469,7 +469,8 @@ class _KeyTable:
     def __init__(self, pending_limit: int) -> None:
         self._keys: Int64Array = np.empty(0, dtype=np.int64)
         self._slots: SlotArray = np.empty(0, dtype=np.int32)
-        self._filter: npt.NDArray[np.uint8] = np.zeros(1, dtype=np.uint8)
+        self._filter_bytes = bytearray(1)  # read from Python: cheaper than numpy for ~50 keys
+        self._filter: npt.NDArray[np.uint8] = np.frombuffer(self._filter_bytes, dtype=np.uint8)
         self._mask = 7
         self._pending: dict[int, list[int]] = {}
         self._n_pending = 0
@@ -483,7 +484,8 @@ class _KeyTable:
         bits = 1 << max(6, (self._keys.size * _FILTER_BITS_PER_KEY).bit_length())
         flags = np.zeros(bits, dtype=np.bool_)
         flags[self._keys & (bits - 1)] = True
-        self._filter = np.packbits(flags, bitorder="little")
+        self._filter_bytes = bytearray(np.packbits(flags, bitorder="little").tobytes())
+        self._filter = np.frombuffer(self._filter_bytes, dtype=np.uint8)
         self._mask = bits - 1
 
     def _add_to_filter(self, keys: Int64Array) -> None:
@@ -492,15 +494,6 @@ class _KeyTable:
             return
         at = keys & self._mask
         np.bitwise_or.at(self._filter, at >> 3, np.left_shift(1, at & 7).astype(np.uint8))
-
-    def _maybe_present(self, query: Int64Array) -> Int64Array:
-        at = query & self._mask
-        keep = ((self._filter[at >> 3] >> (at & 7)) & 1).astype(np.bool_)
-        present: Int64Array = query[keep]
-        return present
-
-    def __len__(self) -> int:
-        return int(self._keys.size) + self._n_pending
 
     def extend(self, keys: Sequence[int], slots: Sequence[int]) -> None:
         if len(keys) >= self._pending_limit:
@@ -548,18 +541,20 @@ class _KeyTable:
                 hit = self._pending.get(key)
                 if hit:
                     out.extend(hit)
-        if self._keys.size:
-            query = self._maybe_present(np.fromiter(keys, dtype=np.int64, count=len(keys)))
-            if not query.size:
-                return out
-            query.sort()
-            at = np.searchsorted(self._keys, query, side="left")
-            found = self._keys[np.minimum(at, self._keys.size - 1)] == query
-            if found.any():
-                lo = at[found]
-                hi = np.searchsorted(self._keys, query[found], side="right")
-                for start, stop in zip(lo.tolist(), hi.tolist(), strict=True):
-                    out.extend(self._slots[start:stop].tolist())
+        size = self._keys.size
+        if not size:
+            return out
+        bits, mask = self._filter_bytes, self._mask
+        query = [k for k in keys if bits[(k & mask) >> 3] >> (k & 7) & 1]
+        if not query:
+            return out
+        table, slots = self._keys, self._slots
+        for key, start in zip(query, np.searchsorted(table, query).tolist(), strict=True):
+            if start < size and table.item(start) == key:
+                stop = start + 1
+                if stop < size and table.item(stop) == key:
+                    stop = int(np.searchsorted(table, key, side="right"))
+                out.extend(slots[start:stop].tolist())
         return out
 
     def may_contain(self, keys: Int64Array) -> npt.NDArray[np.bool_]:
@@ -831,17 +826,16 @@ class WatchIndex:
         if not slots:
             return []
         store = self._store
-        cand = np.unique(np.asarray(slots, dtype=np.int64))
-        ok = (
-            store.live[cand]
-            & (store.valid_from[cand] <= now_us)
-            & (now_us < store.valid_until[cand])
-        )
+        live, start, end = store.live, store.valid_from, store.valid_until
         matches: list[Match] = []
-        for slot in cand[ok].tolist():
-            mode = _MODES[int(store.mode[slot])]
+        for slot in set(slots):
+            if not (live.item(slot) and start.item(slot) <= now_us < end.item(slot)):
+                continue
             found = _verify(
-                mode, store.pattern[slot].decode("ascii"), plate, int(store.limit[slot])
+                _MODES[store.mode.item(slot)],
+                store.pattern.item(slot).decode("ascii"),
+                plate,
+                store.limit.item(slot),
             )
             if found is not None:
                 matches.append(Match(store.entry(slot), found[0], found[1], found[2]))
