@@ -266,8 +266,11 @@ class MqttClient:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        log.warning(
-            "mqtt disconnected", extra={"client_id": self._client_id, "reason": str(reason_code)}
+        level = logging.WARNING if reason_code.is_failure else logging.INFO
+        log.log(
+            level,
+            "mqtt disconnected",
+            extra={"client_id": self._client_id, "reason": str(reason_code)},
         )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

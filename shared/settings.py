@@ -90,7 +90,10 @@ class DbSettings(SettingsBlock):
 
 
 class RedisSettings(SettingsBlock):
-    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL; empty: no Redis (one process only, no cross-site rules).",
+    )
     key_prefix: str = Field(
         default="pw:", max_length=64, description="Prefix of every key (tests use their own)."
     )

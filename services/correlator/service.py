@@ -62,7 +62,7 @@ class Correlator:
         self.engine = make_engine(settings.db)
         ensure_schema(self.engine, settings.db.url)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
-        self.redis = redis.Redis.from_url(settings.redis.url)
+        self.redis = redis.Redis.from_url(settings.redis.url) if settings.redis.url else None
         root = settings.mqtt.topic_root
         self.mqtt = MqttClient(
             settings.mqtt,
@@ -189,6 +189,8 @@ class Correlator:
 
     def _claim(self, job: str, ttl_s: int = 3600) -> bool:
         """True for the one correlator process that should run this job (Redis SET NX)."""
+        if self.redis is None:
+            return True  # without Redis there is only one process
         key = f"{self.settings.redis.key_prefix}job:{job}"
         return bool(self.redis.set(key, self.settings.instance, nx=True, ex=ttl_s))
 
