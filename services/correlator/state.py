@@ -114,6 +114,20 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _stream_entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """(id, fields) of an XREAD reply, RESP2 (list of [stream, entries]) or RESP3 (a dict of
+    stream -> entries, which redis-py wraps in one more list)."""
+    if not reply:
+        return []
+    groups = list(reply.values()) if isinstance(reply, dict) else [e for _, e in reply]
+    out: list[tuple[Any, dict[Any, Any]]] = []
+    for entries in groups:
+        if entries and isinstance(entries[0], list):
+            entries = [e for sub in entries for e in sub]
+        out.extend((entry_id, fields) for entry_id, fields in entries)
+    return out
+
+
 def _check(field: str, value: str, pattern: re.Pattern[str]) -> str:
     if not pattern.fullmatch(value):
         raise PayloadError(field, value, f"must match {pattern.pattern}")
@@ -250,15 +264,13 @@ class CrossSiteState:
     ) -> list[tuple[str, str]]:
         """Up to `count` alerts after stream id `last_id`, as (stream id, alert JSON), oldest
         first; with `block_ms`, waits up to that long for one. `last_id="0"`: from the start."""
-        reply = cast(
-            list[Any],
-            self._redis.xread({self.keys.alerts(): last_id}, count=count, block=block_ms),
-        )
+        if count < 1:
+            raise StateError("count", count, "must be >= 1")
+        reply: Any = self._redis.xread({self.keys.alerts(): last_id}, count=count, block=block_ms)
         out: list[tuple[str, str]] = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                data = {_text(k): _text(v) for k, v in fields.items()}
-                out.append((_text(entry_id), data["alert"]))
+        for entry_id, fields in _stream_entries(reply):
+            data = {_text(k): _text(v) for k, v in fields.items()}
+            out.append((_text(entry_id), data["alert"]))
         return out
 
     def publish_list_change(self, list_id: int, version: int) -> int:

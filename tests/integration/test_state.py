@@ -470,3 +470,28 @@ def test_historical_alert_neither_silences_a_live_one_nor_joins_its_incident(
     assert b.admit(_watchlist_alert("london", historical=True)) is None
     live = b.admit(_watchlist_alert("london"))
     assert live is not None and live.details["incident_hits"] == 1
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_state_works_with_a_decoding_client_on_either_protocol(
+    redis_settings: RedisSettings, protocol: int
+) -> None:
+    c = redis.Redis.from_url(redis_settings.url, decode_responses=True, protocol=protocol)
+    state = CrossSiteState(c, redis_settings.key_prefix)
+    got: queue.Queue[tuple[int, int]] = queue.Queue()
+    listener = state.list_change_listener(lambda i, v: got.put((i, v)))
+    try:
+        state.record_sighting(sighting("e1", "london", 0), 3600)
+        history = state.record_sighting(sighting("e2", "paris", 5), 3600)
+        assert [s.event_id for s in history] == ["e1", "e2"]
+        assert state.cooldown("watchlist", "ABC1234", "london", 60)
+        assert state.incident("ABC1234", 60, "inc-1") == ("inc-1", 1)
+        stream_id = state.append_alert('{"n":1}')
+        assert state.read_alerts("0", 10) == [(stream_id, '{"n":1}')]
+        listener.start()
+        assert listener.wait_subscribed(WAIT_S)
+        state.publish_list_change(3, 4)
+        assert got.get(timeout=WAIT_S) == (3, 4)
+    finally:
+        listener.stop()
+        c.close()
