@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
 
 from services.correlator.consumer import CrossSite
 from services.correlator.rules import Sighting, SiteLocation, locations_by_site
-from services.correlator.state import CrossSiteCorrelator, CrossSiteState, ListChangeListener
+from services.correlator.state import (
+    CrossSiteCorrelator,
+    CrossSiteState,
+    ListChangeListener,
+    StateKeys,
+)
 from shared.errors import PayloadError
 from shared.events import Alert
 from shared.settings import RedisSettings
@@ -495,3 +502,29 @@ def test_state_works_with_a_decoding_client_on_either_protocol(
     finally:
         listener.stop()
         c.close()
+
+
+def test_key_layout_is_the_one_documented() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "correlation.md").read_text()
+    documented = re.findall(r"^\| `(<prefix>[^`]+)` \|", text, flags=re.MULTILINE)
+    keys = StateKeys("pw:")
+    built = [
+        keys.sightings("AB12CDE"),
+        keys.sighting_data("AB12CDE"),
+        keys.cooldown("watchlist", "AB12CDE", "north-gate"),
+        keys.incident("AB12CDE"),
+        keys.alerts(),
+        keys.list_changes(),
+    ]
+    values = {
+        "<prefix>": "pw:",
+        "<plate>": "AB12CDE",
+        "<kind>": "watchlist",
+        "<site>": "north-gate",
+    }
+    expanded = []
+    for template in documented:
+        for placeholder, value in values.items():
+            template = template.replace(placeholder, value)
+        expanded.append(template)
+    assert expanded == built
