@@ -66,7 +66,8 @@ class EventConsumer(Generic[E]):
     """Subscribes (shared or not), decodes each payload into `model` and calls `on_event`.
 
     `tick()`, when given, runs on the same thread about every `tick_s`, with or without traffic
-    (batch flush by time, periodic jobs). `on_event(event, delivery)` owns the acknowledgement
+    (batch flush by time, periodic jobs). `ignore_empty` skips empty payloads (the way a
+    retained topic is cleared). `on_event(event, delivery)` owns the acknowledgement
     of good events (ack after commit);
     `check(event, delivery)` may raise PayloadError to refuse an event that parses but is wrong
     (e.g. its site disagrees with its topic). Refused payloads are dead-lettered, then acked.
@@ -88,6 +89,7 @@ class EventConsumer(Generic[E]):
         check: Callable[[E, Delivery], None] | None = None,
         tick: Callable[[], None] | None = None,
         tick_s: float = 0.05,
+        ignore_empty: bool = False,
     ) -> None:
         self._client = client
         self._subscription = subscription
@@ -99,6 +101,7 @@ class EventConsumer(Generic[E]):
         self._check = check
         self._tick = tick
         self._tick_s = tick_s
+        self._ignore_empty = ignore_empty
         self._inbox: queue.Queue[Delivery | None] = queue.Queue()
         self._worker: threading.Thread | None = None
 
@@ -136,6 +139,9 @@ class EventConsumer(Generic[E]):
                 log.exception("event handler failed", extra={"topic": delivery.topic})
 
     def _handle(self, delivery: Delivery) -> None:
+        if self._ignore_empty and not delivery.payload:
+            delivery.ack()  # an empty retained message clears the topic: nothing to consume
+            return
         try:
             event = decode_event(delivery.payload, self._model)
             if self._check is not None:

@@ -30,11 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.correlator.evaluate import Evaluation, evaluate
 from services.correlator.lists import ListCache
 from shared.errors import PayloadError, SignatureError
-from shared.events import Alert, DeadLetter, GateDecision, PlateRead, encode_event
+from shared.events import Alert, DeadLetter, GateDecision, NodeStatus, PlateRead, encode_event
 from shared.mqtt import Delivery, PublishResult
 from shared.signing import load_public_key, verify_event
 from shared.store import repository as repo
-from shared.topics import alert_topic, decision_topic, parse_plate_topic
+from shared.topics import alert_topic, decision_topic, parse_plate_topic, parse_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,38 @@ class Ingestor:
                     self._stream.append_alert(alert.model_dump_json())
             repo.mark_published(session, [a.event_id for a in alerts], self._clock())
         return len(alerts)
+
+
+class StatusIngestor:
+    """Node status (retained, last will included) into the node and camera rows."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: Callable[[], datetime], root: str
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._root = root
+
+    def check(self, status: NodeStatus, delivery: Delivery) -> None:
+        topic = parse_status_topic(delivery.topic, self._root)
+        if (topic.site, topic.node) != (status.site, status.node):
+            raise PayloadError("node", status.node, f"disagrees with topic {delivery.topic!r}")
+
+    def handle(self, status: NodeStatus, delivery: Delivery) -> None:
+        delay = 0.1
+        while True:
+            try:
+                with self._sessions.begin() as session:
+                    repo.record_node_status(session, status, self._clock())
+                break
+            except DBAPIError as exc:
+                log.warning("node status not stored, retrying", extra={"error": str(exc)[:200]})
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        delivery.ack()
+        log.info(
+            "node status", extra={"site": status.site, "node": status.node, "state": status.state}
+        )
 
 
 class StoringDeadLetters:

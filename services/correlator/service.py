@@ -16,19 +16,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.correlator.config import CorrelatorSettings
-from services.correlator.consumer import AlertStream, CrossSite, Ingestor, StoringDeadLetters
+from services.correlator.consumer import (
+    AlertStream,
+    CrossSite,
+    Ingestor,
+    StatusIngestor,
+    StoringDeadLetters,
+)
 from services.correlator.lists import ListCache
 from services.correlator.retention import run_retention
 from services.correlator.retro import retro_hunt
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import ConfigError
-from shared.events import PlateRead, utc_now
+from shared.events import NodeStatus, PlateRead, utc_now
 from shared.mqtt import MqttClient
 from shared.store import migrate
 from shared.store import models as m
 from shared.store import repository as repo
 from shared.store.db import make_engine, session_factory
-from shared.topics import plate_filter, shared_subscription
+from shared.topics import plate_filter, shared_subscription, status_filter
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +112,18 @@ class Correlator:
             tick=self._tick,
             tick_s=min(0.05, ing.batch_max_ms / 2000),
         )
+        statuses = StatusIngestor(self.sessions, clock, root)
+        self.status_consumer = EventConsumer(
+            self.mqtt,
+            status_filter(root),  # not shared: retained statuses reach every process
+            NodeStatus,
+            statuses.handle,
+            StoringDeadLetters(self.sessions, mqtt_sink.dead_letter),
+            "correlator",
+            clock,
+            check=statuses.check,
+            ignore_empty=True,
+        )
         self._changes: queue.Queue[int] = queue.Queue()
         self._next_reload = 0.0
         self._next_sweep = 0.0
@@ -125,11 +143,13 @@ class Correlator:
     def start(self, wait_s: float | None = 15.0) -> None:
         self.refresh()
         self.consumer.start()
+        self.status_consumer.start()
         self.mqtt.start(wait_s)
         log.info("correlator started", extra={"instance": self.settings.instance})
 
     def stop(self) -> None:
         self.consumer.stop()
+        self.status_consumer.stop()
         self.ingestor.flush()
         self.mqtt.stop()
         if self._listener is not None:

@@ -18,7 +18,7 @@ from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.events import Alert, DeadLetter, PlateRead
+from shared.events import Alert, DeadLetter, NodeStatus, PlateRead
 from shared.store.models import (
     AlertRecord,
     AuditLog,
@@ -98,6 +98,40 @@ def ensure_sites_and_cameras(
         .values(cam_rows)
         .on_conflict_do_nothing(index_elements=["site_id", "slug"])
     )
+
+
+def record_node_status(session: Session, status: NodeStatus, now: datetime) -> None:
+    """Upsert the node and its cameras with their last status (site registered if new)."""
+    session.execute(
+        _insert(session, Site)
+        .values(id=status.site, name=status.site, created_at=now)
+        .on_conflict_do_nothing()
+    )
+    doc = status.model_dump(mode="json")
+    values = {
+        "site_id": status.site,
+        "state": status.state,
+        "version": status.version,
+        "last_status": doc,
+        "last_seen_at": status.reported_at,
+    }
+    session.execute(
+        _insert(session, Node)
+        .values(id=status.node, **values)
+        .on_conflict_do_update(index_elements=["id"], set_=values)
+    )
+    for cam in status.cameras:
+        cam_values = {
+            "node_id": status.node,
+            "state": cam.state,
+            "last_status": cam.model_dump(mode="json"),
+            "last_seen_at": cam.last_frame_at,
+        }
+        session.execute(
+            _insert(session, Camera)
+            .values(site_id=status.site, slug=cam.camera, name=cam.camera, **cam_values)
+            .on_conflict_do_update(index_elements=["site_id", "slug"], set_=cam_values)
+        )
 
 
 def known_cameras(session: Session) -> set[tuple[str, str]]:

@@ -377,3 +377,48 @@ def test_privacy_mode_hashes_plates_without_a_hit(harness: Harness) -> None:
     with harness.c.sessions() as s:
         plates = {r.plate for r in s.scalars(select(m.Sighting))}
     assert len(plates) == 1 and plates.pop().startswith("h:")  # same car still correlates
+
+
+def test_node_status_and_last_will_update_node_and_cameras(
+    harness: Harness, client_id: str
+) -> None:
+    from shared.events import CameraStatus, NodeStatus
+    from shared.mqtt import Will
+    from shared.topics import status_topic
+
+    topic = status_topic("north-gate", "edge-7", harness.root)
+    now = utc_now()
+    online = NodeStatus(
+        site="north-gate",
+        node="edge-7",
+        state="online",
+        reported_at=now,
+        version="0.1.0",
+        outbox_depth=3,
+        cameras=[
+            CameraStatus(camera="cam-1", state="online", fps=12.5, last_frame_at=now),
+            CameraStatus(camera="cam-2", state="degraded", detail="low light"),
+        ],
+    )
+    will = NodeStatus(site="north-gate", node="edge-7", state="offline", reported_at=now)
+    settings = harness.pub._settings.model_copy(update={"keepalive_s": 5})
+    node = MqttClient(settings, client_id + "-node", will=Will(topic, encode_event(will)))
+    node.start()
+    node.publish(topic, encode_event(online), retain=True).wait()
+
+    def node_state() -> str | None:
+        with harness.c.sessions() as s:
+            row = s.get(m.Node, "edge-7")
+            return row.state if row else None
+
+    harness.wait_for(lambda: node_state() == "online")
+    with harness.c.sessions() as s:
+        cams = {
+            c.slug: c for c in s.scalars(select(m.Camera).where(m.Camera.site_id == "north-gate"))
+        }
+        assert cams["cam-2"].state == "degraded" and cams["cam-1"].node_id == "edge-7"
+        assert s.get(m.Node, "edge-7").last_status["outbox_depth"] == 3  # type: ignore[union-attr,index]
+    node._client.loop_stop()
+    node._client.socket().close()  # type: ignore[union-attr]  # the box loses power
+    harness.wait_for(lambda: node_state() == "offline", timeout=20)
+    harness.pub.publish(topic, b"", retain=True).wait()
