@@ -1,0 +1,66 @@
+"""`platewatch bench correlator` end to end with tiny numbers: real broker, PostgreSQL, Redis.
+
+Only what the run stored and the shape of its JSON are asserted; never a time or a rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from services.correlator import bench
+from tests.conftest import DEFAULT_PG
+
+pytestmark = [pytest.mark.integration, pytest.mark.correlator, pytest.mark.db, pytest.mark.mqtt]
+
+
+def test_bench_stores_every_event_and_writes_the_json(
+    broker: tuple[str, int], redis_url: str, tmp_path: Path
+) -> None:
+    db_url = os.environ.get("PW_TEST_PG", DEFAULT_PG)
+    out = tmp_path / "bench.json"
+    argv = [
+        "--db-url", db_url,
+        "--mqtt", f"{broker[0]}:{broker[1]}",
+        "--redis-url", redis_url,
+        "--entries", "200",
+        "--processes", "1",
+        "--events", "300",
+        "--rate", "100",
+        "--latency-s", "2",
+        "--hit-ratio", "0.2",
+        "--json", str(out),
+    ]  # fmt: skip
+
+    assert bench.main(argv) == 0
+
+    result = json.loads(out.read_text())
+    assert {
+        "benchmark", "git_sha", "date_utc", "machine", "versions", "settings", "watchlist",
+        "throughput", "latency", "targets",
+    } <= result.keys()  # fmt: skip
+    assert {"cpu_model", "cores"} <= result["machine"].keys()
+    assert {"python", "postgresql", "broker"} <= result["versions"].keys()
+    assert result["watchlist"]["entries"] == 200
+    (run,) = result["throughput"]
+    assert run["processes"] == 1
+    assert run["stored"] == run["events"] == 300
+    assert run["complete"] and run["lost"] == 0
+    assert {"sustained_events_per_s", "per_process_events_per_s", "cpu_s"} <= run.keys()
+    (lat,) = result["latency"]
+    assert lat["stored"] == lat["published"] and lat["complete"]
+    assert lat["alerts_received"] == lat["alerts_stored"] > 0
+    assert {"p50_ms", "p90_ms", "p99_ms", "max_ms"} <= lat.keys()
+    assert {"throughput_met", "latency_met"} <= result["targets"].keys()
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"),
+            {"s": result["settings"]["schema"]},
+        ).all()
+    engine.dispose()
+    assert left == []  # the bench dropped its schema
