@@ -460,8 +460,8 @@ def _wildcard_query_keys(shapes: Iterable[_Shape], plate: str) -> list[int]:
 class _KeyTable:
     """A multimap int64 key -> int32 slot: a sorted numpy base plus a small dict of recent adds.
 
-    A one-bit-per-position filter over the base keys (`_FILTER_BITS_PER_KEY` bits a key, about
-    6% false positives) drops most query keys before the binary search, which is the costly part
+    A one-bit-per-position filter over the base keys (8 to `_FILTER_BITS_PER_KEY` bits a key,
+    6-12% false positives) drops most query keys before the binary search, which is the costly part
     (a cache miss per level). Stale slots (removed entries) stay until `compact`; callers filter
     them by liveness.
     """
