@@ -86,7 +86,7 @@ class CorrelationSettings(SettingsBlock):
         description="Sightings in the window that raise a repeated-sightings alert.",
     )
     cooldown_s: int = Field(
-        default=600, ge=0, description="One alert per plate, site and kind in this time."
+        default=600, ge=1, description="One alert per plate, site and kind in this time."
     )
     incident_window_s: int = Field(
         default=1800,

@@ -102,7 +102,7 @@ class Ingestor:
         self._clock = clock
         self._root = root
         self._stream = stream
-        self._cross = cross
+        self.cross = cross
         self._max_rows = batch_max_rows
         self._max_s = batch_max_ms / 1000
         self._retry_max_s = retry_max_s
@@ -226,9 +226,9 @@ class Ingestor:
         is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
         result = evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s)
         alerts = list(result.alerts)
-        if self._cross is not None:
-            alerts.extend(self._cross.observe(event, now))
-            admitted = [self._cross.admit(a) for a in alerts]
+        if self.cross is not None:
+            alerts.extend(self.cross.observe(event, now))
+            admitted = [self.cross.admit(a) for a in alerts]
             alerts = [a for a in admitted if a is not None]
         return Evaluation(alerts, result.decision)
 

@@ -26,6 +26,15 @@ from services.correlator.consumer import (
 from services.correlator.lists import ListCache
 from services.correlator.retention import run_retention
 from services.correlator.retro import retro_hunt
+from services.correlator.rules import (
+    CooldownPolicy,
+    IncidentPolicy,
+    RepeatPolicy,
+    SiteLocation,
+    TravelPolicy,
+    locations_by_site,
+)
+from services.correlator.state import CrossSiteCorrelator, CrossSiteState
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import ConfigError
 from shared.events import NodeStatus, PlateRead, utc_now
@@ -40,6 +49,8 @@ log = logging.getLogger(__name__)
 
 
 class Stoppable(Protocol):
+    def start(self) -> None: ...
+
     def stop(self) -> None: ...
 
 
@@ -133,7 +144,37 @@ class Correlator:
 
     def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, Stoppable | None]:
         """Redis-backed cross-site rules, alert stream and list-change listener."""
-        return None, None, None
+        if self.redis is None:
+            return None, None, None
+        self.state = CrossSiteState(self.redis, self.settings.redis.key_prefix)
+        listener = self.state.list_change_listener(
+            lambda list_id, _version: self.notify_list_change(list_id),
+            on_resync=self._request_reload,
+        )
+        return self._cross_correlator({}), self.state, listener
+
+    def _cross_correlator(self, locations: dict[str, tuple[float, float]]) -> CrossSiteCorrelator:
+        c = self.settings.correlation
+        return CrossSiteCorrelator(
+            self.state,
+            locations_by_site(SiteLocation(s, lat, lon) for s, (lat, lon) in locations.items()),
+            travel=TravelPolicy(
+                max_speed_kmh=c.max_speed_kmh,
+                min_distance_km=c.min_distance_km,
+                clock_skew_s=c.clock_skew_s,
+            ),
+            repeat=RepeatPolicy(
+                window_s=c.repeat_window_s,
+                min_sites=c.repeat_min_sites,
+                min_passes=c.repeat_min_count,
+            ),
+            cooldown=CooldownPolicy(default_s=c.cooldown_s),
+            incident=IncidentPolicy(window_s=c.incident_window_s),
+        )
+
+    def _request_reload(self) -> None:
+        """After a Redis reconnect list-change messages may be lost: reload everything."""
+        self._next_reload = 0.0
 
     def notify_list_change(self, list_id: int) -> None:
         """Thread-safe: the ingest thread reloads the list and retro-hunts before the next batch."""
@@ -142,6 +183,8 @@ class Correlator:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, wait_s: float | None = 15.0) -> None:
         self.refresh()
+        if self._listener is not None:
+            self._listener.start()
         self.consumer.start()
         self.status_consumer.start()
         self.mqtt.start(wait_s)
@@ -172,8 +215,11 @@ class Correlator:
             reg.cameras = repo.known_cameras(session)
             reg.gates = repo.gate_cameras(session)
             reg.nodes = repo.node_keys(session)
-            now = self._clock()
-            self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
+            locations = repo.site_locations(session)
+        if self.ingestor.cross is not None:
+            self.ingestor.cross = self._cross_correlator(locations)
+        now = self._clock()
+        self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
         self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
 
     def apply_list_change(self, list_id: int) -> int:

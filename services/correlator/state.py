@@ -98,6 +98,14 @@ return {id, hits}
 """
 
 
+# KEYS: the cooldown key. ARGV: owner, ttl_s. Granted to the first owner, and again to it.
+_COOLDOWN_LUA: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
+
 class StateError(PlatewatchError):
     """A bad argument to the cross-site state (a window, TTL or limit): names it and why."""
 
@@ -205,6 +213,7 @@ class CrossSiteState:
         self._stream_ttl_s = stream_ttl_s
         self._record = redis.register_script(_RECORD_LUA)
         self._incident = redis.register_script(_INCIDENT_LUA)
+        self._cooldown = redis.register_script(_COOLDOWN_LUA)
 
     def record_sighting(self, s: Sighting, window_s: int) -> list[Sighting]:
         """Add `s` to its plate's history and return the plate's sightings within `window_s`
@@ -228,12 +237,16 @@ class CrossSiteState:
         history.sort(key=lambda h: (h.seen_at, h.event_id))
         return history
 
-    def cooldown(self, kind: str, plate: str, site: str, ttl_s: int) -> bool:
-        """True for the first caller per (kind, plate, site) within `ttl_s`, across processes."""
+    def cooldown(self, kind: str, plate: str, site: str, ttl_s: int, owner: str = "1") -> bool:
+        """True for the first caller per (kind, plate, site) within `ttl_s`, across processes.
+
+        The same `owner` (e.g. the sighting's event id) is granted again: a batch retried after
+        a failed database commit keeps the alert it claimed instead of losing it to its own
+        cooldown."""
         if ttl_s < 1:
             raise StateError("ttl_s", ttl_s, "must be >= 1")
         key = self.keys.cooldown(kind, plate, site)
-        return bool(self._redis.set(key, "1", nx=True, ex=ttl_s))
+        return bool(self._cooldown(keys=[key], args=[owner, ttl_s]))
 
     def incident(self, plate: str, window_s: int, new_id: str) -> tuple[str, int]:
         """(incident_id, hit_count) of this hit on `plate`.
@@ -469,7 +482,9 @@ class CrossSiteCorrelator:
     def admit(self, alert: Alert) -> Alert | None:
         """The alert to raise after cooldown and incident policy, or None (in cooldown)."""
         kind = f"{alert.kind}_historical" if alert.historical else alert.kind
-        if not self._state.cooldown(kind, alert.plate, alert.site, self._cooldown.ttl_s(kind)):
+        owner = str(alert.sighting_event_id or alert.event_id)
+        ttl_s = self._cooldown.ttl_s(kind)
+        if not self._state.cooldown(kind, alert.plate, alert.site, ttl_s, owner):
             log.debug(
                 "alert in cooldown",
                 extra={"kind": kind, "plate": alert.plate, "site": alert.site},

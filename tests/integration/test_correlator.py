@@ -422,3 +422,79 @@ def test_node_status_and_last_will_update_node_and_cameras(
     node._client.socket().close()  # type: ignore[union-attr]  # the box loses power
     harness.wait_for(lambda: node_state() == "offline", timeout=20)
     harness.pub.publish(topic, b"", retain=True).wait()
+
+
+def _sites_with_locations(harness: Harness) -> None:
+    with harness.c.sessions.begin() as s:
+        s.add(
+            m.Site(
+                id="berlin", name="Berlin", latitude=52.52, longitude=13.405, created_at=utc_now()
+            )
+        )
+        s.add(
+            m.Site(
+                id="munich", name="Munich", latitude=48.1351, longitude=11.582, created_at=utc_now()
+            )
+        )
+    harness.c.refresh()
+
+
+def test_same_plate_at_distant_sites_raises_impossible_travel(harness: Harness) -> None:
+    _sites_with_locations(harness)
+    t0 = utc_now()
+    harness.publish(plate_read(plate="CLONE42", site="berlin", track_id="b", seen_at=t0))
+    harness.publish(
+        plate_read(plate="CLONE42", site="munich", track_id="m", seen_at=t0 + timedelta(minutes=20))
+    )
+    alert = harness.alerts.get(timeout=10)
+    assert alert.kind == "impossible_travel" and alert.plate == "CLONE42"
+    assert float(alert.details["distance_km"]) > 400
+    assert float(alert.details["implied_speed_kmh"]) > 1000
+    time.sleep(0.3)
+    assert harness.alerts.empty()
+
+
+def test_plausible_travel_raises_nothing(harness: Harness) -> None:
+    _sites_with_locations(harness)
+    t0 = utc_now() - timedelta(hours=6)
+    harness.publish(plate_read(plate="HONEST1", site="berlin", track_id="b", seen_at=t0))
+    harness.publish(
+        plate_read(plate="HONEST1", site="munich", track_id="m", seen_at=t0 + timedelta(hours=5))
+    )
+    harness.wait_for(lambda: harness.count(m.Sighting) == 2)
+    time.sleep(0.3)
+    assert harness.alerts.empty()
+
+
+def test_cooldown_gives_one_alert_per_car_not_fifty(harness: Harness) -> None:
+    harness.add_list("wanted", [{"pattern": "ABC1234", "mode": "exact", "category": "wanted"}])
+    for i in range(5):
+        harness.publish(plate_read(track_id=f"pass-{i}"))  # the same car lingers at one camera
+    harness.wait_for(lambda: harness.count(m.Sighting) == 5)
+    time.sleep(0.3)
+    assert harness.alerts.qsize() == 1 and harness.count(m.AlertRecord) == 1
+    harness.publish(plate_read(site="depot", track_id="elsewhere"))  # another site: alerts again
+    second = [harness.alerts.get(timeout=10) for _ in range(2)][-1]
+    assert second.site == "depot" and second.incident_id is not None
+    assert int(second.details["incident_hits"]) == 2
+
+
+def test_list_change_over_redis_makes_new_entry_live_in_running_correlator(
+    harness: Harness,
+) -> None:
+    with harness.c.sessions.begin() as s:
+        wl = repo.create_list(s, "late", utc_now(), category="banned")
+        repo.add_entries(s, wl, [{"pattern": "LATE001", "mode": "exact"}], utc_now())
+        list_id = wl.id
+    harness.c.state.publish_list_change(list_id, 2)  # what the operator API does after an edit
+    harness.wait_for(lambda: list_id in harness.c.cache.lists)
+    harness.publish(plate_read(plate="LATE001"))
+    assert harness.alerts.get(timeout=10).match.pattern == "LATE001"  # type: ignore[union-attr]
+
+
+def test_alerts_reach_the_redis_stream_for_live_monitors(harness: Harness) -> None:
+    harness.add_list("wanted", [{"pattern": "ABC1234", "mode": "exact", "category": "wanted"}])
+    harness.publish(plate_read())
+    sent = harness.alerts.get(timeout=10)
+    entries = harness.c.state.read_alerts("0", 10)
+    assert [Alert.model_validate_json(body).event_id for _, body in entries] == [sent.event_id]
