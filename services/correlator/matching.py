@@ -379,6 +379,7 @@ def match_entry(
 
     A fuzzy entry equal to the plate matches with mode ``exact`` and cost 0.
     """
+    _to_us(now, "now", MatchQueryError)
     if not is_live(entry, now):
         return None
     limit = cost_units(entry.max_cost if entry.max_cost is not None else default_max_cost)
@@ -679,8 +680,8 @@ class WatchIndex:
     - fuzzy entries: keyed by the deletion neighbourhood (up to ``floor(max_cost)`` deletions) of
       the confusion-canonical pattern; a plate looks up its own neighbourhood, candidates are
       verified with `weighted_distance`;
-    - wildcard entries: keyed by up to three literal characters at fixed positions (see
-      `_wildcard_key`): at the start, at the end, or anywhere for ``*AB*``.
+    - wildcard entries: keyed by up to `WILDCARD_KEY_CHARS` (4) literal characters at fixed
+      positions (see `_wildcard_key`): from the start, from the end, or anywhere for ``*AB*``.
 
     Keys are Python string hashes (per-process, never persisted) in sorted numpy arrays; `add`
     buffers keys in a small dict merged in O(n); `remove` marks the row dead and rows are

@@ -338,6 +338,9 @@ def test_match_rejects_unnormalised_plate_and_naive_now() -> None:
     with pytest.raises(MatchQueryError) as err:
         index.match("AB12", datetime(2026, 11, 25))
     assert err.value.field == "now"
+    with pytest.raises(MatchQueryError) as err:
+        match_entry(entry(1, "AB12"), "AB12", datetime(2026, 11, 25))
+    assert err.value.field == "now"
 
 
 def test_index_rejects_default_max_cost_out_of_range() -> None:
