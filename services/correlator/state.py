@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 import re
 import threading
 import time
@@ -246,7 +247,8 @@ class CrossSiteState:
         if ttl_s < 1:
             raise StateError("ttl_s", ttl_s, "must be >= 1")
         key = self.keys.cooldown(kind, plate, site)
-        return bool(self._cooldown(keys=[key], args=[owner, ttl_s]))
+        claimant = owner if owner is not None else uuid.uuid4().hex
+        return bool(self._cooldown(keys=[key], args=[claimant, ttl_s]))
 
     def incident(self, plate: str, window_s: int, new_id: str) -> tuple[str, int]:
         """(incident_id, hit_count) of this hit on `plate`.

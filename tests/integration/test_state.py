@@ -528,3 +528,13 @@ def test_key_layout_is_the_one_documented() -> None:
             template = template.replace(placeholder, value)
         expanded.append(template)
     assert expanded == built
+
+
+def test_cooldown_is_granted_again_to_the_same_owner_only(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, b = two
+    assert a.cooldown("watchlist", "ABC1234", "london", 600, owner="sighting-1") is True
+    # the same sighting, retried after a failed database commit, keeps its alert
+    assert b.cooldown("watchlist", "ABC1234", "london", 600, owner="sighting-1") is True
+    assert b.cooldown("watchlist", "ABC1234", "london", 600, owner="sighting-2") is False
