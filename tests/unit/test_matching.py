@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -502,3 +503,19 @@ def test_docs_matching_snippets_run() -> None:
     assert snippets
     for snippet in snippets:
         exec(compile(snippet, "docs/matching.md", "exec"), {})
+
+
+def test_bench_matching_command_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.correlator import bench_matching
+
+    out = tmp_path / "bench.json"
+    argv = ["--entries", "3000", "--queries", "300", "--updates", "50", "--json", str(out)]
+    assert bench_matching.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["entries"] == 3000
+    assert set(result["match"]) == {"p50_us", "p99_us", "max_us", "mean_us"}
+    assert set(result["match_by_kind"]) == {"exact-hit", "fuzzy-variant", "random", "wildcard-hit"}
+    assert result["match_by_kind"]["exact-hit"]["hit_rate"] > 0.5
+    assert json.loads(capsys.readouterr().out) == result
