@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -238,7 +238,9 @@ class CrossSiteState:
         history.sort(key=lambda h: (h.seen_at, h.event_id))
         return history
 
-    def cooldown(self, kind: str, plate: str, site: str, ttl_s: int, owner: str = "1") -> bool:
+    def cooldown(
+        self, kind: str, plate: str, site: str, ttl_s: int, owner: str | None = None
+    ) -> bool:
         """True for the first caller per (kind, plate, site) within `ttl_s`, across processes.
 
         The same `owner` (e.g. the sighting's event id) is granted again: a batch retried after
