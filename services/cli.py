@@ -47,6 +47,11 @@ COMMANDS: Final = (
         "db", "Database: `db upgrade` runs the migrations.", "shared.store.cli:main", "issue 5"
     ),
     Command(
+        "lists",
+        "Watch-lists and allow-lists: show, create, import CSV.",
+        "services.correlator.lists_cli:main",
+    ),
+    Command(
         "docs",
         "Regenerate docs/mqtt.md, docs/schemas/ and docs/configuration.md from the code.",
         "services.docs:main",
