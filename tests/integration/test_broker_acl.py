@@ -376,6 +376,7 @@ def test_correlator_adapter_connects_with_tls_and_shared_subscription(
         tls=TlsSettings(ca_file=broker.ca_file),
         reconnect_min_s=0.2,
         reconnect_max_s=1.0,
+        session_expiry_s=0,  # leave no member session behind in the module's broker
     )
     got: queue.Queue[bytes] = queue.Queue()
 
