@@ -44,7 +44,7 @@ COMMANDS: Final = (
         "bench", "Benchmarks: recognition (default), correlator, matching.", "services.bench:main"
     ),
     Command(
-        "db", "Database: `db upgrade` runs the migrations.", "shared.store.cli:main", "issue 5"
+        "db", "Database: `db upgrade` runs the migrations.", "services.db_cli:main", "issue 5"
     ),
     Command(
         "lists",

@@ -1,4 +1,4 @@
-"""`platewatch db`: database administration."""
+"""`platewatch db`: database administration (reads db.url from the correlator's settings)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
+from services.correlator.config import CorrelatorSettings
 from shared.errors import ConfigError
-from shared.settings import DbSettings, ServiceSettings, load_settings
+from shared.settings import DbSettings, load_settings
 from shared.store import migrate
-
-
-class DbCliSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="PW_CORRELATOR_")
-    db: DbSettings = Field(default_factory=DbSettings, description="Database connection.")
 
 
 def main(argv: list[str]) -> int:
@@ -34,7 +27,7 @@ def main(argv: list[str]) -> int:
             p.add_argument("revision", nargs="?", default="head" if name == "upgrade" else None)
     args = parser.parse_args(argv)
     try:
-        url = args.url or load_settings(DbCliSettings, args.config).db.url
+        url = args.url or load_settings(CorrelatorSettings, args.config).db.url
     except ConfigError as exc:
         print(f"platewatch db: {exc}", file=sys.stderr)
         return 2
