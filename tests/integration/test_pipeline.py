@@ -1,0 +1,175 @@
+"""The committed IRs load and run end to end; bad input never crashes the recogniser.
+
+No service is needed (pure CPU inference), so these are not marked `integration`; they are in this
+folder because they run the real OpenVINO models committed under services/edge/models/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from services.edge.recognition.pipeline import (
+    MODELS_DIR,
+    PipelineOptions,
+    PlateRecognizer,
+    RecognitionResult,
+    image_size_from_header,
+)
+from services.edge.recognition.runtime import ModelLoadError, OpenVinoModel, RuntimeOptions
+
+pytestmark = pytest.mark.edge
+
+HAS_READER = (MODELS_DIR / "reader.xml").is_file() and (MODELS_DIR / "reader.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def recognizer() -> PlateRecognizer:
+    return PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), reader_name="reader" if HAS_READER else None
+    )
+
+
+def compose_scene(seed: int = 3) -> tuple[np.ndarray, tuple[int, int, int, int], str]:
+    """A 1280x720 frame: textured road/background, a car-like body and a rendered plate."""
+    from services.edge.training.synth import PlateSynth
+
+    rng = np.random.default_rng(seed)
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[:] = np.linspace(170, 90, 720, dtype=np.uint8)[:, None, None]
+    noise = rng.normal(0, 8, (720, 1280, 3))
+    frame = np.clip(frame + noise, 0, 255).astype(np.uint8)
+    cv2.rectangle(frame, (380, 220), (900, 600), (60, 50, 140), -1)  # car body
+    cv2.rectangle(frame, (430, 250), (850, 380), (40, 40, 40), -1)  # rear window
+    cv2.circle(frame, (450, 470), 28, (30, 30, 220), -1)  # lights
+    cv2.circle(frame, (830, 470), 28, (30, 30, 220), -1)
+    plate = PlateSynth(seed=seed).sample(0, degrade=False)
+    image = plate.image
+    width = 190
+    height = max(20, round(image.shape[0] * width / image.shape[1]))
+    x1, y1 = 545, 480
+    frame[y1 : y1 + height, x1 : x1 + width] = cv2.resize(image, (width, height))
+    frame = cv2.GaussianBlur(frame, (3, 3), 0)
+    return frame, (x1, y1, x1 + width, y1 + height), plate.text
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def test_committed_detector_ir_loads_with_one_thread() -> None:
+    model = OpenVinoModel.load(MODELS_DIR / "detector.xml", RuntimeOptions(threads=1))
+    assert model.input_names == ("image",)
+    assert set(model.output_names) == {"heat", "ltrb"}
+
+
+def test_missing_ir_raises_model_load_error_naming_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="nothing"):
+        OpenVinoModel.load(tmp_path / "nothing.xml")
+
+
+def test_detector_finds_the_plate_on_a_composed_scene(recognizer: PlateRecognizer) -> None:
+    pytest.importorskip("PIL")
+    frame, box, _ = compose_scene()
+    detections = recognizer.detect(frame)
+    assert any(_overlap(d.box, box) >= 0.5 for d in detections), detections
+
+
+@pytest.mark.skipif(not HAS_READER, reason="reader IR not committed yet")
+def test_recognizer_returns_plate_with_box_and_confidences(recognizer: PlateRecognizer) -> None:
+    pytest.importorskip("PIL")
+    frame, box, _ = compose_scene()
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    result = recognizer.recognize_bytes(buf.tobytes())
+    assert result.error is None
+    assert (result.width, result.height) == (1280, 720)
+    hits = [p for p in result.plates if _overlap(p.box, box) >= 0.5]
+    assert hits, result
+    plate = hits[0]
+    assert plate.text and 0.0 <= plate.confidence <= 1.0
+    assert len(plate.char_confidences) == len(plate.text)
+    assert plate.candidates and plate.candidates[0][0] == plate.text
+    assert set(result.timings_ms) >= {"decode", "resize", "detect", "read", "total"}
+
+
+def _assert_empty(result: RecognitionResult) -> None:
+    assert isinstance(result, RecognitionResult)
+    assert result.plates == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"\xff\xd8\xff\xe0 this is not really a jpeg", "undecodable"),
+        (b"GIF89a garbage" * 10, "undecodable"),
+    ],
+)
+def test_bad_bytes_give_empty_result_with_error(
+    recognizer: PlateRecognizer, data: bytes, reason: str
+) -> None:
+    result = recognizer.recognize_bytes(data)
+    _assert_empty(result)
+    assert result.error is not None and reason in result.error
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+        np.zeros((10, 10, 5), np.uint8),
+    ],
+    ids=["empty", "one-pixel", "float", "five-channels"],
+)
+def test_degenerate_frames_give_empty_result_with_error(
+    recognizer: PlateRecognizer, frame: np.ndarray
+) -> None:
+    result = recognizer.recognize(frame)
+    _assert_empty(result)
+    assert result.error
+
+
+@pytest.mark.parametrize("channels", [None, 1, 4], ids=["grey-2d", "grey-1ch", "bgra"])
+def test_flat_grey_frame_gives_no_plates(recognizer: PlateRecognizer, channels: int | None) -> None:
+    shape = (720, 1280) if channels is None else (720, 1280, channels)
+    result = recognizer.recognize(np.full(shape, 128, np.uint8))
+    _assert_empty(result)
+    assert result.error is None
+
+
+def test_huge_jpeg_is_decoded_reduced_and_boxes_are_in_original_pixels(
+    recognizer: PlateRecognizer,
+) -> None:
+    frame = np.full((10000, 10000, 3), 128, np.uint8)
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    del frame
+    assert ok
+    data = buf.tobytes()
+    assert image_size_from_header(data) == (10000, 10000)
+    result = recognizer.recognize_bytes(data)
+    _assert_empty(result)
+    assert result.error is None
+    assert (result.width, result.height) == (10000, 10000)
+
+
+def test_huge_array_frame_does_not_crash(recognizer: PlateRecognizer) -> None:
+    result = recognizer.recognize(np.full((10000, 10000, 3), 90, np.uint8))
+    _assert_empty(result)
+
+
+def test_image_beyond_pixel_limit_is_rejected_before_decoding() -> None:
+    header = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (60000).to_bytes(4, "big") * 2
+    from services.edge.recognition.pipeline import decode_image
+
+    image, _, error = decode_image(header, 4096, PipelineOptions().max_pixels)
+    assert image is None
+    assert error is not None and "too large" in error
