@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services.edge.recognition.detector import Detection
+from services.edge.recognition.pipeline import (
+    PlateRecognizer,
+    as_bgr,
+    crop_box,
+    decode_image,
+    image_size_from_header,
+)
+
+pytestmark = pytest.mark.edge
+
+
+class FakeModel:
+    """An InferenceModel returning fixed outputs (no OpenVINO)."""
+
+    def __init__(self, inputs: tuple[str, ...], outputs: dict[str, np.ndarray]) -> None:
+        self._inputs = inputs
+        self._outputs = outputs
+        self.calls = 0
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self._outputs)
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return self._outputs
+
+
+def _encode(ext: str, width: int, height: int) -> bytes:
+    ok, buf = cv2.imencode(ext, np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_header_size_matches_encoded_image(ext: str) -> None:
+    assert image_size_from_header(_encode(ext, 321, 123)) == (321, 123)
+
+
+def test_header_size_is_none_for_unknown_format() -> None:
+    assert image_size_from_header(b"BM not a jpeg") is None
+
+
+def test_decode_reduces_large_jpeg_and_reports_factor() -> None:
+    image, factor, error = decode_image(_encode(".jpg", 4000, 2000), 1000, 10**9)
+    assert error is None and image is not None
+    assert image.shape[:2] == (500, 1000)
+    assert factor == pytest.approx(4.0)
+
+
+def test_decode_keeps_small_image_full_size() -> None:
+    image, factor, _ = decode_image(_encode(".png", 64, 32), 4096, 10**9)
+    assert image is not None and image.shape == (32, 64, 3) and factor == 1.0
+
+
+def test_as_bgr_converts_grey_and_bgra() -> None:
+    grey, _ = as_bgr(np.zeros((4, 5), np.uint8))
+    bgra, _ = as_bgr(np.zeros((4, 5, 4), np.uint8))
+    assert grey is not None and grey.shape == (4, 5, 3)
+    assert bgra is not None and bgra.shape == (4, 5, 3)
+
+
+def test_as_bgr_rejects_float_frames() -> None:
+    image, error = as_bgr(np.zeros((4, 5, 3), np.float32))
+    assert image is None and error is not None and "uint8" in error
+
+
+def test_crop_box_adds_margins_and_clips_to_frame() -> None:
+    frame = np.zeros((100, 200, 3), np.uint8)
+    crop = crop_box(frame, (10.0, 10.0, 110.0, 30.0), 0.1, 0.5)
+    assert crop is not None and crop.shape[:2] == (40, 120)
+    edge = crop_box(frame, (190.0, 90.0, 200.0, 100.0), 0.5, 0.5)
+    assert edge is not None and edge.shape[:2] == (15, 15)
+
+
+def test_crop_box_returns_none_for_tiny_box() -> None:
+    assert crop_box(np.zeros((10, 10, 3), np.uint8), (1.0, 1.0, 2.0, 2.0), 0.0, 0.0) is None
+
+
+def test_recognizer_without_reader_returns_boxes_and_times_each_stage() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    heat = np.zeros((1, 1, 8, 8), np.float32)
+    heat[0, 0, 4, 4] = 0.9
+    ltrb = np.full((1, 4, 8, 8), 8.0, np.float32)
+    detector = FakeModel(("image",), {"heat": heat, "ltrb": ltrb})
+    ticks = iter(float(i) for i in range(100))
+    recognizer = PlateRecognizer(detector, spec, None, None, clock=lambda: next(ticks))
+    result = recognizer.recognize(np.zeros((64, 64, 3), np.uint8))
+    assert detector.calls == 1
+    assert len(result.plates) == 1
+    assert result.plates[0].box == pytest.approx((28.0, 28.0, 44.0, 44.0))
+    assert result.plates[0].detector_score == pytest.approx(0.9)
+    assert result.timings_ms == {
+        "resize": 1000.0,
+        "detect": 1000.0,
+        "read": 1000.0,
+        "total": 3000.0,
+    }
+
+
+def test_recognizer_crops_mode_skips_detector() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+
+    detector = FakeModel(("image",), {})
+    recognizer = PlateRecognizer(detector, DetectorSpec(), None, None)
+    result = recognizer.recognize(np.zeros((20, 60, 3), np.uint8), crops=True)
+    assert detector.calls == 0
+    assert result.plates[0].box == (0.0, 0.0, 60.0, 20.0)
+
+
+def test_detection_is_a_value_object() -> None:
+    assert Detection((0, 0, 1, 1), 0.5) == Detection((0, 0, 1, 1), 0.5)
