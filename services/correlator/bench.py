@@ -91,7 +91,7 @@ def schema_url(base: str, schema: str) -> str:
 def bench_schema(base_url: str, keep: bool = False) -> Iterator[tuple[str, str]]:
     """A fresh schema migrated to head; yields (name, URL) and drops it afterwards."""
     schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     url = schema_url(base_url, schema)
@@ -251,7 +251,10 @@ class RowCounter:
 
     def _run(self) -> None:
         while not self._stop.wait(_POLL_S):
-            self.rows, self.alerts = self.read()
+            try:
+                self.rows, self.alerts = self.read()
+            except sa.exc.OperationalError:  # e.g. PostgreSQL restarted: keep polling
+                continue
             self.samples.append((time.perf_counter(), self.rows))
 
 
@@ -332,6 +335,7 @@ class Correlators:
     root: str
     log_dir: Path
     overrides: dict[str, str]
+    module: str = "services.correlator"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self, instance: str) -> dict[str, str]:
@@ -362,7 +366,7 @@ class Correlators:
             with self.log_path(i).open("wb") as out:
                 self.procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "services.correlator", "--instance", instance],
+                        [sys.executable, "-m", self.module, "--instance", instance],
                         env=self.env(instance),
                         cwd=root_dir,
                         stdout=out,
@@ -453,6 +457,12 @@ def warm_up(
     counter.stop()
     if not complete:
         raise RuntimeError(f"warm-up: {rows} of {n} events stored; are the correlators subscribed?")
+
+
+def postmaster_start(engine: sa.Engine) -> str:
+    """When PostgreSQL last started: a run during which it changed saw a restart."""
+    with engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT pg_postmaster_start_time()")).scalar_one())
 
 
 def truncate(engine: sa.Engine) -> None:
@@ -770,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Correlator setting for the processes (PW_CORRELATOR_ + KEY), repeatable.",
     )
     parser.add_argument(
+        "--correlator-module",
+        default="services.correlator",
+        help="Module run as each correlator process (`python -m MODULE --instance NAME`), to "
+        "measure a candidate change side by side with the committed code.",
+    )
+    parser.add_argument(
         "--stall-s", type=float, default=30.0, help="Give up when no row is stored for this long."
     )
     parser.add_argument("--seed", type=int, default=1, help="Random seed.")
@@ -792,7 +808,7 @@ def main(argv: list[str]) -> int:
         bench_schema(args.db_url, args.keep_schema) as (schema, url),
         tempfile.TemporaryDirectory(prefix="pw-bench-") as log_dir,
     ):
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(url, pool_pre_ping=True)
         log.info("loading watch-list entries", extra={"entries": args.entries})
         exact, wl_summary = load_entries(engine, args.entries, rng)
         exact_set = set(exact)
@@ -803,12 +819,61 @@ def main(argv: list[str]) -> int:
         ops = MqttClient(settings, f"bench-ops-{run_id}", max_inflight=1000)
         ops.subscribe("$SYS/broker/version", lambda d: broker_version.append(d.payload.decode()))
         ops.start()
+        result: dict[str, Any] = {
+            "benchmark": "correlator",
+            "git_sha": git_sha(),
+            "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpu_model": cpu_model(),
+                "cores": os.cpu_count(),
+                "platform": platform.platform(),
+                "load_avg_1m_start": round(load_start, 2),
+            },
+            "versions": {},
+            "settings": {
+                "entries": args.entries,
+                "processes": args.processes,
+                "events": args.events,
+                "window_per_process": args.window,
+                "rate": args.rate,
+                "latency_s": args.latency_s,
+                "latency_processes": args.latency_processes,
+                "hit_ratio": args.hit_ratio,
+                "seed": args.seed,
+                "correlator_module": args.correlator_module,
+                "correlator_env": {f"PW_CORRELATOR_{k.upper()}": v for k, v in args.set},
+                "database": sa.make_url(args.db_url).render_as_string(hide_password=True),
+                "schema": schema,
+                "broker": f"{args.mqtt[0]}:{args.mqtt[1]}",
+            },
+            "watchlist": wl_summary,
+            "throughput": throughput,
+            "latency": latency,
+        }
+
+        def save() -> None:
+            """Written after every run, so a failure later keeps what was measured."""
+            result["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+            result["versions"] = versions(
+                engine, args.redis_url, broker_version[0] if broker_version else None
+            )
+            result["targets"] = targets(throughput, latency)
+            if args.json is not None:
+                args.json.write_text(json.dumps(result, indent=2) + "\n")
+
         try:
             for k in args.processes:
                 root = f"pwbench-{run_id}-k{k}"
                 ops.subscribe(alert_filter(root), watcher.on_alert)
                 procs = Correlators(
-                    k, url, args.mqtt, args.redis_url, root, Path(log_dir), dict(args.set)
+                    k,
+                    url,
+                    args.mqtt,
+                    args.redis_url,
+                    root,
+                    Path(log_dir),
+                    dict(args.set),
+                    args.correlator_module,
                 )
                 log.info("starting correlators", extra={"processes": k})
                 try:
@@ -816,69 +881,36 @@ def main(argv: list[str]) -> int:
                     warm_up(pub, RowCounter(engine), procs, rng, args.stall_s)
                     events = make_events(args.events, rng, root, exact, exact_set, args.hit_ratio)
                     log.info("throughput run", extra={"processes": k, "events": args.events})
-                    throughput.append(
-                        throughput_run(engine, pub, procs, events, args.window * k, args.stall_s)
-                    )
-                    log.info("throughput run done", extra=throughput[-1])
+                    pg0 = postmaster_start(engine)
+                    run = throughput_run(engine, pub, procs, events, args.window * k, args.stall_s)
+                    run["postgres_restarted"] = postmaster_start(engine) != pg0
+                    throughput.append(run)
+                    save()
+                    log.info("throughput run done", extra={"processes": k})
                     for rate in args.rate if k == args.latency_processes else []:
                         n = round(rate * args.latency_s)
                         if n < 1:
                             continue
                         events = make_events(n, rng, root, exact, exact_set, args.hit_ratio)
                         log.info("latency run", extra={"rate": rate, "events": n})
-                        latency.append(
-                            latency_run(
-                                engine, pub, watcher, procs, events, rate, args.window * k,
-                                args.stall_s,
-                            )
+                        pg0 = postmaster_start(engine)
+                        run = latency_run(
+                            engine, pub, watcher, procs, events, rate, args.window * k,
+                            args.stall_s,
                         )  # fmt: skip
+                        run["postgres_restarted"] = postmaster_start(engine) != pg0
+                        latency.append(run)
+                        save()
                 finally:
                     procs.stop()
                     ops.unsubscribe(alert_filter(root))
                     _drop_redis_prefix(args.redis_url, f"{root}:")
-            result = {
-                "benchmark": "correlator",
-                "git_sha": git_sha(),
-                "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cpu_model": cpu_model(),
-                    "cores": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "load_avg_1m_start": round(load_start, 2),
-                    "load_avg_1m_end": round(os.getloadavg()[0], 2),
-                },
-                "versions": versions(
-                    engine, args.redis_url, broker_version[0] if broker_version else None
-                ),
-                "settings": {
-                    "entries": args.entries,
-                    "processes": args.processes,
-                    "events": args.events,
-                    "window_per_process": args.window,
-                    "rate": args.rate,
-                    "latency_s": args.latency_s,
-                    "latency_processes": args.latency_processes,
-                    "hit_ratio": args.hit_ratio,
-                    "seed": args.seed,
-                    "correlator_env": {f"PW_CORRELATOR_{k.upper()}": v for k, v in args.set},
-                    "database": sa.engine.make_url(args.db_url).render_as_string(
-                        hide_password=True
-                    ),
-                    "schema": schema,
-                    "broker": f"{args.mqtt[0]}:{args.mqtt[1]}",
-                },
-                "watchlist": wl_summary,
-                "throughput": throughput,
-                "latency": latency,
-                "targets": targets(throughput, latency),
-            }
+            save()
         finally:
             pub.stop()
             ops.stop()
             engine.dispose()
     print(table(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if all(r["complete"] for r in throughput) else 1
 
 
