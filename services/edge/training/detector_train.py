@@ -134,8 +134,8 @@ def is_held_out(dataset: str, item: LabelledImage) -> bool:
 class DevGuard:
     """Drops any training image that duplicates the evaluation-only dev set."""
 
-    def __init__(self) -> None:
-        dev = load_labels(DATA / DEV_SET)
+    def __init__(self, root: Path = DATA) -> None:
+        dev = load_labels(root / DEV_SET)
         self.texts = {p.text for i in dev for p in i.plates if p.text}
         self.sha = {hashlib.sha1(i.file.read_bytes()).hexdigest() for i in dev}
         self.hashes = []
@@ -154,10 +154,10 @@ class DevGuard:
         return not bad
 
 
-def load_scenes(split: str, guard: DevGuard | None) -> list[Scene]:
+def load_scenes(split: str, guard: DevGuard | None, root: Path = DATA) -> list[Scene]:
     scenes = []
     for ds in SCENE_SETS:
-        for item in load_labels(DATA / ds):
+        for item in load_labels(root / ds):
             held = is_held_out(ds, item)
             if (split == "train") == held:
                 continue
@@ -171,10 +171,10 @@ def load_scenes(split: str, guard: DevGuard | None) -> list[Scene]:
     return scenes
 
 
-def load_crops(guard: DevGuard) -> list[np.ndarray]:
+def load_crops(guard: DevGuard, root: Path = DATA) -> list[np.ndarray]:
     crops = []
     for ds in CROP_SETS:
-        for item in load_labels(DATA / ds):
+        for item in load_labels(root / ds):
             if split_of(ds, item.split_label) != "train":
                 continue
             if any(p.extra.get("synthetic") for p in item.plates):
@@ -614,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=MODELS)
     ap.add_argument("--checkpoint", type=Path, default=Path("work-data/detector.pt"))
     ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--data", type=Path, default=DATA, help="shared data folder")
     ap.add_argument("--synth", type=int, default=1500, help="rendered plates to paste")
     ap.add_argument(
         "--export-only", action="store_true", help="skip training: evaluate and export --checkpoint"
@@ -630,10 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
-    guard = DevGuard()
-    train = load_scenes("train", guard)
-    test = load_scenes("test", None)
-    crops = load_crops(guard)
+    guard = DevGuard(args.data)
+    train = load_scenes("train", guard, args.data)
+    test = load_scenes("test", None, args.data)
+    crops = load_crops(guard, args.data)
     crops += synth_plates(args.synth, args.seed, guard.texts)
     log.info(
         "scenes train=%d test=%d crops=%d dropped_dev_duplicates=%d",
