@@ -41,7 +41,9 @@ SITES = {  # site: (name, lat, lon, cameras, gate camera)
     "hq": ("HQ, Berlin", 52.5000, 13.4500, ("barrier",), None),
 }
 RESIDENTS = ("ABC1234", "NOP4411", "GHT7702")
-TRAFFIC = ("BRA2E19", "KTY3301", "PLM8820", "RTX5510", "WQE7719", "ZUL4402")
+STRANGERS = ("WQE7719", "ZUL4402")
+#: Ordinary traffic: each car keeps to its home site, so only the clone travels impossibly.
+TRAFFIC = {"BRA2E19": "depot", "KTY3301": "depot", "PLM8820": "hq", "RTX5510": "hq"}
 STOLEN = "KLM5821"
 WANTED_FUZZY = "XYZ9876"
 CLONED = "MMX3090"
@@ -82,13 +84,13 @@ def traffic(rng: random.Random) -> Iterator[PlateRead]:
         case = rng.choice(script)
         n += 1
         now = utc_now()
-        site, camera, plate, raw = "hq", "barrier", rng.choice(TRAFFIC), None
+        site, camera, plate, raw = "hq", "barrier", rng.choice(sorted(TRAFFIC)), None
         if case == "normal":
-            site = rng.choice(sorted(SITES))
+            site = TRAFFIC[plate]
             camera = rng.choice(SITES[site][3])
         elif case in ("resident", "stranger"):
             site, camera = "north-gate", "gate-in"
-            plate = rng.choice(RESIDENTS) if case == "resident" else rng.choice(TRAFFIC)
+            plate = rng.choice(RESIDENTS if case == "resident" else STRANGERS)
         elif case == "stolen":
             site, camera, plate = "depot", "yard-1", STOLEN
         elif case == "misread":
