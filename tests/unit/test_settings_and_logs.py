@@ -71,3 +71,19 @@ def test_json_log_line_carries_extra_context() -> None:
     logging.getLogger("platewatch.test").info("watchlist hit", extra={"plate": "ABC123"})
     line = json.loads(buf.getvalue().strip())
     assert line["msg"] == "watchlist hit" and line["plate"] == "ABC123" and line["level"] == "INFO"
+
+
+def test_every_service_settings_field_is_described() -> None:
+    from pydantic import BaseModel
+
+    from services.correlator.config import CorrelatorSettings
+
+    def walk(model: type[BaseModel], path: str) -> None:
+        for name, info in model.model_fields.items():
+            assert info.description, f"{path}{name} has no description"
+            ann = info.annotation
+            for sub in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, f"{path}{name}.")
+
+    walk(CorrelatorSettings, "")
