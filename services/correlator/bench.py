@@ -577,12 +577,20 @@ def latency_run(
         time.sleep(_POLL_S)
     cpu = cpu_split(cpu0, proc_cpu(), procs.pids)
     latencies: list[float] = []
+    to_raised: list[float] = []  # publish -> the batch that raised it started (queue, batching)
+    after_raised: list[float] = []  # -> alert arrived (evaluate, commit, publish, broker)
     for arrived, payload in watcher.take():
-        sighting = json.loads(payload).get("sighting_event_id")
+        alert = json.loads(payload)
+        sighting = alert.get("sighting_event_id")
         sent_at = sent.get(uuid.UUID(sighting)) if sighting else None
         if sent_at is not None:
             latencies.append((arrived - sent_at) * 1000)
+            raised = datetime.fromisoformat(alert["raised_at"]).timestamp()
+            to_raised.append((raised - sent_at) * 1000)
+            after_raised.append((arrived - raised) * 1000)
     latencies.sort()
+    to_raised.sort()
+    after_raised.sort()
 
     def ms(value: float) -> float | None:
         return round(value, 1) if latencies else None
@@ -605,6 +613,14 @@ def latency_run(
         "p99_ms": ms(percentile(latencies, 99)),
         "max_ms": ms(latencies[-1] if latencies else 0.0),
         "mean_ms": ms(statistics.fmean(latencies) if latencies else 0.0),
+        "publish_to_raised_p50_p99_ms": [
+            ms(percentile(to_raised, 50)),
+            ms(percentile(to_raised, 99)),
+        ],
+        "raised_to_alert_p50_p99_ms": [
+            ms(percentile(after_raised, 50)),
+            ms(percentile(after_raised, 99)),
+        ],
         "cpu_s": cpu,
     }
 
