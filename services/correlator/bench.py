@@ -626,6 +626,21 @@ def latency_run(
 
 
 # -- environment facts -----------------------------------------------------------------------
+def uncommitted() -> list[str]:
+    """Changed files under shared/ and services/: the processes run the working tree."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "shared", "services"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    except OSError:
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if line[3:]]
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -838,6 +853,7 @@ def main(argv: list[str]) -> int:
         result: dict[str, Any] = {
             "benchmark": "correlator",
             "git_sha": git_sha(),
+            "uncommitted": uncommitted(),
             "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {
                 "cpu_model": cpu_model(),
