@@ -52,7 +52,7 @@ class AlertStream(Protocol):
 class CrossSite(Protocol):
     """Cross-site state (Redis): what a new sighting means across sites, and alert admission."""
 
-    def observe(self, event: PlateRead, now: datetime) -> list[Alert]: ...
+    def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]: ...
 
     def admit(self, alert: Alert) -> Alert | None: ...
 
@@ -204,15 +204,8 @@ class Ingestor:
             if unseen:
                 repo.ensure_sites_and_cameras(session, unseen, now)
             new_ids = repo.insert_sightings(session, unique, now)
-            alerts: list[Alert] = []
-            decisions: list[GateDecision] = []
-            for event in unique:
-                if event.event_id not in new_ids:
-                    continue
-                result = self._evaluate(event, now)
-                alerts.extend(result.alerts)
-                if result.decision is not None:
-                    decisions.append(result.decision)
+            fresh_events = [e for e in unique if e.event_id in new_ids]
+            alerts, decisions = self._evaluate_all(fresh_events, now)
             inserted = repo.insert_alerts(session, alerts)
         self.registry.cameras |= {(e.site, e.camera) for e in unique}
         self.stats["events"] += len(new_ids)
@@ -221,16 +214,23 @@ class Ingestor:
         self.stats["alerts"] += len(fresh)
         return fresh, decisions
 
-    def _evaluate(self, event: PlateRead, now: datetime) -> Evaluation:
-        watch, allow = self._cache.hits(event.plate, event.site, now)
-        is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
-        result = evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s)
-        alerts = list(result.alerts)
-        if self.cross is not None:
-            alerts.extend(self.cross.observe(event, now))
+    def _evaluate_all(
+        self, events: Sequence[PlateRead], now: datetime
+    ) -> tuple[list[Alert], list[GateDecision]]:
+        """Alerts and gate decisions of new sightings: lists and gates, then cross-site rules
+        (one Redis round trip for the batch), then cooldown and incidents per alert."""
+        results: list[Evaluation] = []
+        for event in events:
+            watch, allow = self._cache.hits(event.plate, event.site, now)
+            is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
+            results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
+        alerts = [a for r in results for a in r.alerts]
+        if self.cross is not None and events:
+            alerts += [a for found in self.cross.observe_many(events, now) for a in found]
             admitted = [self.cross.admit(a) for a in alerts]
             alerts = [a for a in admitted if a is not None]
-        return Evaluation(alerts, result.decision)
+        decisions = [r.decision for r in results if r.decision is not None]
+        return alerts, decisions
 
     # -- publishing ----------------------------------------------------------------------
     def publish_alerts(self, alerts: Sequence[Alert]) -> None:

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -225,18 +225,30 @@ class CrossSiteState:
         Entries older than `window_s` before the newest sighting, and beyond `max_history`, are
         dropped; both keys expire after 2 x `window_s` without a new sighting.
         """
+        return self.record_sightings([s], window_s)[0]
+
+    def record_sightings(self, batch: Sequence[Sighting], window_s: int) -> list[list[Sighting]]:
+        """`record_sighting` for a whole batch in one round trip (a pipeline of the script);
+        the histories come back in batch order, each seeing the batch's earlier sightings."""
         if window_s < 1:
             raise StateError("window_s", window_s, "must be >= 1")
-        keys = [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
-        args: list[str | int] = [s.event_id, _ms(s.seen_at), _encode_sighting(s), window_s * 1000]
-        args += [2 * window_s, self._max_history]
-        reply = cast(list[Any], self._record(keys=keys, args=args))
-        history = [
-            _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
-            for i in range(0, len(reply), 2)
-        ]
-        history.sort(key=lambda h: (h.seen_at, h.event_id))
-        return history
+        if not batch:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for s in batch:
+            keys = [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
+            args: list[str | int] = [s.event_id, _ms(s.seen_at), _encode_sighting(s)]
+            args += [window_s * 1000, 2 * window_s, self._max_history]
+            self._record(keys=keys, args=args, client=pipe)
+        histories = []
+        for s, reply in zip(batch, pipe.execute(), strict=True):
+            history = [
+                _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
+                for i in range(0, len(reply), 2)
+            ]
+            history.sort(key=lambda h: (h.seen_at, h.event_id))
+            histories.append(history)
+        return histories
 
     def cooldown(
         self, kind: str, plate: str, site: str, ttl_s: int, owner: str | None = None
@@ -472,16 +484,24 @@ class CrossSiteCorrelator:
 
     def observe(self, event: PlateRead, now: datetime) -> list[Alert]:
         """Record the sighting of `event`; the cross-site alerts it raises (not yet admitted)."""
-        current = Sighting.from_read(event)
-        history = self._state.record_sighting(current, self.window_s)
-        alerts: list[Alert] = []
-        travel = impossible_travel(current, history, self._locations, self._travel)
-        if travel is not None:
-            alerts.append(travel_alert(travel, current, now, self._travel_severity))
-        repeat = repeated_sightings(current, history, self._repeat)
-        if repeat is not None:
-            alerts.append(repeat_alert(repeat, current, now, self._repeat_severity))
-        return alerts
+        return self.observe_many([event], now)[0]
+
+    def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]:
+        """`observe` for a batch, with one Redis round trip; alerts per event, in order."""
+        current = [Sighting.from_read(e) for e in events]
+        results: list[list[Alert]] = []
+        for sighting, history in zip(
+            current, self._state.record_sightings(current, self.window_s), strict=True
+        ):
+            alerts: list[Alert] = []
+            travel = impossible_travel(sighting, history, self._locations, self._travel)
+            if travel is not None:
+                alerts.append(travel_alert(travel, sighting, now, self._travel_severity))
+            repeat = repeated_sightings(sighting, history, self._repeat)
+            if repeat is not None:
+                alerts.append(repeat_alert(repeat, sighting, now, self._repeat_severity))
+            results.append(alerts)
+        return results
 
     def admit(self, alert: Alert) -> Alert | None:
         """The alert to raise after cooldown and incident policy, or None (in cooldown)."""

@@ -67,6 +67,10 @@ def sighting_row(event: PlateRead, received_at: datetime) -> dict[str, Any]:
     }
 
 
+SIGHTING_COLUMNS: tuple[str, ...] = tuple(c.name for c in Sighting.__table__.columns)
+_JSON_COLUMNS = frozenset({"char_confidences", "candidates", "box"})
+
+
 def insert_sightings(
     session: Session, events: Sequence[PlateRead], received_at: datetime
 ) -> set[uuid.UUID]:
@@ -74,6 +78,8 @@ def insert_sightings(
     if not events:
         return set()
     rows = [sighting_row(e, received_at) for e in events]
+    if session.get_bind().dialect.name == "postgresql":
+        return _copy_sightings(session, rows)
     stmt = (
         _insert(session, Sighting)
         .values(rows)
@@ -81,6 +87,37 @@ def insert_sightings(
         .returning(Sighting.event_id)
     )
     return {row[0] for row in session.execute(stmt)}
+
+
+def _copy_sightings(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
+    """PostgreSQL: COPY the batch into a temporary table, then INSERT ... SELECT ... ON CONFLICT
+    DO NOTHING RETURNING. About 20x less client CPU per row than a multi-row VALUES insert
+    (docs/performance.md), same idempotent contract."""
+    from psycopg.types.json import Jsonb
+
+    cols = ", ".join(SIGHTING_COLUMNS)
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS sighting_in "
+            "(LIKE sighting INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY sighting_in ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(
+                    [
+                        Jsonb(row[c]) if c in _JSON_COLUMNS and row[c] is not None else row[c]
+                        for c in SIGHTING_COLUMNS
+                    ]
+                )
+        cur.execute(  # the column names are the model's own, never input
+            f"INSERT INTO sighting ({cols}) SELECT {cols} FROM sighting_in "  # noqa: S608
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        )
+        inserted = {r[0] for r in cur.fetchall()}
+        cur.execute("DELETE FROM sighting_in")  # the next batch may share this transaction
+    return inserted
 
 
 def ensure_sites_and_cameras(
