@@ -220,10 +220,16 @@ def make_events(
 
 # -- measurement helpers ---------------------------------------------------------------------
 class RowCounter:
-    """Polls `count(*)` of sighting (and alert) on its own thread; samples (t, rows)."""
+    """Polls `count(*)` of sighting (and alert) on its own thread; samples (t, rows).
 
-    def __init__(self, engine: sa.Engine) -> None:
+    Counts only the rows of a run's own events: event ids are UUIDv7, time-ordered, so every
+    event made for the run has an id >= `since` and anything older (warm-up, a redelivery of an
+    earlier run's event after a restart) has a smaller one.
+    """
+
+    def __init__(self, engine: sa.Engine, since: uuid.UUID) -> None:
         self._engine = engine
+        self._since = since
         self.rows = 0
         self.alerts = 0
         self.samples: list[tuple[float, int]] = []
@@ -232,9 +238,14 @@ class RowCounter:
 
     def read(self) -> tuple[int, int]:
         with self._engine.connect() as conn:
-            rows = int(conn.execute(sa.text("SELECT count(*) FROM sighting")).scalar_one())
-            alerts = int(conn.execute(sa.text("SELECT count(*) FROM alert")).scalar_one())
-        return rows, alerts
+            since = {"since": self._since}
+            rows = conn.execute(
+                sa.text("SELECT count(*) FROM sighting WHERE event_id >= :since"), since
+            ).scalar_one()
+            alerts = conn.execute(
+                sa.text("SELECT count(*) FROM alert WHERE sighting_event_id >= :since"), since
+            ).scalar_one()
+        return int(rows), int(alerts)
 
     def start(self) -> None:
         self.samples = [(time.perf_counter(), self.rows)]
@@ -444,11 +455,12 @@ def wait_stored(
 
 
 def warm_up(
-    pub: MqttClient, counter: RowCounter, procs: Correlators, rng: random.Random, stall_s: float
+    engine: sa.Engine, pub: MqttClient, procs: Correlators, rng: random.Random, stall_s: float
 ) -> None:
     """Until every process has stored something: camera registration and JIT-free start."""
     n = 20 * procs.count
     events = make_events(n, rng, procs.root, [], set(), 0.0)
+    counter = RowCounter(engine, first_id(events))
     for e in events:
         pub.publish(e.topic, e.payload).wait()
     counter.rows, counter.alerts = counter.read()
@@ -470,12 +482,15 @@ def truncate(engine: sa.Engine) -> None:
         conn.execute(sa.text("TRUNCATE sighting, alert CASCADE"))
 
 
-def batches(engine: sa.Engine) -> int:
+def batches(engine: sa.Engine, since: uuid.UUID) -> int:
     """Batches committed: a batch's sightings share one `received_at`."""
+    query = "SELECT count(DISTINCT received_at) FROM sighting WHERE event_id >= :since"
     with engine.connect() as conn:
-        return int(
-            conn.execute(sa.text("SELECT count(DISTINCT received_at) FROM sighting")).scalar_one()
-        )
+        return int(conn.execute(sa.text(query), {"since": since}).scalar_one())
+
+
+def first_id(events: Sequence[Outgoing]) -> uuid.UUID:
+    return min(e.event_id for e in events)
 
 
 def throughput_run(
@@ -486,7 +501,7 @@ def throughput_run(
     window: int,
     stall_s: float,
 ) -> dict[str, Any]:
-    counter = RowCounter(engine)
+    counter = RowCounter(engine, first_id(events))
     truncate(engine)
     counter.rows, counter.alerts = 0, 0
     total = len(events)
@@ -509,7 +524,7 @@ def throughput_run(
     counter.stop()
     elapsed = next((t for t, r in counter.samples if r >= total), counter.samples[-1][0]) - t0
     cpu = cpu_split(cpu0, proc_cpu(), procs.pids)
-    n_batches = batches(engine)
+    n_batches = batches(engine, first_id(events))
     sustained = sustained_rate(counter.samples, total)
     stored = counter.rows
     return {
@@ -545,7 +560,7 @@ def latency_run(
     stall_s: float,
 ) -> dict[str, Any]:
     """Publish at `rate`; stop early when the backlog passes `window` (the rate is too high)."""
-    counter = RowCounter(engine)
+    counter = RowCounter(engine, first_id(events))
     truncate(engine)
     counter.rows, counter.alerts = 0, 0
     watcher.take()
@@ -910,7 +925,7 @@ def main(argv: list[str]) -> int:
                 log.info("starting correlators", extra={"processes": k})
                 try:
                     procs.start()
-                    warm_up(pub, RowCounter(engine), procs, rng, args.stall_s)
+                    warm_up(engine, pub, procs, rng, args.stall_s)
                     events = make_events(args.events, rng, root, exact, exact_set, args.hit_ratio)
                     log.info("throughput run", extra={"processes": k, "events": args.events})
                     pg0 = postmaster_start(engine)
