@@ -7,8 +7,8 @@ class PlatewatchError(Exception):
     """Base of every error platewatch raises on purpose."""
 
 
-class PayloadError(PlatewatchError):
-    """An event payload that cannot be accepted: names the field and why."""
+class FieldError(PlatewatchError):
+    """A value that cannot be accepted: names the field, shows the value (cut), says why."""
 
     def __init__(self, field: str, value: object, reason: str) -> None:
         shown = repr(value)
@@ -17,6 +17,10 @@ class PayloadError(PlatewatchError):
         super().__init__(f"{field}={shown}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class PayloadError(FieldError):
+    """An event payload that cannot be accepted: names the field and why."""
 
 
 class TopicError(PlatewatchError):
@@ -36,5 +40,3 @@ class SignatureError(PlatewatchError):
     """An event whose signature is missing, malformed or does not verify."""
 
 
-class NotBuiltError(PlatewatchError):
-    """A subcommand whose issue is not done yet."""

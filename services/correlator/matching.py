@@ -33,7 +33,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import PlatewatchError
+from shared.errors import FieldError
 
 CONFUSION_CLASSES: Final[tuple[str, ...]] = ("O0DQ", "I1L", "B8", "S5", "Z2", "G6")
 COST_SCALE: Final = 10  # internal integer cost units per 1.0
@@ -63,16 +63,8 @@ Int64Array = npt.NDArray[np.int64]
 SlotArray = npt.NDArray[np.int32]  # row numbers: 4 bytes each, up to 2**31 rows
 
 
-class MatchingError(PlatewatchError):
+class MatchingError(FieldError):
     """A watch entry or a query the matcher cannot accept: names the field and why."""
-
-    def __init__(self, field: str, value: object, reason: str) -> None:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"{field}={shown}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 class WatchEntryError(MatchingError):

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Final, TypeVar, get_args
 from uuid import UUID
 
-from shared.errors import PlatewatchError
+from shared.errors import FieldError
 from shared.events import Alert, PlateRead, Severity
 
 EARTH_RADIUS_KM: Final = 6371.0088  # mean Earth radius (IUGG)
@@ -50,13 +50,8 @@ DEFAULT_INCIDENT_WINDOW_S: Final = 1800
 DEFAULT_ESCALATE_AT: Final = (3, 6)
 
 
-class RuleConfigError(PlatewatchError):
+class RuleConfigError(FieldError):
     """A correlation setting out of range: names the field and why."""
-
-    def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}={value!r}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 # -- sites and sightings ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ from services.correlator.rules import (
     repeated_sightings,
     travel_alert,
 )
-from shared.errors import PayloadError, PlatewatchError
+from shared.errors import FieldError, PayloadError
 from shared.events import PLATE_PATTERN, Alert, PlateRead, Severity, new_event_id
 from shared.topics import SLUG_PATTERN
 
@@ -107,13 +107,8 @@ return 0
 """
 
 
-class StateError(PlatewatchError):
+class StateError(FieldError):
     """A bad argument to the cross-site state (a window, TTL or limit): names it and why."""
-
-    def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}={value!r}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 def _text(value: object) -> str:
