@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -196,7 +196,7 @@ def encode_text(text: str, spec: ReaderSpec) -> list[int]:
 
 
 def synth_bank(spec: ReaderSpec, n: int, seed: int, cache: Path) -> tuple[np.ndarray, list[str]]:
-    """`n` preprocessed synthetic plates (float16 (n, C, H, W)) and their texts, cached."""
+    """`n` preprocessed synthetic plates (float16 (n, C, 48, 128)) and their texts, cached."""
     from services.edge.training.synth import PlateSynth
 
     if cache.is_file():
@@ -204,6 +204,8 @@ def synth_bank(spec: ReaderSpec, n: int, seed: int, cache: Path) -> tuple[np.nda
             x, texts = pickle.load(f)  # our own cache file
         if len(texts) == n:
             return x, texts
+    # rendered at 48 x 128 (the first reader's input); `resize_bank` fits it to other sizes
+    spec = replace(spec, input_height=48, input_width=128)
     synth = PlateSynth(seed=seed)
     x = np.empty((n, spec.channels, spec.input_height, spec.input_width), np.float16)
     texts = []
@@ -217,3 +219,15 @@ def synth_bank(spec: ReaderSpec, n: int, seed: int, cache: Path) -> tuple[np.nda
     with cache.open("wb") as f:
         pickle.dump((x, texts), f, protocol=4)
     return x, texts
+
+
+def resize_bank(x: np.ndarray, spec: ReaderSpec) -> np.ndarray:
+    """Area-resize a preprocessed bank (n, C, h, w) to the spec's input size (normalisation is
+    linear, so resizing normalised values equals normalising resized pixels)."""
+    n, c = x.shape[:2]
+    out = np.empty((n, c, spec.input_height, spec.input_width), np.float16)
+    size = (spec.input_width, spec.input_height)
+    for i in range(n):
+        for j in range(c):
+            out[i, j] = cv2.resize(x[i, j].astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return out

@@ -1,6 +1,6 @@
 """The reader network: a small CRNN-like CTC recogniser without recurrence (conv only).
 
-Input (N, C, 48, 128). The backbone keeps TWO feature rows (top and bottom half of the crop) and
+Input (N, C, 32, 128). The backbone keeps TWO feature rows (top and bottom half of the crop) and
 32 columns; the output sequence is row 0's 32 steps followed by row 1's 32 steps, so two-line
 plates are read top line first and single-line plates may use either row.
 """
@@ -16,19 +16,24 @@ def _cbr(i: int, o: int) -> list[nn.Module]:
 
 
 class PlateReaderNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 1) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        channels: tuple[int, int, int, int, int] = (16, 32, 48, 64, 96),
+    ) -> None:
         super().__init__()
-        c = [16 * width, 32 * width, 64 * width, 96 * width, 128 * width]
+        c = channels
         self.features = nn.Sequential(
             *_cbr(in_channels, c[0]),
-            nn.MaxPool2d(2),  # 24 x 64
+            nn.MaxPool2d(2),  # 16 x 64
             *_cbr(c[0], c[1]),
-            nn.MaxPool2d(2),  # 12 x 32
+            nn.MaxPool2d(2),  # 8 x 32
             *_cbr(c[1], c[2]),
             *_cbr(c[2], c[2]),
-            nn.MaxPool2d((2, 1)),  # 6 x 32
+            nn.MaxPool2d((2, 1)),  # 4 x 32
             *_cbr(c[2], c[3]),
-            nn.AvgPool2d((3, 1)),  # 2 x 32
+            nn.AvgPool2d((2, 1)),  # 2 x 32: top and bottom half of the crop
             *_cbr(c[3], c[4]),
             *_cbr(c[4], c[4]),
         )

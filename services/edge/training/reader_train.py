@@ -31,6 +31,7 @@ from services.edge.training.reader_data import (
     augment_real,
     encode_text,
     load_real_cached,
+    resize_bank,
     synth_bank,
 )
 from services.edge.training.reader_model import PlateReaderNet, count_macs, count_params
@@ -41,7 +42,7 @@ CHARSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPEC_DICT: dict[str, object] = {
     "schema_version": 1,
     "input": {
-        "height": 48,
+        "height": 32,
         "width": 128,
         "channels": 1,
         "mean": 0.5,
@@ -118,9 +119,12 @@ def train(args: argparse.Namespace) -> nn.Module:
     w /= w.sum()
     log.info("train real", extra={"n": len(real), "two_line": sum(r.lines == 2 for r in real)})
     synth_x, synth_t = synth_bank(SPEC, args.synth, args.seed, work / f"synth_{args.synth}.pkl")
+    if synth_x.shape[2:] != (SPEC.input_height, SPEC.input_width):
+        synth_x = resize_bank(synth_x, SPEC)
 
     model = PlateReaderNet(SPEC.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    log.info("model", extra={"params": count_params(model)})
     ctc = nn.CTCLoss(blank=SPEC.blank_index, zero_infinity=True)
     warm = 100
 
@@ -207,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="services/edge/models")
     ap.add_argument("--work", default="work-data/reader")
-    ap.add_argument("--steps", type=int, default=6000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=9000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--real-frac", type=float, default=0.5)
     ap.add_argument("--synth", type=int, default=40000)
     ap.add_argument("--seed", type=int, default=20261125)
@@ -229,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, object] = {
         "version": args.version,
         "trained": datetime.now(UTC).date().isoformat(),
-        "architecture": "PlateReaderNet: 7 conv3x3+BN+ReLU, 2 feature rows x 32 steps, CTC",
+        "architecture": "PlateReaderNet: 7 conv3x3+BN+ReLU (16-32-48-48-64-96-96), "
+        "2 rows x 32 steps, CTC",
         "params": count_params(model),
         "macs": count_macs(model, shape),
         "precision": "FP32",
