@@ -140,14 +140,16 @@ def normalise_text(text: str) -> str:
 Engine = Callable[[np.ndarray, "str | None", bool], tuple[list[Prediction], float]]
 
 
-def platewatch_engine(models: Path, threads: int, detector: str, reader: str) -> Engine:
+def platewatch_engine(
+    models: Path, threads: int, detector: str, reader: str, options: Any = None
+) -> Engine:
     from services.edge.recognition.pipeline import PipelineOptions, PlateRecognizer
     from services.edge.recognition.runtime import RuntimeOptions
 
     recognizer = PlateRecognizer.from_dir(
         models,
         RuntimeOptions(threads=threads),
-        PipelineOptions(),
+        options or PipelineOptions(),
         detector_name=detector,
         reader_name=reader,
     )
@@ -171,7 +173,7 @@ def rapidocr_engine(threads: int) -> Engine:
         import openvino.runtime
     except ImportError:  # openvino >= 2025 dropped the alias rapidocr-openvino imports
         sys.modules["openvino.runtime"] = openvino
-    import rapidocr_openvino  # type: ignore[import-untyped]
+    import rapidocr_openvino
 
     cfg_path = Path(rapidocr_openvino.__file__).parent / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -236,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--detector", default="detector", help="detector IR name in --models")
     ap.add_argument("--reader", default="reader", help="reader IR name in --models")
     ap.add_argument("--min-overlap", type=float, default=0.5)
+    ap.add_argument("--margin-x", type=float, default=None, help="reader crop margin (x)")
+    ap.add_argument("--margin-y", type=float, default=None, help="reader crop margin (y)")
+    ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
 
@@ -253,10 +258,19 @@ def main(argv: list[str]) -> int:
     if args.engine == "rapidocr":
         engine = rapidocr_engine(args.threads)
     else:
-        from services.edge.recognition.pipeline import MODELS_DIR
+        from dataclasses import replace
 
+        from services.edge.recognition.pipeline import MODELS_DIR, PipelineOptions
+
+        options = PipelineOptions()
+        if args.margin_x is not None:
+            options = replace(options, crop_margin_x=args.margin_x)
+        if args.margin_y is not None:
+            options = replace(options, crop_margin_y=args.margin_y)
+        if args.min_confidence is not None:
+            options = replace(options, min_read_confidence=args.min_confidence)
         engine = platewatch_engine(
-            args.models or MODELS_DIR, args.threads, args.detector, args.reader
+            args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )
     scores: list[ImageScore] = []
     times: list[float] = []
