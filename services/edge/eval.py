@@ -235,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--engine", choices=("platewatch", "rapidocr"), default="platewatch")
     ap.add_argument("--models", type=Path, default=None, help="models folder")
-    ap.add_argument("--detector", default="detector", help="detector IR name in --models")
+    ap.add_argument(
+        "--detector",
+        default="detector_int8",
+        help="detector IR name in --models (sidecar: the same name without _int8)",
+    )
     ap.add_argument("--reader", default="reader", help="reader IR name in --models")
     ap.add_argument("--min-overlap", type=float, default=0.5)
     ap.add_argument("--margin-x", type=float, default=None, help="reader crop margin (x)")

@@ -63,10 +63,14 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return ix * iy / smaller if smaller > 0 else 0.0
 
 
-def test_committed_detector_ir_loads_with_one_thread() -> None:
-    model = OpenVinoModel.load(MODELS_DIR / "detector.xml", RuntimeOptions(threads=1))
+@pytest.mark.parametrize("name", ["detector", "detector_int8"])
+def test_committed_detector_irs_load_with_one_thread(name: str) -> None:
+    model = OpenVinoModel.load(MODELS_DIR / f"{name}.xml", RuntimeOptions(threads=1))
     assert model.input_names == ("image",)
     assert set(model.output_names) == {"heat", "ltrb"}
+    outputs = model.infer({"image": np.zeros((1, 3, 384, 384), np.float32)})
+    assert outputs["heat"].shape == (1, 1, 48, 48)
+    assert outputs["ltrb"].shape == (1, 4, 48, 48)
 
 
 def test_missing_ir_raises_model_load_error_naming_the_file(tmp_path: Path) -> None:
