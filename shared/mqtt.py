@@ -28,6 +28,7 @@ from shared.settings import MqttSettings
 from shared.topics import parse_shared_subscription
 
 log = logging.getLogger(__name__)
+_ROUTE_CACHE_SIZE = 10_000
 
 
 class MqttError(PlatewatchError):
@@ -118,6 +119,7 @@ class MqttClient:
         self._client_id = settings.client_id or client_id
         self._persistent = persistent_session
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._route_cache: dict[str, Handler | None] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self._v5 = settings.protocol == "5"
@@ -220,12 +222,14 @@ class MqttClient:
         """Subscribe now if connected, and again after every reconnect."""
         with self._lock:
             self._subscriptions[subscription] = (qos, handler)
+            self._route_cache.clear()
         if self.connected.is_set():
             self._client.subscribe(subscription, qos=qos)
 
     def unsubscribe(self, subscription: str) -> None:
         with self._lock:
             self._subscriptions.pop(subscription, None)
+            self._route_cache.clear()
         self._client.unsubscribe(subscription)
 
     # -- paho callbacks (network thread) -------------------------------------------------
@@ -306,9 +310,19 @@ class MqttClient:
             log.exception("mqtt handler failed", extra={"topic": msg.topic})
 
     def _handler_for(self, topic: str) -> Handler | None:
+        """The handler of the first subscription matching `topic` (cached per topic: there are
+        as many topics as cameras, and matching every message costs a tenth of the intake)."""
         with self._lock:
+            if topic in self._route_cache:
+                return self._route_cache[topic]
             items = list(self._subscriptions.items())
+        found = None
         for subscription, (_, handler) in items:
             if paho.topic_matches_sub(_filter_of(subscription), topic):
-                return handler
-        return None
+                found = handler
+                break
+        with self._lock:
+            if len(self._route_cache) >= _ROUTE_CACHE_SIZE:
+                self._route_cache.clear()
+            self._route_cache[topic] = found
+        return found
