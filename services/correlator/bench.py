@@ -12,12 +12,18 @@ What it does (issue 5):
    broker drops QoS 1 messages beyond its per-client queue, mosquitto's default 1,000). The
    sustained rate is rows committed per second between 10% and 90% of the run (``count(*)`` of
    ``sighting``, polled).
-4. Latency (on the K = ``--latency-processes`` run): publishes at ``--rate`` events/s; a share
-   ``--hit-ratio`` of plates is on a watch-list. A subscriber on the alert topic records, for each
-   alert, its arrival time minus the publish time of the sighting behind it (same clock: one
-   machine): p50/p90/p99/max.
-5. Prints a table and writes JSON (git sha, date, CPU model, cores, versions, settings, CPU
-   seconds used per component during each run). Drops the schema at the end.
+4. Latency (on the K = ``--latency-processes`` run): publishes at each ``--rate`` events/s; a
+   share ``--hit-ratio`` of plates is on a watch-list. A subscriber on the alert topic records,
+   for each alert, its arrival time minus the publish time of the sighting behind it (same clock:
+   one machine): p50/p90/p99/max, split at the alert's ``raised_at``. A run whose backlog passes
+   ``--window`` stops early (``kept_up: false``): the processes cannot sustain that rate.
+5. Prints a table and writes JSON after every run (git sha, uncommitted files, date, CPU model,
+   cores, versions, settings, CPU seconds used per component during each run, whether PostgreSQL
+   restarted meanwhile). Drops the schema at the end.
+
+Rows are counted by event id (UUIDv7, time-ordered) from the run's first event on, so nothing
+published before a run (warm-up, or a redelivery after a restart) counts towards it.
+See docs/performance.md for figures.
 
 Never run by pytest with real sizes; `tests/integration/test_bench_correlator.py` runs it tiny.
 """
