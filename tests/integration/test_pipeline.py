@@ -19,7 +19,13 @@ from services.edge.recognition.pipeline import (
     RecognitionResult,
     image_size_from_header,
 )
-from services.edge.recognition.runtime import ModelLoadError, OpenVinoModel, RuntimeOptions
+from services.edge.recognition.runtime import (
+    AsyncRunner,
+    InferenceInputError,
+    ModelLoadError,
+    OpenVinoModel,
+    RuntimeOptions,
+)
 
 pytestmark = pytest.mark.edge
 
@@ -71,6 +77,26 @@ def test_committed_detector_irs_load_with_one_thread(name: str) -> None:
     outputs = model.infer({"image": np.zeros((1, 3, 384, 384), np.float32)})
     assert outputs["heat"].shape == (1, 1, 48, 48)
     assert outputs["ltrb"].shape == (1, 4, 48, 48)
+
+
+def test_async_runner_returns_every_result_with_its_userdata() -> None:
+    model = OpenVinoModel.load(MODELS_DIR / "detector.xml", RuntimeOptions(threads=1, streams=2))
+    got: dict[int, tuple[int, ...]] = {}
+
+    def done(outputs: dict[str, np.ndarray], userdata: int) -> None:
+        got[userdata] = outputs["heat"].shape
+
+    runner: AsyncRunner[int] = AsyncRunner(model, jobs=2, callback=done)
+    for i in range(5):
+        runner.submit({"image": np.full((1, 3, 384, 384), i / 5, np.float32)}, i)
+    runner.wait_all()
+    assert got == {i: (1, 1, 48, 48) for i in range(5)}
+
+
+def test_infer_names_a_missing_input() -> None:
+    model = OpenVinoModel.load(MODELS_DIR / "detector.xml", RuntimeOptions(threads=1))
+    with pytest.raises(InferenceInputError, match="image"):
+        model.infer({"wrong": np.zeros((1, 3, 384, 384), np.float32)})
 
 
 def test_missing_ir_raises_model_load_error_naming_the_file(tmp_path: Path) -> None:
