@@ -12,6 +12,7 @@ from services.edge.recognition.pipeline import (
     decode_image,
     image_size_from_header,
 )
+from services.edge.recognition.reader import ReaderSpec
 
 pytestmark = pytest.mark.edge
 
@@ -123,3 +124,36 @@ def test_recognizer_crops_mode_skips_detector() -> None:
 
 def test_detection_is_a_value_object() -> None:
     assert Detection((0, 0, 1, 1), 0.5) == Detection((0, 0, 1, 1), 0.5)
+
+
+def _reader_fake(text: str) -> tuple[FakeModel, ReaderSpec]:
+    charset = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    spec = ReaderSpec.from_dict(
+        {
+            "input": {"height": 32, "width": 128, "channels": 1, "mean": 0.5, "std": 0.25},
+            "charset": charset,
+            "blank_index": 0,
+            "sequence_rows": 1,
+        }
+    )
+    steps = 2 * len(text) + 2
+    logits = np.full((1, steps, len(charset) + 1), -10.0, np.float32)
+    logits[0, :, 0] = 10.0  # blank everywhere ...
+    for i, ch in enumerate(text):  # ... except one confident step per character
+        logits[0, 2 * i, 0] = -10.0
+        logits[0, 2 * i, charset.index(ch) + 1] = 10.0
+    return FakeModel(("crop",), {"logits": logits}), spec
+
+
+def test_recognizer_reads_given_boxes_without_running_the_detector() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+
+    detector = FakeModel(("image",), {})
+    reader, spec = _reader_fake("AB12")
+    recognizer = PlateRecognizer(detector, DetectorSpec(), reader, spec)
+    result = recognizer.recognize(np.zeros((100, 200, 3), np.uint8), boxes=[(10, 20, 90, 40)])
+    assert detector.calls == 0 and reader.calls == 1
+    assert [p.text for p in result.plates] == ["AB12"]
+    assert result.plates[0].box == (10.0, 20.0, 90.0, 40.0)
+    assert result.plates[0].confidence > 0.9
+    assert len(result.plates[0].char_confidences) == 4

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,9 +249,14 @@ class PlateRecognizer:
         return det.postprocess(outputs, meta, self._det_spec)
 
     def recognize(
-        self, frame: npt.NDArray[Any], region: str | None = None, crops: bool = False
+        self,
+        frame: npt.NDArray[Any],
+        region: str | None = None,
+        crops: bool = False,
+        boxes: Sequence[tuple[float, float, float, float]] | None = None,
     ) -> RecognitionResult:
-        """Recognise plates in a decoded frame. `crops=True`: the frame is one plate crop."""
+        """Recognise plates in a decoded frame. `crops=True`: the frame is one plate crop;
+        `boxes`: read these plate boxes (frame pixels) instead of running the detector."""
         clock = self._clock
         t0 = clock()
         image, error = as_bgr(frame)
@@ -262,6 +267,13 @@ class PlateRecognizer:
         timings: dict[str, float] = {}
         if crops:
             detections = [det.Detection(box=(0.0, 0.0, float(width), float(height)), score=1.0)]
+            timings["resize"] = timings["detect"] = 0.0
+            t2 = clock()
+        elif boxes is not None:
+            detections = [
+                det.Detection(box=(float(x1), float(y1), float(x2), float(y2)), score=1.0)
+                for x1, y1, x2, y2 in boxes
+            ]
             timings["resize"] = timings["detect"] = 0.0
             t2 = clock()
         else:
