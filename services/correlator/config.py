@@ -26,7 +26,7 @@ class IngestSettings(SettingsBlock):
     batch_max_rows: int = Field(
         default=500, ge=1, le=10_000, description="Flush at this many events."
     )
-    batch_max_ms: int = Field(default=50, ge=1, le=10_000, description="Flush after this many ms.")
+    batch_max_ms: int = Field(default=10, ge=1, le=10_000, description="Flush after this many ms.")
     max_inflight: int = Field(
         default=1000,
         ge=1,
@@ -52,7 +52,10 @@ class MatchSettings(SettingsBlock):
         default=1.0, ge=0, le=2.0, description="Default fuzzy threshold (lists may override)."
     )
     reload_interval_s: float = Field(
-        default=300.0, gt=0, description="Full reload of the lists even without a change message."
+        default=3600.0,
+        gt=0,
+        description="Full reload of lists and registry even without a change message (built in "
+        "the background, swapped in between batches).",
     )
     retro_hunt_days: int = Field(
         default=14,

@@ -98,7 +98,7 @@ class Ingestor:
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
-        self._cache = cache
+        self.cache = cache
         self._clock = clock
         self._root = root
         self._stream = stream
@@ -221,7 +221,7 @@ class Ingestor:
         (one Redis round trip for the batch), then cooldown and incidents per alert."""
         results: list[Evaluation] = []
         for event in events:
-            watch, allow = self._cache.hits(event.plate, event.site, now)
+            watch, allow = self.cache.hits(event.plate, event.site, now)
             is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
             results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
         alerts = [a for r in results for a in r.alerts]

@@ -7,12 +7,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.correlator.config import CorrelatorSettings
@@ -48,6 +50,15 @@ from shared.topics import plate_filter, shared_subscription, status_filter
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    cache: ListCache
+    cameras: set[tuple[str, str]]
+    gates: set[tuple[str, str]]
+    nodes: dict[str, tuple[str | None, bool, str]]
+    locations: dict[str, tuple[float, float]]
+
+
 class Stoppable(Protocol):
     def start(self) -> None: ...
 
@@ -68,6 +79,22 @@ def ensure_schema(engine: Engine, url: str) -> None:
     )
 
 
+def _retry_db(step: Callable[[], None], what: str, max_delay_s: float = 10.0) -> None:
+    """Run a start-up step, waiting out a database that is down or restarting."""
+    delay = 0.5
+    while True:
+        try:
+            step()
+            return
+        except OperationalError as exc:
+            log.warning(
+                "database unavailable at start-up, retrying",
+                extra={"step": what, "error": str(exc)[:200], "retry_in_s": delay},
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
 class Correlator:
     """One correlator process. `start()` connects and consumes; `stop()` flushes and leaves."""
 
@@ -77,7 +104,7 @@ class Correlator:
         self.settings = settings
         self._clock = clock
         self.engine = make_engine(settings.db)
-        ensure_schema(self.engine, settings.db.url)
+        _retry_db(lambda: ensure_schema(self.engine, settings.db.url), "schema check")
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.redis = redis.Redis.from_url(settings.redis.url) if settings.redis.url else None
         root = settings.mqtt.topic_root
@@ -136,6 +163,9 @@ class Correlator:
             ignore_empty=True,
         )
         self._changes: queue.Queue[int] = queue.Queue()
+        self._snapshots: queue.Queue[_Snapshot | None] = queue.Queue()
+        self._reloading = False
+        self._changed_during_reload: set[int] = set()
         self._next_reload = 0.0
         self._next_sweep = 0.0
         self._next_retention = time.monotonic() + 60.0
@@ -182,7 +212,7 @@ class Correlator:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, wait_s: float | None = 15.0) -> None:
-        self.refresh()
+        _retry_db(self.refresh, "loading lists")
         if self._listener is not None:
             self._listener.start()
         self.consumer.start()
@@ -208,19 +238,49 @@ class Correlator:
 
     # -- state from the database ---------------------------------------------------------
     def refresh(self) -> None:
-        """Reload lists and the camera/node registry from the database."""
+        """Reload lists and the camera/node registry from the database, now (start-up, tests)."""
+        self._install(self._load_snapshot())
+
+    def _load_snapshot(self) -> _Snapshot:
+        """Read lists, registry and site locations and build a new list cache (any thread)."""
+        cache = ListCache(self.settings.matching.fuzzy_max_cost)
         with self.sessions() as session:
-            self.cache.load_all(repo.all_lists(session), repo.list_entries(session))
-            reg = self.ingestor.registry
-            reg.cameras = repo.known_cameras(session)
-            reg.gates = repo.gate_cameras(session)
-            reg.nodes = repo.node_keys(session)
-            locations = repo.site_locations(session)
+            cache.load_all(repo.all_lists(session), repo.list_entries(session))
+            return _Snapshot(
+                cache=cache,
+                cameras=repo.known_cameras(session),
+                gates=repo.gate_cameras(session),
+                nodes=repo.node_keys(session),
+                locations=repo.site_locations(session),
+            )
+
+    def _install(self, snap: _Snapshot) -> None:
+        """Swap a snapshot in (the ingest thread, between batches)."""
+        self.cache = snap.cache
+        self.ingestor.cache = snap.cache
+        reg = self.ingestor.registry
+        reg.cameras, reg.gates, reg.nodes = snap.cameras, snap.gates, snap.nodes
         if self.ingestor.cross is not None:
-            self.ingestor.cross = self._cross_correlator(locations)
+            self.ingestor.cross = self._cross_correlator(snap.locations)
         now = self._clock()
         self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
         self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
+
+    def _reload_in_background(self) -> None:
+        """The periodic full reload: built off the ingest thread (100,000 entries take seconds),
+        handed over through `_snapshots`; list changes seen meanwhile are applied again."""
+        self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
+        self._changed_during_reload = set()
+
+        def build() -> None:
+            try:
+                self._snapshots.put(self._load_snapshot())
+            except Exception:
+                log.exception("background reload failed; keeping the current lists")
+                self._snapshots.put(None)
+
+        threading.Thread(target=build, name="lists-reload", daemon=True).start()
+        self._reloading = True
 
     def apply_list_change(self, list_id: int) -> int:
         """Reload one list; retro-hunt its new or changed entries. Returns alerts raised."""
@@ -262,11 +322,21 @@ class Correlator:
 
     def _tick(self) -> None:
         while not self._changes.empty():
-            self.apply_list_change(self._changes.get())
+            list_id = self._changes.get()
+            self.apply_list_change(list_id)
+            if self._reloading:
+                self._changed_during_reload.add(list_id)
+        if self._reloading and not self._snapshots.empty():
+            snap = self._snapshots.get()
+            self._reloading = False
+            if snap is not None:
+                self._install(snap)
+                for list_id in self._changed_during_reload:
+                    self.apply_list_change(list_id)
         self.ingestor.tick()
         now = time.monotonic()
-        if now >= self._next_reload:
-            self.refresh()
+        if now >= self._next_reload and not self._reloading:
+            self._reload_in_background()
         if now >= self._next_sweep:
             self._next_sweep = now + 5.0
             self.ingestor.publish_pending()

@@ -498,3 +498,16 @@ def test_alerts_reach_the_redis_stream_for_live_monitors(harness: Harness) -> No
     sent = harness.alerts.get(timeout=10)
     entries = harness.c.state.read_alerts("0", 10)
     assert [Alert.model_validate_json(body).event_id for _, body in entries] == [sent.event_id]
+
+
+def test_full_reload_is_built_in_background_and_swapped_in(harness: Harness) -> None:
+    with harness.c.sessions.begin() as s:  # a change whose pub/sub message was lost
+        wl = repo.create_list(s, "missed", utc_now(), category="wanted")
+        repo.add_entries(s, wl, [{"pattern": "MISSED1", "mode": "exact"}], utc_now())
+        list_id = wl.id
+    old_cache = harness.c.cache
+    harness.c._request_reload()  # what a Redis resync or the periodic timer does
+    harness.wait_for(lambda: list_id in harness.c.cache.lists)
+    assert harness.c.cache is not old_cache and harness.c.ingestor.cache is harness.c.cache
+    harness.publish(plate_read(plate="MISSED1"))
+    assert harness.alerts.get(timeout=10).plate == "MISSED1"
