@@ -79,18 +79,25 @@ def test_committed_detector_irs_load_with_one_thread(name: str) -> None:
     assert outputs["ltrb"].shape == (1, 4, 48, 48)
 
 
-def test_async_runner_returns_every_result_with_its_userdata() -> None:
-    model = OpenVinoModel.load(MODELS_DIR / "detector.xml", RuntimeOptions(threads=1, streams=2))
+@pytest.fixture(scope="module")
+def two_stream_detector() -> OpenVinoModel:
+    # module scope: the compiled model outlives every AsyncRunner callback (see AsyncRunner)
+    return OpenVinoModel.load(MODELS_DIR / "detector.xml", RuntimeOptions(threads=1, streams=2))
+
+
+def test_async_runner_returns_every_result_with_its_userdata(
+    two_stream_detector: OpenVinoModel,
+) -> None:
     got: dict[int, tuple[int, ...]] = {}
 
     def done(outputs: dict[str, np.ndarray], userdata: int) -> None:
         got[userdata] = outputs["heat"].shape
 
-    runner: AsyncRunner[int] = AsyncRunner(model, jobs=2, callback=done)
-    for i in range(5):
-        runner.submit({"image": np.full((1, 3, 384, 384), i / 5, np.float32)}, i)
-    runner.wait_all()
-    assert got == {i: (1, 1, 48, 48) for i in range(5)}
+    with AsyncRunner[int](two_stream_detector, jobs=2, callback=done) as runner:
+        for i in range(5):
+            runner.submit({"image": np.full((1, 3, 384, 384), i / 5, np.float32)}, i)
+        runner.wait_all()
+        assert got == {i: (1, 1, 48, 48) for i in range(5)}
 
 
 def test_infer_names_a_missing_input() -> None:

@@ -8,6 +8,8 @@ runner = AsyncRunner(model, jobs=4, callback)  # AsyncInferQueue for several str
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,27 +141,56 @@ class OpenVinoModel:
 
 class AsyncRunner(Generic[T]):
     """AsyncInferQueue wrapper: submit inputs with user data; `callback(outputs, userdata)` runs
-    on an OpenVINO thread when each request completes."""
+    on an OpenVINO thread when each request completes.
+
+    Keep the runner (and its model) alive as long as the stream runs and call `close()` before
+    dropping it: OpenVINO aborts the process if the last reference to a compiled model is
+    released on one of its own worker threads, which can happen when the model is dropped right
+    after `wait_all()` while a callback is still returning."""
 
     def __init__(
         self, model: OpenVinoModel, jobs: int, callback: Callable[[dict[str, Array], T], None]
     ) -> None:
         self._model = model
         self._queue = ov.AsyncInferQueue(model.compiled, jobs)
+        self._pending = 0
+        self._idle = threading.Condition()
         outputs = list(zip(model.output_names, model.compiled.outputs, strict=True))
 
         def on_done(request: Any, userdata: T) -> None:
-            result = {
-                name: np.array(request.get_tensor(port).data, copy=True) for name, port in outputs
-            }
-            callback(result, userdata)
+            try:
+                result = {
+                    name: np.array(request.get_tensor(port).data, copy=True)
+                    for name, port in outputs
+                }
+                callback(result, userdata)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
 
         self._queue.set_callback(on_done)
 
     def submit(self, inputs: Mapping[str, Array], userdata: T) -> None:
         """Start one inference; blocks only while all `jobs` requests are busy."""
         self._model.check_inputs(inputs)
+        with self._idle:
+            self._pending += 1
         self._queue.start_async({n: inputs[n] for n in self._model.input_names}, userdata)
 
     def wait_all(self) -> None:
+        """Wait until every submitted request has finished and its callback has returned."""
         self._queue.wait_all()
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
+
+    def close(self) -> None:
+        """Wait for everything in flight; the runner must not be used afterwards."""
+        self.wait_all()
+        time.sleep(0.01)  # let OpenVINO's worker threads drop their request references
+
+    def __enter__(self) -> AsyncRunner[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
