@@ -69,3 +69,9 @@ def test_every_format_renders() -> None:
         plate = synth.sample(i, format_name=name)
         assert plate.text
         assert plate.image.size > 0
+
+
+def test_format_of_predicts_the_sampled_format_without_rendering() -> None:
+    synth = PlateSynth(seed=21)
+    for i in range(10):
+        assert synth.format_of(i).name == synth.sample(i, degrade=False).format_name

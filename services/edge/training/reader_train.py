@@ -64,37 +64,88 @@ SPEC_DICT: dict[str, object] = {
 SPEC = ReaderSpec.from_dict(SPEC_DICT)  # type: ignore[arg-type]
 
 
+Rows = tuple[list[int], list[int]] | None  # (top-row, bottom-row) labels, None: not known
+
+
+def synth_rows(seed: int, texts: list[str]) -> list[Rows]:
+    """Per-row labels of the synthetic bank: one-line plates on row 0, two-line plates split
+    into top line (row 0) and bottom line (row 1), from each sample's format."""
+    from services.edge.training.synth import PlateSynth
+
+    synth = PlateSynth(seed=seed)
+    out: list[Rows] = []
+    for i, text in enumerate(texts):
+        fmt = synth.format_of(i)
+        enc = encode_text(text, SPEC)
+        if len(fmt.lines) == 1:
+            out.append((enc, []))
+        else:
+            top = sum(c.isalnum() for c in fmt.lines[0])
+            out.append((enc[:top], enc[top:]))
+    return out
+
+
 def make_batch(
     real: list[RealItem],
     real_weights: np.ndarray,
     synth_x: np.ndarray,
-    synth_t: list[str],
+    synth_rows_: list[Rows],
+    synth_weights: np.ndarray,
     batch: int,
     real_frac: float,
     rng: np.random.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, list[Rows], list[list[int]]]:
+    """Images, per-row labels (None where the line split is unknown) and full labels."""
     xs: list[np.ndarray] = []
-    targets: list[int] = []
-    lengths: list[int] = []
+    rows: list[Rows] = []
+    full: list[list[int]] = []
     n_real = round(batch * real_frac)
     idx = rng.choice(len(real), size=n_real, p=real_weights)
     for i in idx:
         item = real[int(i)]
         xs.append(preprocess(augment_real(item, rng), SPEC)[0])
         enc = encode_text(item.text, SPEC)
-        targets += enc
-        lengths.append(len(enc))
-    sidx = rng.integers(0, len(synth_t), size=batch - n_real)
+        rows.append((enc, []) if item.lines == 1 else None)
+        full.append(enc)
+    sidx = rng.choice(len(synth_rows_), size=batch - n_real, p=synth_weights)
     for i in sidx:
         xs.append(synth_x[int(i)].astype(np.float32))
-        enc = encode_text(synth_t[int(i)], SPEC)
-        targets += enc
-        lengths.append(len(enc))
-    return (
-        torch.from_numpy(np.stack(xs)),
-        torch.tensor(targets, dtype=torch.long),
-        torch.tensor(lengths, dtype=torch.long),
-    )
+        r = synth_rows_[int(i)]
+        rows.append(r)
+        full.append(r[0] + r[1] if r is not None else [])
+    return torch.from_numpy(np.stack(xs)), rows, full
+
+
+def ctc_loss(logits: torch.Tensor, rows: list[Rows], full: list[list[int]]) -> torch.Tensor:
+    """CTC loss per label character. Items with a known line split are supervised per feature
+    row (row 0: top line or the only line; row 1: bottom line or nothing); real two-line plates,
+    whose split is unknown, are supervised on the joined 64-step sequence."""
+    ctc = nn.CTCLoss(blank=SPEC.blank_index, reduction="sum", zero_infinity=True)
+    logp = logits.log_softmax(2)  # N, T, K
+    _, t, _ = logp.shape
+    half = t // 2
+    total = logp.new_zeros(())
+    known = [i for i, r in enumerate(rows) if r is not None]
+    unknown = [i for i, r in enumerate(rows) if r is None]
+    for row, (lo, hi) in enumerate(((0, half), (half, t))):
+        if not known:
+            break
+        labels = [rows[i][row] for i in known]  # type: ignore[index]
+        total = total + ctc(
+            logp[known, lo:hi].transpose(0, 1),
+            torch.tensor([c for lab in labels for c in lab], dtype=torch.long),
+            torch.full((len(known),), hi - lo, dtype=torch.long),
+            torch.tensor([len(lab) for lab in labels], dtype=torch.long),
+        )
+    if unknown:
+        labels = [full[i] for i in unknown]
+        total = total + ctc(
+            logp[unknown].transpose(0, 1),
+            torch.tensor([c for lab in labels for c in lab], dtype=torch.long),
+            torch.full((len(unknown),), t, dtype=torch.long),
+            torch.tensor([len(lab) for lab in labels], dtype=torch.long),
+        )
+    return total / max(1, sum(len(f) for f in full))
 
 
 def train(args: argparse.Namespace) -> nn.Module:
@@ -122,11 +173,17 @@ def train(args: argparse.Namespace) -> nn.Module:
     if synth_x.shape[2:] != (SPEC.input_height, SPEC.input_width):
         synth_x = resize_bank(synth_x, SPEC)
 
+    rows_bank = synth_rows(args.seed, synth_t)
+    sw = np.array([1.0 if r is not None and not r[1] else args.two_line_weight for r in rows_bank])
+    sw /= sw.sum()
+
     model = PlateReaderNet(SPEC.num_classes)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu"))
+        log.info("initialised", extra={"from": args.init})
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log.info("model", extra={"params": count_params(model)})
-    ctc = nn.CTCLoss(blank=SPEC.blank_index, zero_infinity=True)
-    warm = 100
+    warm = args.warmup
 
     budget_s = args.max_minutes * 60
 
@@ -156,11 +213,8 @@ def train(args: argparse.Namespace) -> nn.Module:
         lr = lr_at(step, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, tgt, lens = make_batch(real, w, synth_x, synth_t, args.batch, args.real_frac, rng)
-        logits = model(x)  # N, T, K
-        logp = logits.log_softmax(2).transpose(0, 1)  # T, N, K
-        in_lens = torch.full((x.shape[0],), logp.shape[0], dtype=torch.long)
-        loss = ctc(logp, tgt, in_lens, lens)
+        x, rows, full = make_batch(real, w, synth_x, rows_bank, sw, args.batch, args.real_frac, rng)
+        loss = ctc_loss(model(x), rows, full)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -217,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-frac", type=float, default=0.5)
     ap.add_argument("--synth", type=int, default=40000)
     ap.add_argument("--seed", type=int, default=20261125)
+    ap.add_argument("--init", default="", help="start from these weights (fine-tuning)")
+    ap.add_argument(
+        "--two-line-weight", type=float, default=2.0, help="synthetic 2-line oversampling"
+    )
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument(
         "--max-minutes",
         type=float,

@@ -298,7 +298,7 @@ class PlateSynth:
                 raise ValueError(f"format_name: unknown plate format {format_name!r}")
             fmt = FORMATS[format_name]
         else:
-            fmt = self.formats[int(rng.choice(len(self.formats), p=self.weights))]
+            fmt = self._pick_format(rng)
         lines = tuple(text_lines) if text_lines is not None else plate_text_for(fmt, rng)
         if len(lines) != len(fmt.lines):
             raise ValueError(f"text_lines: format {fmt.name} has {len(fmt.lines)} line(s)")
@@ -316,6 +316,13 @@ class PlateSynth:
             lines=len(fmt.lines),
             quad=quad,
         )
+
+    def format_of(self, index: int) -> PlateFormat:
+        """The format `sample(index)` draws (without rendering it)."""
+        return self._pick_format(np.random.default_rng([self.seed, index]))
+
+    def _pick_format(self, rng: np.random.Generator) -> PlateFormat:
+        return self.formats[int(rng.choice(len(self.formats), p=self.weights))]
 
     # ----------------------------------------------------------------- rendering
     def render_clean(
