@@ -43,9 +43,7 @@ COMMANDS: Final = (
     Command(
         "bench", "Benchmarks: recognition (default), correlator, matching.", "services.bench:main"
     ),
-    Command(
-        "db", "Database: `db upgrade` runs the migrations.", "services.db_cli:main", "issue 5"
-    ),
+    Command("db", "Database: `db upgrade` runs the migrations.", "services.db_cli:main", "issue 5"),
     Command(
         "lists",
         "Watch-lists and allow-lists: show, create, import CSV.",

@@ -38,5 +38,3 @@ class ConfigError(PlatewatchError):
 
 class SignatureError(PlatewatchError):
     """An event whose signature is missing, malformed or does not verify."""
-
-
