@@ -197,3 +197,14 @@ def test_preprocess_handles_three_channel_spec_and_grey_crop() -> None:
 def test_preprocess_rejects_empty_crop() -> None:
     with pytest.raises(ValueError, match="empty"):
         preprocess(np.zeros((0, 10, 3), np.uint8), SPEC)
+
+
+def test_shipped_reader_sidecar_loads_and_matches_two_row_output() -> None:
+    path = Path(__file__).resolve().parents[2] / "services/edge/models/reader.json"
+    if not path.is_file():
+        pytest.skip("no shipped reader model")
+    spec = ReaderSpec.from_file(path)
+    assert spec.charset == CHARSET
+    assert spec.sequence_rows == 2
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert raw["output"]["shape"][-1] == spec.num_classes
