@@ -52,6 +52,9 @@ demo: $(STAMP)
 	$(BIN)/platewatch demo
 
 train: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq fonts-liberation fonts-freefont-ttf fonts-roboto-unhinted \
+	    fonts-open-sans >/dev/null || echo "fonts not installed: synthetic plates use OpenCV's font"; fi
 	$(BIN)/python -m pip install -q -e '.[train]'
 	$(BIN)/python -m services.edge.training all --data ../shared/data --out services/edge/models
 

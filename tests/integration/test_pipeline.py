@@ -29,14 +29,10 @@ from services.edge.recognition.runtime import (
 
 pytestmark = pytest.mark.edge
 
-HAS_READER = (MODELS_DIR / "reader.xml").is_file() and (MODELS_DIR / "reader.json").is_file()
-
 
 @pytest.fixture(scope="module")
 def recognizer() -> PlateRecognizer:
-    return PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), reader_name="reader" if HAS_READER else None
-    )
+    return PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), reader_name="reader")
 
 
 def compose_scene(seed: int = 3) -> tuple[np.ndarray, tuple[int, int, int, int], str]:
@@ -112,15 +108,12 @@ def test_missing_ir_raises_model_load_error_naming_the_file(tmp_path: Path) -> N
 
 
 def test_detector_finds_the_plate_on_a_composed_scene(recognizer: PlateRecognizer) -> None:
-    pytest.importorskip("PIL")
     frame, box, _ = compose_scene()
     detections = recognizer.detect(frame)
     assert any(_overlap(d.box, box) >= 0.5 for d in detections), detections
 
 
-@pytest.mark.skipif(not HAS_READER, reason="reader IR not committed yet")
 def test_recognizer_returns_plate_with_box_and_confidences(recognizer: PlateRecognizer) -> None:
-    pytest.importorskip("PIL")
     frame, box, _ = compose_scene()
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
     assert ok

@@ -5,8 +5,6 @@ import re
 import numpy as np
 import pytest
 
-pytest.importorskip("PIL")
-
 from services.edge.training.synth import FORMATS, PlateSynth, generate, label_of
 
 pytestmark = pytest.mark.edge
