@@ -69,6 +69,7 @@ def sighting_row(event: PlateRead, received_at: datetime) -> dict[str, Any]:
 
 SIGHTING_COLUMNS: tuple[str, ...] = tuple(c.name for c in Sighting.__table__.columns)
 _JSON_COLUMNS = frozenset({"char_confidences", "candidates", "box"})
+_SQLITE_ROWS_PER_INSERT = 500  # x 21 columns stays under SQLite's 32,766 bound parameters
 
 
 def insert_sightings(
@@ -80,13 +81,16 @@ def insert_sightings(
     rows = [sighting_row(e, received_at) for e in events]
     if session.get_bind().dialect.name == "postgresql":
         return _copy_sightings(session, rows)
-    stmt = (
-        _insert(session, Sighting)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(Sighting.event_id)
-    )
-    return {row[0] for row in session.execute(stmt)}
+    inserted: set[uuid.UUID] = set()
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):  # SQLite caps bound parameters
+        stmt = (
+            _insert(session, Sighting)
+            .values(rows[start : start + _SQLITE_ROWS_PER_INSERT])
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(Sighting.event_id)
+        )
+        inserted |= {row[0] for row in session.execute(stmt)}
+    return inserted
 
 
 def _copy_sightings(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:

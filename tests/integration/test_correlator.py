@@ -511,3 +511,13 @@ def test_full_reload_is_built_in_background_and_swapped_in(harness: Harness) -> 
     assert harness.c.cache is not old_cache and harness.c.ingestor.cache is harness.c.cache
     harness.publish(plate_read(plate="MISSED1"))
     assert harness.alerts.get(timeout=10).plate == "MISSED1"
+
+
+def test_a_large_batch_is_stored_whole_on_either_database(harness: Harness) -> None:
+    now = utc_now()
+    reads = [plate_read(plate=f"BULK{i:04d}", track_id=str(i)) for i in range(2_000)]
+    with harness.c.sessions.begin() as s:
+        repo.ensure_sites_and_cameras(s, {("north-gate", "cam-1", "edge-1")}, now)
+        assert len(repo.insert_sightings(s, reads, now)) == 2_000
+        assert repo.insert_sightings(s, reads[:10], now) == set()  # idempotent
+    assert harness.count(m.Sighting) == 2_000
