@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.correlator.evaluate import Evaluation, evaluate
@@ -95,6 +95,7 @@ class Ingestor:
         require_signatures: bool = False,
         decision_ttl_s: int = 30,
         retry_errors: tuple[type[Exception], ...] = (),
+        on_poison: Callable[[Delivery, str], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
@@ -109,14 +110,25 @@ class Ingestor:
         self._accept_unknown = accept_unknown_cameras
         self._require_signatures = require_signatures
         self._decision_ttl_s = decision_ttl_s
+        # Outages are retried for as long as they last; anything else (a data or integrity
+        # error, a bug) is deterministic and goes the poison path in `flush`.
         self._retry_errors: tuple[type[Exception], ...] = (
-            DBAPIError,
+            OperationalError,
+            InterfaceError,
             RetryableError,
             *retry_errors,
         )
         self.registry = Registry()
         self._batch = Batch()
-        self.stats = {"events": 0, "duplicates": 0, "alerts": 0, "batches": 0, "retries": 0}
+        self._on_poison = on_poison or _drop_with_log
+        self.stats = {
+            "events": 0,
+            "duplicates": 0,
+            "alerts": 0,
+            "batches": 0,
+            "retries": 0,
+            "poisoned": 0,
+        }
 
     # -- checks run by the EventConsumer before an event is accepted --------------------
     def check(self, event: PlateRead, delivery: Delivery) -> None:
@@ -168,9 +180,26 @@ class Ingestor:
         batch, self._batch = self._batch, Batch()
         if not batch.events:
             return
-        alerts, decisions = self._store_with_retry(batch.events)
+        try:
+            alerts, decisions = self._store_with_retry(batch.events)
+            done = batch.deliveries
+        except Exception:
+            # Not an outage (those are retried above) but an event the code cannot process.
+            # Find it by storing the events one by one; dead-letter it, keep the others.
+            log.exception("batch failed; storing its events one by one")
+            alerts, decisions, done = [], [], []
+            for event, delivery in zip(batch.events, batch.deliveries, strict=True):
+                try:
+                    found, decided = self._store_with_retry([event])
+                except Exception as exc:
+                    self.stats["poisoned"] += 1
+                    self._on_poison(delivery, f"processing failed: {type(exc).__name__}: {exc}")
+                    continue
+                alerts += found
+                decisions += decided
+                done.append(delivery)
         self._publish(alerts, decisions)
-        for d in batch.deliveries:
+        for d in done:
             d.ack()
         self.stats["batches"] += 1
 
@@ -289,6 +318,13 @@ class Ingestor:
                     self._stream.append_alert(alert.model_dump_json())
             repo.mark_published(session, [a.event_id for a in alerts], self._clock())
         return len(alerts)
+
+
+def _drop_with_log(delivery: Delivery, reason: str) -> None:
+    log.error(
+        "event dropped: no dead-letter sink", extra={"topic": delivery.topic, "reason": reason}
+    )
+    delivery.ack()
 
 
 class StatusIngestor:

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from services.correlator.matching import Match, MatchMode, WatchEntry, WatchIndex
 from shared.store import models
+from shared.topics import SEVERITIES
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,19 @@ class ListInfo:
 
     @classmethod
     def of(cls, wl: models.WatchList) -> ListInfo:
+        severity = wl.severity
+        if severity not in SEVERITIES:  # edited by hand in the database: never drop the alert
+            log.warning(
+                "list has an unknown severity", extra={"list_id": wl.id, "severity": severity}
+            )
+            severity = "high"
         return cls(
             id=wl.id,
             name=wl.name,
             kind=wl.kind,
             site_id=wl.site_id,
             category=wl.category,
-            severity=wl.severity,
+            severity=severity,
             fuzzy_max_cost=wl.fuzzy_max_cost,
             version=wl.version,
         )

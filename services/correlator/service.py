@@ -133,6 +133,7 @@ class Correlator:
             require_signatures=ing.require_signatures,
             decision_ttl_s=settings.correlation.gate_decision_ttl_s,
             retry_errors=(redis.RedisError,),
+            on_poison=lambda delivery, reason: self.consumer.reject(delivery, reason),
         )
         mqtt_sink = MqttDeadLetterSink(self.mqtt, "correlator", root)
         subscription = plate_filter(root)

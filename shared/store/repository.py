@@ -18,8 +18,11 @@ from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.errors import FieldError
 from shared.events import Alert, DeadLetter, NodeStatus, PlateRead
 from shared.store.models import (
+    CATEGORIES,
+    LIST_KINDS,
     AlertRecord,
     AuditLog,
     Camera,
@@ -30,6 +33,7 @@ from shared.store.models import (
     WatchEntry,
     WatchList,
 )
+from shared.topics import SEVERITIES
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -318,6 +322,13 @@ def create_list(
     owner: str = "",
     description: str = "",
 ) -> WatchList:
+    for field, value, allowed in (
+        ("kind", kind, LIST_KINDS),
+        ("category", category, CATEGORIES),
+        ("severity", severity, SEVERITIES),
+    ):
+        if value not in allowed:
+            raise FieldError(field, value, f"must be one of {', '.join(allowed)}")
     wl = WatchList(
         name=name,
         kind=kind,

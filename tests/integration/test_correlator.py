@@ -521,3 +521,38 @@ def test_a_large_batch_is_stored_whole_on_either_database(harness: Harness) -> N
         assert len(repo.insert_sightings(s, reads, now)) == 2_000
         assert repo.insert_sightings(s, reads[:10], now) == set()  # idempotent
     assert harness.count(m.Sighting) == 2_000
+
+
+def test_an_event_the_code_cannot_process_is_dead_lettered_and_its_batch_mates_stored(
+    harness: Harness,
+) -> None:
+    real_hits = harness.c.cache.hits
+
+    def hits(plate: str, site: str, now: Any) -> Any:
+        if plate == "POISON1":
+            raise RuntimeError("simulated bug")
+        return real_hits(plate, site, now)
+
+    harness.c.ingestor.cache.hits = hits  # type: ignore[method-assign]
+    good, bad = plate_read(plate="GOOD001", track_id="g"), plate_read(plate="POISON1", track_id="p")
+    harness.publish(bad)
+    harness.publish(good)
+    harness.wait_for(
+        lambda: harness.count(m.DeadLetterRecord) == 1 and harness.count(m.Sighting) == 1
+    )
+    with harness.c.sessions() as s:
+        assert s.get(m.Sighting, good.event_id) is not None
+        letter = s.scalars(select(m.DeadLetterRecord)).one()
+    assert "processing failed: RuntimeError: simulated bug" in letter.reason
+    assert harness.c.ingestor.stats["poisoned"] == 1
+
+
+def test_list_with_unknown_severity_or_category_is_refused_naming_the_field(
+    harness: Harness,
+) -> None:
+    from shared.errors import FieldError
+
+    for field, kwargs in (("severity", {"severity": "urgent"}), ("category", {"category": "x"})):
+        with harness.c.sessions.begin() as s, pytest.raises(FieldError) as info:
+            repo.create_list(s, f"bad-{field}", utc_now(), **kwargs)
+        assert info.value.field == field
