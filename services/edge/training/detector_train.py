@@ -23,6 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -50,7 +51,7 @@ SIZE = 384
 TRAIN_CROP = 256
 STRIDE = 8
 REG_SCALE = 16.0
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 # ----------------------------------------------------------------------------- model
@@ -171,9 +172,27 @@ def load_scenes(split: str, guard: DevGuard | None, root: Path = DATA) -> list[S
     return scenes
 
 
-def load_crops(guard: DevGuard, root: Path = DATA) -> list[np.ndarray]:
+# Fraction of each side of a crop image that is plate frame / surroundings rather than plate
+# (left, top, right, bottom), estimated by looking at crops: the pasted box target is the inner
+# rectangle, so the detector is not taught boxes wider than the plate.
+CROP_MARGINS: dict[str, tuple[float, float, float, float]] = {
+    "us_openalpr_benchmarks_seg_ocr": (0.03, 0.04, 0.03, 0.04),
+}
+
+
+class Crop(NamedTuple):
+    image: np.ndarray
+    inner: tuple[float, float, float, float]  # box target as fractions of the crop (l, t, r, b)
+
+
+FULL = (0.0, 0.0, 1.0, 1.0)
+
+
+def load_crops(guard: DevGuard, root: Path = DATA, margins: bool = True) -> list[Crop]:
     crops = []
     for ds in CROP_SETS:
+        m = CROP_MARGINS.get(ds, (0.0, 0.0, 0.0, 0.0)) if margins else (0.0, 0.0, 0.0, 0.0)
+        inner = (m[0], m[1], 1.0 - m[2], 1.0 - m[3])
         for item in load_labels(root / ds):
             if split_of(ds, item.split_label) != "train":
                 continue
@@ -184,11 +203,11 @@ def load_crops(guard: DevGuard, root: Path = DATA) -> list[np.ndarray]:
                 continue
             img = cv2.imread(str(item.file))
             if img is not None and img.shape[0] >= 12 and img.shape[1] >= 30:
-                crops.append(img)
+                crops.append(Crop(img, inner))
     return crops
 
 
-def synth_plates(count: int, seed: int, banned: set[str]) -> list[np.ndarray]:
+def synth_plates(count: int, seed: int, banned: set[str]) -> list[Crop]:
     """Clean rendered plates (many formats: Mercosur, EU band, US, UK, India two-line...)."""
     if count <= 0:
         return []
@@ -199,7 +218,7 @@ def synth_plates(count: int, seed: int, banned: set[str]) -> list[np.ndarray]:
     for i in range(count):
         plate = synth.sample(i, degrade=False)
         if plate.text not in banned:
-            plates.append(plate.image)
+            plates.append(Crop(plate.image, FULL))
     return plates
 
 
@@ -225,6 +244,17 @@ def _jitter_quad(rng: random.Random, x1: float, y1: float, x2: float, y2: float)
     )
 
 
+def _inner_box(q: np.ndarray, inner: tuple[float, float, float, float]) -> list[float]:
+    """Box of the crop's inner rectangle (fractions) mapped through the pasted quadrilateral."""
+    if inner == FULL:
+        return _quad_box(q)
+    src = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    m = cv2.getPerspectiveTransform(src, q.astype(np.float32))
+    x0, y0, x1, y1 = inner
+    pts = np.array([[[x0, y0], [x1, y0], [x1, y1], [x0, y1]]], np.float32)
+    return _quad_box(cv2.perspectiveTransform(pts, m)[0])
+
+
 def _quad_box(q: np.ndarray) -> list[float]:
     return [float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())]
 
@@ -237,7 +267,7 @@ def _overlaps(box: list[float], boxes: list[list[float]]) -> bool:
 
 
 def make_sample(
-    rng: random.Random, scenes: list[Scene], crops: list[np.ndarray]
+    rng: random.Random, scenes: list[Scene], crops: list[Crop]
 ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented training canvas (SIZE x SIZE x 3 uint8) and its boxes in canvas pixels."""
     # ro-dashcam is 58% of the scenes but one camera: sample it at 35%
@@ -255,13 +285,13 @@ def make_sample(
                 continue
             crop = crops[rng.randrange(len(crops))]
             q = _jitter_quad(rng, *b)
-            _warp_into(img, crop, q)
-            boxes[i] = _quad_box(q)
+            _warp_into(img, crop.image, q)
+            boxes[i] = _inner_box(q, crop.inner)
     # extra pasted plates at random places
     if crops and rng.random() < 0.5:
         for _ in range(rng.randint(1, 3)):
             crop = crops[rng.randrange(len(crops))]
-            ch, cw = crop.shape[:2]
+            ch, cw = crop.image.shape[:2]
             pw = rng.uniform(0.04, 0.35) * W
             ph = pw * ch / cw * rng.uniform(0.8, 1.2)
             if pw < 10 or ph < 5 or pw >= W - 2 or ph >= H - 2:
@@ -274,8 +304,8 @@ def make_sample(
             nb = _quad_box(q)
             if _overlaps(nb, boxes):
                 continue
-            _warp_into(img, crop, q)
-            boxes.append(nb)
+            _warp_into(img, crop.image, q)
+            boxes.append(_inner_box(q, crop.inner))
     bx = np.array(boxes, np.float32).reshape(-1, 4)
     # random crop / zoom
     s = rng.uniform(0.45, 1.0) if rng.random() < 0.6 else 1.0
@@ -517,6 +547,9 @@ def export(
             "params": params,
             "macs": count_macs(model),
             "synth_plates": args.synth,
+            "init": str(args.init) if args.init is not None else None,
+            "lr": args.lr,
+            "crop_box_margins": {} if args.no_crop_margins else CROP_MARGINS,
             "torch": torch.__version__,
         },
         "metrics": metrics,
@@ -616,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--data", type=Path, default=DATA, help="shared data folder")
     ap.add_argument("--synth", type=int, default=1500, help="rendered plates to paste")
+    ap.add_argument("--init", type=Path, help="start from these weights (fine-tuning)")
+    ap.add_argument(
+        "--no-crop-margins", action="store_true", help="box targets = whole crop images"
+    )
     ap.add_argument(
         "--export-only", action="store_true", help="skip training: evaluate and export --checkpoint"
     )
@@ -634,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     guard = DevGuard(args.data)
     train = load_scenes("train", guard, args.data)
     test = load_scenes("test", None, args.data)
-    crops = load_crops(guard, args.data)
+    crops = load_crops(guard, args.data, margins=not args.no_crop_margins)
     crops += synth_plates(args.synth, args.seed, guard.texts)
     log.info(
         "scenes train=%d test=%d crops=%d dropped_dev_duplicates=%d",
@@ -654,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 0
         finish(model, args, train, test)
         return 0
+    if args.init is not None:
+        model.load_state_dict(torch.load(args.init))
+        log.info("initialised from %s", args.init)
     params = sum(p.numel() for p in model.parameters())
     log.info("params=%d", params)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
