@@ -22,9 +22,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.correlator.evaluate import Evaluation, evaluate
@@ -59,6 +59,36 @@ class CrossSite(Protocol):
 
 class RetryableError(Exception):
     """A dependency (database, Redis) failed; the batch is retried."""
+
+
+#: Connection-level failures: retried for as long as they last. Anything else is deterministic.
+OUTAGES: tuple[type[Exception], ...] = (OperationalError, InterfaceError, RetryableError)
+
+T = TypeVar("T")
+
+
+def retry_outages(
+    step: Callable[[], T],
+    what: str,
+    errors: tuple[type[Exception], ...] = OUTAGES,
+    first_delay_s: float = 0.1,
+    max_delay_s: float = 10.0,
+    on_retry: Callable[[], None] | None = None,
+) -> T:
+    """Run `step` until it succeeds, waiting out outages with exponential backoff."""
+    delay = first_delay_s
+    while True:
+        try:
+            return step()
+        except errors as exc:
+            if on_retry is not None:
+                on_retry()
+            log.warning(
+                "dependency unavailable, retrying",
+                extra={"step": what, "error": str(exc)[:300], "retry_in_s": delay},
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 @dataclass
@@ -112,12 +142,7 @@ class Ingestor:
         self._decision_ttl_s = decision_ttl_s
         # Outages are retried for as long as they last; anything else (a data or integrity
         # error, a bug) is deterministic and goes the poison path in `flush`.
-        self._retry_errors: tuple[type[Exception], ...] = (
-            OperationalError,
-            InterfaceError,
-            RetryableError,
-            *retry_errors,
-        )
+        self._retry_errors: tuple[type[Exception], ...] = (*OUTAGES, *retry_errors)
         self.registry = Registry()
         self._batch = Batch()
         self._on_poison = on_poison or _drop_with_log
@@ -207,18 +232,16 @@ class Ingestor:
     def _store_with_retry(
         self, events: Sequence[PlateRead]
     ) -> tuple[list[Alert], list[GateDecision]]:
-        delay = 0.1
-        while True:
-            try:
-                return self._store(events)
-            except self._retry_errors as exc:
-                self.stats["retries"] += 1
-                log.warning(
-                    "batch not stored, retrying",
-                    extra={"events": len(events), "error": str(exc)[:300], "retry_in_s": delay},
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
+        return retry_outages(
+            lambda: self._store(events),
+            f"store batch of {len(events)}",
+            self._retry_errors,
+            max_delay_s=self._retry_max_s,
+            on_retry=self._count_retry,
+        )
+
+    def _count_retry(self) -> None:
+        self.stats["retries"] += 1
 
     def _store(self, events: Sequence[PlateRead]) -> tuple[list[Alert], list[GateDecision]]:
         now = self._clock()
@@ -343,16 +366,11 @@ class StatusIngestor:
             raise PayloadError("node", status.node, f"disagrees with topic {delivery.topic!r}")
 
     def handle(self, status: NodeStatus, delivery: Delivery) -> None:
-        delay = 0.1
-        while True:
-            try:
-                with self._sessions.begin() as session:
-                    repo.record_node_status(session, status, self._clock())
-                break
-            except DBAPIError as exc:
-                log.warning("node status not stored, retrying", extra={"error": str(exc)[:200]})
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        def store() -> None:
+            with self._sessions.begin() as session:
+                repo.record_node_status(session, status, self._clock())
+
+        retry_outages(store, "store node status")
         delivery.ack()
         log.info(
             "node status", extra={"site": status.site, "node": status.node, "state": status.state}
@@ -369,14 +387,9 @@ class StoringDeadLetters:
         self._mqtt_sink = mqtt_sink
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        delay = 0.1
-        while True:
-            try:
-                with self._sessions.begin() as session:
-                    repo.insert_dead_letter(session, letter, base64.b64decode(letter.payload_b64))
-                break
-            except DBAPIError as exc:
-                log.warning("dead letter not stored, retrying", extra={"error": str(exc)[:200]})
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        def store() -> None:
+            with self._sessions.begin() as session:
+                repo.insert_dead_letter(session, letter, base64.b64decode(letter.payload_b64))
+
+        retry_outages(store, "store dead letter")
         self._mqtt_sink(letter)

@@ -24,6 +24,7 @@ from services.correlator.consumer import (
     Ingestor,
     StatusIngestor,
     StoringDeadLetters,
+    retry_outages,
 )
 from services.correlator.lists import ListCache
 from services.correlator.retention import run_retention
@@ -79,20 +80,9 @@ def ensure_schema(engine: Engine, url: str) -> None:
     )
 
 
-def _retry_db(step: Callable[[], None], what: str, max_delay_s: float = 10.0) -> None:
+def _retry_db(step: Callable[[], None], what: str) -> None:
     """Run a start-up step, waiting out a database that is down or restarting."""
-    delay = 0.5
-    while True:
-        try:
-            step()
-            return
-        except OperationalError as exc:
-            log.warning(
-                "database unavailable at start-up, retrying",
-                extra={"step": what, "error": str(exc)[:200], "retry_in_s": delay},
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
+    retry_outages(step, what, (OperationalError,), first_delay_s=0.5)
 
 
 class Correlator:
