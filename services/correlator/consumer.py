@@ -48,6 +48,8 @@ class Publisher(Protocol):
 class AlertStream(Protocol):
     def append_alert(self, alert_json: str) -> str: ...
 
+    def append_alerts(self, alerts_json: Sequence[str]) -> list[str]: ...
+
 
 class CrossSite(Protocol):
     """Cross-site state (Redis): what a new sighting means across sites, and alert admission."""
@@ -100,6 +102,10 @@ class Registry:
     nodes: dict[str, tuple[str | None, bool, str]] = field(default_factory=dict)
 
 
+#: An alert whose publish is not yet acknowledged by the broker is left to the sweeper after this.
+CONFIRM_GIVE_UP_S = 60.0
+
+
 @dataclass
 class Batch:
     events: list[PlateRead] = field(default_factory=list)
@@ -145,6 +151,9 @@ class Ingestor:
         self._retry_errors: tuple[type[Exception], ...] = (*OUTAGES, *retry_errors)
         self.registry = Registry()
         self._batch = Batch()
+        # Alerts published without waiting: (alert id, publish handle, monotonic time). Once the
+        # broker acknowledges one, it is marked published inside the next batch's transaction.
+        self._unconfirmed: list[tuple[uuid.UUID, PublishResult, float]] = []
         self._on_poison = on_poison or _drop_with_log
         self.stats = {
             "events": 0,
@@ -197,6 +206,8 @@ class Ingestor:
     def tick(self) -> None:
         if self._batch.events and self._batch_age() >= self._max_s:
             self.flush()
+        elif not self._batch.events and self._unconfirmed:
+            self._mark_confirmed_now()
 
     def _batch_age(self) -> float:
         return time.monotonic() - self._batch.started
@@ -223,7 +234,10 @@ class Ingestor:
                 alerts += found
                 decisions += decided
                 done.append(delivery)
-        self._publish(alerts, decisions)
+        # The sightings and alerts are committed (the alert table is the outbox: the sweeper
+        # republishes what is not marked published), so the messages are acknowledged now and
+        # the alerts go out without waiting for the broker's acknowledgement.
+        self._publish(alerts, decisions, wait=False)
         for d in done:
             d.ack()
         self.stats["batches"] += 1
@@ -247,7 +261,10 @@ class Ingestor:
         now = self._clock()
         # One event per id: a batch may hold a redelivered copy of its own event.
         unique = list({e.event_id: e for e in events}.values())
+        confirmed = self._confirmed()
         with self._sessions.begin() as session:
+            if confirmed:
+                repo.mark_published(session, confirmed, now)
             unseen = {
                 (e.site, e.camera, e.node)
                 for e in unique
@@ -259,6 +276,7 @@ class Ingestor:
             fresh_events = [e for e in unique if e.event_id in new_ids]
             alerts, decisions = self._evaluate_all(fresh_events, now)
             inserted = repo.insert_alerts(session, alerts)
+        self._forget(confirmed)
         self.registry.cameras |= {(e.site, e.camera) for e in unique}
         self.stats["events"] += len(new_ids)
         self.stats["duplicates"] += len(events) - len(new_ids)
@@ -286,10 +304,12 @@ class Ingestor:
 
     # -- publishing ----------------------------------------------------------------------
     def publish_alerts(self, alerts: Sequence[Alert]) -> None:
-        """Publish committed alerts (MQTT + stream) and mark them published."""
-        self._publish(alerts, ())
+        """Publish committed alerts (MQTT + stream), wait for the broker, mark them published."""
+        self._publish(alerts, (), wait=True)
 
-    def _publish(self, alerts: Sequence[Alert], decisions: Sequence[GateDecision]) -> None:
+    def _publish(
+        self, alerts: Sequence[Alert], decisions: Sequence[GateDecision], wait: bool
+    ) -> None:
         pending: list[PublishResult] = []
         for decision in decisions:
             pending.append(
@@ -297,28 +317,54 @@ class Ingestor:
                     decision_topic(decision.site, decision.gate, self._root), encode_event(decision)
                 )
             )
+        if self._stream is not None and alerts:
+            self._stream.append_alerts([a.model_dump_json() for a in alerts])
+        sent: list[tuple[uuid.UUID, PublishResult]] = []
         for alert in alerts:
-            pending.append(
-                self._publisher.publish(
-                    alert_topic(alert.site, alert.severity, self._root), encode_event(alert)
+            sent.append(
+                (
+                    alert.event_id,
+                    self._publisher.publish(
+                        alert_topic(alert.site, alert.severity, self._root), encode_event(alert)
+                    ),
                 )
             )
-            if self._stream is not None:
-                self._stream.append_alert(alert.model_dump_json())
-        for result in pending:
+        for a in alerts:
+            log.info(
+                "alert raised",
+                extra={"kind": a.kind, "plate": a.plate, "site": a.site, "severity": a.severity},
+            )
+        if not wait:
+            started = time.monotonic()
+            self._unconfirmed += [(alert_id, result, started) for alert_id, result in sent]
+            return
+        for result in [*pending, *(r for _, r in sent)]:
             result.wait()
         if alerts:
             self._mark_published([a.event_id for a in alerts])
-            for a in alerts:
-                log.info(
-                    "alert raised",
-                    extra={
-                        "kind": a.kind,
-                        "plate": a.plate,
-                        "site": a.site,
-                        "severity": a.severity,
-                    },
-                )
+
+    def _confirmed(self) -> list[uuid.UUID]:
+        """Alerts the broker has acknowledged since they were published (not yet marked)."""
+        now = time.monotonic()
+        stale = [u for u in self._unconfirmed if now - u[2] > CONFIRM_GIVE_UP_S]
+        if stale:
+            log.warning(
+                "alert publishes not acknowledged; the sweeper will republish them",
+                extra={"alerts": len(stale)},
+            )
+            self._forget([u[0] for u in stale])
+        return [alert_id for alert_id, result, _ in self._unconfirmed if result.is_published()]
+
+    def _forget(self, alert_ids: Sequence[uuid.UUID]) -> None:
+        if alert_ids:
+            done = set(alert_ids)
+            self._unconfirmed = [u for u in self._unconfirmed if u[0] not in done]
+
+    def _mark_confirmed_now(self) -> None:
+        confirmed = self._confirmed()
+        if confirmed:
+            self._mark_published(confirmed)
+            self._forget(confirmed)
 
     def _mark_published(self, ids: list[uuid.UUID]) -> None:
         try:

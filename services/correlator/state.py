@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 from uuid import UUID
 
@@ -51,38 +51,47 @@ _PLATE: Final = re.compile(PLATE_PATTERN)
 _SLUG: Final = re.compile(SLUG_PATTERN)
 _KIND: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
-# KEYS: the plate's sorted set (member event_id, score seen_at in ms) and its hash
-# (event_id -> sighting JSON). ARGV: event_id, score_ms, data, window_ms, ttl_s, max_entries.
-# Adds the sighting (a redelivered event_id overwrites itself), trims entries older than the
-# window before the newest sighting and beyond max_entries, refreshes both TTLs, and returns
-# [event_id, data, ...] for the sightings within the window either side of this one.
+# One call for a whole batch. KEYS: per sighting, the plate's sorted set (member event_id,
+# score seen_at in ms) and its hash (event_id -> sighting data). ARGV: window_ms, ttl_s,
+# max_entries, then per sighting: event_id, score_ms, data. For each sighting in order: adds it
+# (a redelivered event_id overwrites itself), trims entries older than the window before the
+# newest sighting and beyond max_entries, refreshes both TTLs, and returns
+# [event_id, data, ...] for the sightings within the window either side of this one; so a
+# sighting sees the batch's earlier ones. (All keys in one script: a single Redis server or a
+# replicated/Sentinel one, not a cluster.)
 _RECORD_LUA: Final = """
-local zkey, hkey = KEYS[1], KEYS[2]
-local id, score, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4])
-redis.call('ZADD', zkey, score, id)
-redis.call('HSET', hkey, id, ARGV[3])
-local newest = tonumber(redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')[2])
-local horizon = string.format('%.0f', newest - window)
-local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
-for _, m in ipairs(old) do redis.call('HDEL', hkey, m) end
-redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
-local extra = redis.call('ZCARD', zkey) - tonumber(ARGV[6])
-if extra > 0 then
-  local drop = redis.call('ZRANGE', zkey, 0, extra - 1)
-  for _, m in ipairs(drop) do redis.call('HDEL', hkey, m) end
-  redis.call('ZREMRANGEBYRANK', zkey, 0, extra - 1)
+local window, ttl, cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local results = {}
+for n = 1, #KEYS / 2 do
+  local zkey, hkey = KEYS[2 * n - 1], KEYS[2 * n]
+  local a = 3 + 3 * (n - 1)
+  local id, score = ARGV[a + 1], tonumber(ARGV[a + 2])
+  redis.call('ZADD', zkey, score, id)
+  redis.call('HSET', hkey, id, ARGV[a + 3])
+  local newest = tonumber(redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')[2])
+  local horizon = string.format('%.0f', newest - window)
+  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
+  for _, m in ipairs(old) do redis.call('HDEL', hkey, m) end
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
+  local extra = redis.call('ZCARD', zkey) - cap
+  if extra > 0 then
+    local drop = redis.call('ZRANGE', zkey, 0, extra - 1)
+    for _, m in ipairs(drop) do redis.call('HDEL', hkey, m) end
+    redis.call('ZREMRANGEBYRANK', zkey, 0, extra - 1)
+  end
+  redis.call('EXPIRE', zkey, ttl)
+  redis.call('EXPIRE', hkey, ttl)
+  local lo = string.format('%.0f', score - window)
+  local hi = string.format('%.0f', score + window)
+  local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
+  local out = {}
+  for _, m in ipairs(ids) do
+    local d = redis.call('HGET', hkey, m)
+    if d then out[#out + 1] = m; out[#out + 1] = d end
+  end
+  results[n] = out
 end
-redis.call('EXPIRE', zkey, ARGV[5])
-redis.call('EXPIRE', hkey, ARGV[5])
-local lo = string.format('%.0f', score - window)
-local hi = string.format('%.0f', score + window)
-local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
-local out = {}
-for _, m in ipairs(ids) do
-  local d = redis.call('HGET', hkey, m)
-  if d then out[#out + 1] = m; out[#out + 1] = d end
-end
-return out
+return results
 """
 
 # KEYS: the plate's incident hash. ARGV: new incident id, window_s.
@@ -171,20 +180,27 @@ class StateKeys:
         return f"{self.prefix}watchlist:changed"
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
 def _encode_sighting(s: Sighting) -> str:
-    seen = s.seen_at.astimezone(UTC).isoformat(timespec="microseconds")
-    return json.dumps({"site": s.site, "camera": s.camera, "seen_at": seen}, separators=(",", ":"))
+    """``site\\tcamera\\tmicroseconds since the epoch`` (slugs hold no tab)."""
+    return f"{s.site}\t{s.camera}\t{(s.seen_at - _EPOCH) // _MICROSECOND}"
 
 
 def _decode_sighting(plate: str, event_id: str, data: str) -> Sighting:
-    d = json.loads(data)
-    return Sighting(
-        event_id=event_id,
-        plate=plate,
-        site=str(d["site"]),
-        camera=str(d["camera"]),
-        seen_at=datetime.fromisoformat(str(d["seen_at"])),
-    )
+    if data.startswith("{"):  # written by versions before 2026-11-25 (JSON)
+        d = json.loads(data)
+        site, camera, seen_at = (
+            str(d["site"]),
+            str(d["camera"]),
+            datetime.fromisoformat(str(d["seen_at"])),
+        )
+    else:
+        site, camera, micros = data.split("\t")
+        seen_at = _EPOCH + timedelta(microseconds=int(micros))
+    return Sighting(event_id=event_id, plate=plate, site=site, camera=camera, seen_at=seen_at)
 
 
 class CrossSiteState:
@@ -223,20 +239,20 @@ class CrossSiteState:
         return self.record_sightings([s], window_s)[0]
 
     def record_sightings(self, batch: Sequence[Sighting], window_s: int) -> list[list[Sighting]]:
-        """`record_sighting` for a whole batch in one round trip (a pipeline of the script);
+        """`record_sighting` for a whole batch in one round trip (one call of the script);
         the histories come back in batch order, each seeing the batch's earlier sightings."""
         if window_s < 1:
             raise StateError("window_s", window_s, "must be >= 1")
         if not batch:
             return []
-        pipe = self._redis.pipeline(transaction=False)
+        keys: list[str] = []
+        args: list[str | int] = [window_s * 1000, 2 * window_s, self._max_history]
         for s in batch:
-            keys = [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
-            args: list[str | int] = [s.event_id, _ms(s.seen_at), _encode_sighting(s)]
-            args += [window_s * 1000, 2 * window_s, self._max_history]
-            self._record(keys=keys, args=args, client=pipe)
+            keys += [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
+            args += [s.event_id, _ms(s.seen_at), _encode_sighting(s)]
+        replies = cast(list[Any], self._record(keys=keys, args=args))
         histories = []
-        for s, reply in zip(batch, pipe.execute(), strict=True):
+        for s, reply in zip(batch, replies, strict=True):
             history = [
                 _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
                 for i in range(0, len(reply), 2)
@@ -282,6 +298,20 @@ class CrossSiteState:
         pipe.expire(key, self._stream_ttl_s)
         stream_id, _ = pipe.execute()
         return _text(stream_id)
+
+    def append_alerts(
+        self, alerts_json: Sequence[str], maxlen: int = DEFAULT_ALERT_MAXLEN
+    ) -> list[str]:
+        """`append_alert` for several alerts in one round trip; their stream ids, in order."""
+        if not alerts_json:
+            return []
+        key = self.keys.alerts()
+        pipe = self._redis.pipeline(transaction=True)
+        for alert_json in alerts_json:
+            pipe.xadd(key, {"alert": alert_json}, maxlen=maxlen, approximate=True)
+        pipe.expire(key, self._stream_ttl_s)
+        replies = pipe.execute()
+        return [_text(r) for r in replies[:-1]]
 
     def read_alerts(
         self, last_id: str = "0", count: int = 100, block_ms: int | None = None

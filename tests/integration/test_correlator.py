@@ -496,6 +496,7 @@ def test_alerts_reach_the_redis_stream_for_live_monitors(harness: Harness) -> No
     harness.add_list("wanted", [{"pattern": "ABC1234", "mode": "exact", "category": "wanted"}])
     harness.publish(plate_read())
     sent = harness.alerts.get(timeout=10)
+    harness.wait_for(lambda: bool(harness.c.state.read_alerts("0", 10)))
     entries = harness.c.state.read_alerts("0", 10)
     assert [Alert.model_validate_json(body).event_id for _, body in entries] == [sent.event_id]
 
@@ -521,6 +522,27 @@ def test_a_large_batch_is_stored_whole_on_either_database(harness: Harness) -> N
         assert len(repo.insert_sightings(s, reads, now)) == 2_000
         assert repo.insert_sightings(s, reads[:10], now) == set()  # idempotent
     assert harness.count(m.Sighting) == 2_000
+
+
+def test_every_sighting_field_round_trips_through_the_bulk_insert(harness: Harness) -> None:
+    """The COPY text path (PostgreSQL) and the VALUES path (SQLite) store the same values,
+    escapes included."""
+    now = utc_now()
+    read = plate_read(
+        raw_text="AB\\C\t1\n2\r3 é",
+        track_id="tr\\ack",
+        image_ref="s3://bucket/a\tb.jpg",
+        direction="in",
+    )
+    with harness.c.sessions.begin() as s:
+        repo.ensure_sites_and_cameras(s, {("north-gate", "cam-1", "edge-1")}, now)
+        assert repo.insert_sightings(s, [read], now) == {read.event_id}
+    with harness.c.sessions.begin() as s:
+        row = s.get(m.Sighting, read.event_id)
+        assert row is not None
+        stored = {c: getattr(row, c) for c in repo.SIGHTING_COLUMNS}
+    expected = repo.sighting_row(read, now)
+    assert stored == expected
 
 
 def test_an_event_the_code_cannot_process_is_dead_lettered_and_its_batch_mates_stored(

@@ -236,3 +236,30 @@ def test_last_will_publishes_retained_offline_status(
     d = late.get(timeout=10)
     assert d.payload == b'{"state":"offline"}' and d.retain
     watcher.publish(topic, b"", retain=True).wait()  # clear the retained message
+
+
+def test_burst_of_small_and_large_messages_arrives_whole_and_in_order(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    """The buffered reader: many packets per recv, and packets larger than one recv chunk."""
+    got: queue.Queue[bytes] = queue.Queue()
+    topic = f"{mqtt_settings.topic_root}/burst"
+    sub = _client(clients, mqtt_settings, f"{client_id}-sub", manual_ack=True)
+
+    def on_message(delivery: Delivery) -> None:
+        got.put(delivery.payload)
+        delivery.ack()
+
+    sub.subscribe(topic, on_message, qos=1)
+    sub.start()
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, f"{client_id}-pub")
+    pub.start()
+    payloads = [f"m{i:05d}".encode() * (1 + i % 7) for i in range(3000)]
+    payloads[1500] = bytes(range(256)) * 2048  # 512 KiB: spans several 256 KiB reads
+    results = [pub.publish(topic, p, qos=1) for p in payloads]
+    for r in results:
+        r.wait()
+    received = [got.get(timeout=20) for _ in payloads]
+    assert received == payloads
+    assert got.empty()

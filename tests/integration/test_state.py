@@ -58,6 +58,18 @@ def sighting(event_id: str, site: str, minutes: float, plate: str = "ABC1234") -
 
 
 # -- sighting history -------------------------------------------------------------------------
+def test_history_written_by_the_older_json_format_is_still_read(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis
+) -> None:
+    a, _ = two
+    old = sighting("e-old", "north-gate", 0)
+    client.zadd(a.keys.sightings("ABC1234"), {"e-old": round(old.seen_at.timestamp() * 1000)})
+    legacy = {"site": "north-gate", "camera": "cam-1", "seen_at": old.seen_at.isoformat()}
+    client.hset(a.keys.sighting_data("ABC1234"), "e-old", json.dumps(legacy))
+    history = a.record_sighting(sighting("e-new", "south-gate", 5), 3600)
+    assert history == [old, sighting("e-new", "south-gate", 5)]
+
+
 def test_history_is_shared_and_time_ordered_across_processes(
     two: tuple[CrossSiteState, CrossSiteState],
 ) -> None:
@@ -538,3 +550,13 @@ def test_cooldown_is_granted_again_to_the_same_owner_only(
     # the same sighting, retried after a failed database commit, keeps its alert
     assert b.cooldown("watchlist", "ABC1234", "london", 600, owner="sighting-1") is True
     assert b.cooldown("watchlist", "ABC1234", "london", 600, owner="sighting-2") is False
+
+
+def test_append_alerts_adds_several_in_order_in_one_call(
+    two: tuple[CrossSiteState, CrossSiteState],
+) -> None:
+    a, b = two
+    assert a.append_alerts([]) == []
+    ids = a.append_alerts(['{"n":1}', '{"n":2}', '{"n":3}'])
+    assert len(ids) == 3
+    assert b.read_alerts("0", 10) == list(zip(ids, ['{"n":1}', '{"n":2}', '{"n":3}'], strict=True))
