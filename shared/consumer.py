@@ -104,13 +104,29 @@ class EventConsumer(Generic[E]):
         self._ignore_empty = ignore_empty
         self._inbox: queue.Queue[Delivery | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        #: monotonic time of the last delivery handled (or of the start)
+        self.last_delivery = time.monotonic()
 
-    def start(self, qos: int = 1) -> None:
+    def start(self, qos: int = 1, subscribe: bool = True) -> None:
+        """Start the worker and subscribe; `subscribe=False` only routes what the client's
+        persistent session already holds (draining it)."""
         self._worker = threading.Thread(
             target=self._run, name=f"{self._service}-consumer", daemon=True
         )
         self._worker.start()
-        self._client.subscribe(self._subscription, self._inbox.put, qos=qos)
+        self.last_delivery = time.monotonic()
+        if subscribe:
+            self._client.subscribe(self._subscription, self._inbox.put, qos=qos)
+        else:
+            self._client.route(self._subscription, self._inbox.put)
+
+    @property
+    def subscription(self) -> str:
+        return self._subscription
+
+    def pending(self) -> int:
+        """Deliveries received but not yet handled."""
+        return self._inbox.qsize()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking work; what is queued but unacknowledged is redelivered by the broker."""
@@ -131,6 +147,7 @@ class EventConsumer(Generic[E]):
             try:
                 if delivery is not _TICK:
                     self._handle(delivery)
+                    self.last_delivery = time.monotonic()
                 if self._tick is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self._tick_s
                     self._tick()

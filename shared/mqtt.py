@@ -175,6 +175,8 @@ class MqttClient:
         self._persistent = persistent_session
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
         self._route_cache: dict[str, Handler | None] = {}
+        self._routes_only: dict[str, Handler] = {}
+        self._unsubacks: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self._v5 = settings.protocol == "5"
@@ -210,6 +212,7 @@ class MqttClient:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
 
     @property
     def client_id(self) -> str:
@@ -240,9 +243,15 @@ class MqttClient:
                 f"no connection to {self._settings.host}:{self._settings.port} in {wait_s}s"
             )
 
-    def stop(self) -> None:
-        """Clean disconnect (no last will), then stop the network thread."""
-        self._client.disconnect()
+    def stop(self, end_session: bool = False) -> None:
+        """Clean disconnect (no last will), then stop the network thread. `end_session` asks
+        the broker to discard a persistent session now (MQTT 5 session expiry 0), e.g. after
+        draining it for good."""
+        props: Properties | None = None
+        if end_session and self._v5 and self._persistent:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
         self._client.loop_stop()
         self.connected.clear()
 
@@ -280,6 +289,40 @@ class MqttClient:
             self._route_cache.clear()
         if self.connected.is_set():
             self._client.subscribe(subscription, qos=qos)
+
+    def route(self, subscription: str, handler: Handler) -> None:
+        """Route messages matching `subscription` to `handler` without subscribing at the broker:
+        for messages a persistent session already holds (draining a session, see
+        `unsubscribe_at_broker`)."""
+        with self._lock:
+            self._routes_only[subscription] = handler
+            self._route_cache.clear()
+
+    def unsubscribe_at_broker(self, subscription: str, wait_s: float = 10.0) -> None:
+        """Remove the broker's subscription of this (persistent) session, keeping the local
+        route: messages the session already holds still arrive and are handled, no new ones are
+        dealt to it. Waits for the UNSUBACK."""
+        done = threading.Event()
+        with self._lock:  # registered before the UNSUBACK can be handled
+            result, mid = self._client.unsubscribe(subscription)
+            if result != paho.MQTT_ERR_SUCCESS or mid is None:
+                raise MqttError(f"unsubscribe {subscription!r}: {paho.error_string(result)}")
+            self._unsubacks[mid] = done
+        if not done.wait(wait_s):
+            raise MqttError(f"unsubscribe {subscription!r}: no UNSUBACK in {wait_s}s")
+
+    def _on_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            done = self._unsubacks.pop(mid, None)
+        if done is not None:
+            done.set()
 
     def unsubscribe(self, subscription: str) -> None:
         with self._lock:
@@ -370,9 +413,10 @@ class MqttClient:
         with self._lock:
             if topic in self._route_cache:
                 return self._route_cache[topic]
-            items = list(self._subscriptions.items())
+            items = [(s, h) for s, (_, h) in self._subscriptions.items()]
+            items += list(self._routes_only.items())
         found = None
-        for subscription, (_, handler) in items:
+        for subscription, handler in items:
             if paho.topic_matches_sub(_filter_of(subscription), topic):
                 found = handler
                 break

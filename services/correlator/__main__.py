@@ -22,6 +22,19 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--config", type=Path, help="YAML settings file.")
     parser.add_argument("--instance", help="Override `instance` (MQTT client id).")
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="Scale-down: take over the stopped instance's persistent session, store what it "
+        "still holds, unsubscribe it from the shared group and end the session, then exit. "
+        "Run it with the `--instance` of a correlator that was stopped for good.",
+    )
+    parser.add_argument(
+        "--quiet-s",
+        type=float,
+        default=3.0,
+        help="With --drain: finish once no message has arrived for this long.",
+    )
     args = parser.parse_args(argv)
     overrides = {"instance": args.instance} if args.instance else {}
     from services.correlator.config import CorrelatorSettings
@@ -34,6 +47,14 @@ def main(argv: list[str]) -> int:
     configure_logging(settings.log.level, settings.log.json_format)
     from services.correlator.service import Correlator
 
+    if args.drain:
+        try:
+            stored = Correlator(settings).drain(quiet_s=args.quiet_s)
+        except ConfigError as exc:
+            print(f"platewatch correlator: {exc}", file=sys.stderr)
+            return 2
+        print(f"drained instance {settings.instance}: {stored} events stored, session ended")
+        return 0
     try:
         correlator = Correlator(settings)
         correlator.start()

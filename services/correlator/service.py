@@ -211,11 +211,49 @@ class Correlator:
         self.mqtt.start(wait_s)
         log.info("correlator started", extra={"instance": self.settings.instance})
 
-    def stop(self) -> None:
+    def drain(self, quiet_s: float = 3.0, max_s: float = 3600.0, wait_s: float = 15.0) -> int:
+        """Scale-down: empty and end this instance's persistent session; returns the events
+        stored.
+
+        A shared subscription keeps dealing messages to a member whose session is offline, so
+        a correlator instance removed for good would strand what its session holds until the
+        session expires, and then lose it. `drain` takes the session over (same `instance`),
+        unsubscribes at the broker so no new message is dealt to it (the other members take
+        them), stores everything the session still holds, and once nothing has arrived for
+        `quiet_s` ends the session (MQTT 5 session expiry 0).
+        """
+        _retry_db(self.refresh, "loading lists")
+        if self._listener is not None:
+            self._listener.start()
+        self.consumer.start(subscribe=False)
+        self.status_consumer.start(subscribe=False)
+        self.mqtt.start(wait_s)
+        self.mqtt.unsubscribe_at_broker(self.consumer.subscription)
+        self.mqtt.unsubscribe_at_broker(self.status_consumer.subscription)
+        log.info("correlator draining its session", extra={"instance": self.settings.instance})
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self.consumer.last_delivery >= quiet_s
+            if quiet and self.consumer.pending() == 0:
+                break
+            time.sleep(0.1)
+        else:
+            log.warning(
+                "drain stopped at max_s; the session is kept",
+                extra={"instance": self.settings.instance, "max_s": max_s},
+            )
+            self.stop()
+            return self.ingestor.stats["events"]
+        self.stop(end_session=True)
+        return self.ingestor.stats["events"]
+
+    def stop(self, end_session: bool = False) -> None:
+        """Flush and leave. The persistent session is kept (a restart resumes it) unless
+        `end_session`."""
         self.consumer.stop()
         self.status_consumer.stop()
         self.ingestor.flush()
-        self.mqtt.stop()
+        self.mqtt.stop(end_session=end_session)
         if self._listener is not None:
             self._listener.stop()
         self.engine.dispose()

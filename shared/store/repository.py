@@ -73,32 +73,7 @@ def sighting_row(event: PlateRead, received_at: datetime) -> dict[str, Any]:
 
 
 SIGHTING_COLUMNS: tuple[str, ...] = tuple(c.name for c in Sighting.__table__.columns)
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_text_value(value: Any) -> str:
-    """One value in PostgreSQL's COPY text format (NULL is ``\\N``; backslash, tab, newline and
-    carriage return escaped; lists and dicts as JSON). Pure; the COPY writes rows of these."""
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":")).translate(_COPY_ESCAPES)
-    return str(value)  # int, float, UUID
-
-
-def copy_text_row(row: dict[str, Any], columns: Sequence[str]) -> str:
-    """A row of COPY text: the columns' values, tab-separated, newline-terminated."""
-    return "\t".join([copy_text_value(row[c]) for c in columns]) + "\n"
-
-
+_JSON_COLUMNS = frozenset({"char_confidences", "candidates", "box"})
 _SQLITE_ROWS_PER_INSERT = 500  # x 21 columns stays under SQLite's 32,766 bound parameters
 
 
@@ -123,6 +98,10 @@ def insert_sightings(
     return inserted
 
 
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
 def _copy_sightings(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
     """PostgreSQL: COPY the batch into a temporary table, then move it with one INSERT ...
     SELECT ... ON CONFLICT DO NOTHING RETURNING. About 20x less client CPU per row than a
@@ -136,10 +115,13 @@ def _copy_sightings(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UU
             "CREATE TEMP TABLE IF NOT EXISTS sighting_in "
             "(LIKE sighting INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        # The rows are formatted here in one pass (copy_text_row) rather than by psycopg's
-        # per-value dumpers: half the client CPU of the COPY.
+        # JSON columns go as JSON text (the server parses it for jsonb); psycopg's C row
+        # formatter does the rest. Cheaper than Jsonb() wrappers or formatting rows in Python.
         with cur.copy(f"COPY sighting_in ({cols}) FROM STDIN") as copy:
-            copy.write("".join([copy_text_row(row, SIGHTING_COLUMNS) for row in rows]))
+            for row in rows:
+                copy.write_row(
+                    [_json_text(row[c]) if c in _JSON_COLUMNS else row[c] for c in SIGHTING_COLUMNS]
+                )
         # Emptying the table in the same statement: the next batch may share this transaction.
         cur.execute(  # the column names are the model's own, never input
             f"WITH moved AS (DELETE FROM sighting_in RETURNING {cols}) "  # noqa: S608

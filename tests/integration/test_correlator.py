@@ -578,3 +578,29 @@ def test_list_with_unknown_severity_or_category_is_refused_naming_the_field(
         with harness.c.sessions.begin() as s, pytest.raises(FieldError) as info:
             repo.create_list(s, f"bad-{field}", utc_now(), **kwargs)
         assert info.value.field == field
+
+
+def test_drain_stores_what_a_stopped_instance_session_holds_then_ends_it(
+    harness: Harness,
+) -> None:
+    """Scale-down: the broker deals shared-subscription messages to an offline member's
+    session; `drain` stores them and removes the member, so later traffic all reaches the
+    remaining instance."""
+    gone = harness.c.settings.model_copy(update={"instance": harness.c.settings.instance + "-a"})
+    first = Correlator(gone)
+    first.start()
+    first.stop()  # stopped, not drained: its session stays a member of the share group
+    for i in range(30):
+        harness.publish(plate_read(plate=f"DRN{i:04d}", track_id=f"d{i}"))
+    harness.wait_for(lambda: harness.count(m.Sighting) >= 5)
+    time.sleep(1.0)
+    stored_by_live = harness.count(m.Sighting)
+    assert stored_by_live < 30  # the offline session was dealt a share
+
+    drained = Correlator(gone).drain(quiet_s=1.0, max_s=60)
+    assert drained == 30 - stored_by_live
+    assert harness.count(m.Sighting) == 30
+
+    for i in range(10):
+        harness.publish(plate_read(plate=f"AFT{i:04d}", track_id=f"a{i}"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 40)
