@@ -66,7 +66,8 @@ class EventConsumer(Generic[E]):
     """Subscribes (shared or not), decodes each payload into `model` and calls `on_event`.
 
     `tick()`, when given, runs on the same thread about every `tick_s`, with or without traffic
-    (batch flush by time, periodic jobs). `ignore_empty` skips empty payloads (the way a
+    (batch flush by time, periodic jobs). `idle()`, when given, runs whenever no delivery is
+    waiting (flush a batch early: batches then grow only while messages queue up). `ignore_empty` skips empty payloads (the way a
     retained topic is cleared). `on_event(event, delivery)` owns the acknowledgement
     of good events (ack after commit);
     `check(event, delivery)` may raise PayloadError to refuse an event that parses but is wrong
@@ -90,6 +91,7 @@ class EventConsumer(Generic[E]):
         tick: Callable[[], None] | None = None,
         tick_s: float = 0.05,
         ignore_empty: bool = False,
+        idle: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._subscription = subscription
@@ -102,6 +104,7 @@ class EventConsumer(Generic[E]):
         self._tick = tick
         self._tick_s = tick_s
         self._ignore_empty = ignore_empty
+        self._idle = idle
         self._inbox: queue.Queue[Delivery | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         #: monotonic time of the last delivery handled (or of the start)
@@ -148,6 +151,8 @@ class EventConsumer(Generic[E]):
                 if delivery is not _TICK:
                     self._handle(delivery)
                     self.last_delivery = time.monotonic()
+                if self._idle is not None and self._inbox.empty():
+                    self._idle()
                 if self._tick is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self._tick_s
                     self._tick()

@@ -27,6 +27,13 @@ class IngestSettings(SettingsBlock):
         default=500, ge=1, le=10_000, description="Flush at this many events."
     )
     batch_max_ms: int = Field(default=10, ge=1, le=10_000, description="Flush after this many ms.")
+    batch_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Flush early once no message is waiting and the batch is this old (0: at "
+        "once). Batches then grow only under load; batch_max_ms/rows still cap them.",
+    )
     max_inflight: int = Field(
         default=1000,
         ge=1,

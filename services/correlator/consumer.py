@@ -126,6 +126,7 @@ class Ingestor:
         cross: CrossSite | None = None,
         batch_max_rows: int = 500,
         batch_max_ms: int = 50,
+        batch_linger_ms: int | None = None,
         retry_max_s: float = 10.0,
         accept_unknown_cameras: bool = True,
         require_signatures: bool = False,
@@ -142,6 +143,8 @@ class Ingestor:
         self.cross = cross
         self._max_rows = batch_max_rows
         self._max_s = batch_max_ms / 1000
+        # None: no early flush, batches always wait for batch_max_ms or batch_max_rows.
+        self._linger_s = None if batch_linger_ms is None else batch_linger_ms / 1000
         self._retry_max_s = retry_max_s
         self._accept_unknown = accept_unknown_cameras
         self._require_signatures = require_signatures
@@ -208,6 +211,12 @@ class Ingestor:
             self.flush()
         elif not self._batch.events and self._unconfirmed:
             self._mark_confirmed_now()
+
+    def idle(self) -> None:
+        """No message is waiting: flush now rather than wait for more (after the linger)."""
+        if self._linger_s is not None and self._batch.events:
+            if self._batch_age() >= self._linger_s:
+                self.flush()
 
     def _batch_age(self) -> float:
         return time.monotonic() - self._batch.started

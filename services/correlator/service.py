@@ -118,6 +118,7 @@ class Correlator:
             cross=cross,
             batch_max_rows=ing.batch_max_rows,
             batch_max_ms=ing.batch_max_ms,
+            batch_linger_ms=ing.batch_linger_ms,
             retry_max_s=ing.db_retry_max_s,
             accept_unknown_cameras=ing.accept_unknown_cameras,
             require_signatures=ing.require_signatures,
@@ -140,6 +141,7 @@ class Correlator:
             check=self.ingestor.check,
             tick=self._tick,
             tick_s=min(0.05, ing.batch_max_ms / 2000),
+            idle=self.ingestor.idle,
         )
         statuses = StatusIngestor(self.sessions, clock, root)
         self.status_consumer = EventConsumer(
