@@ -214,9 +214,9 @@ class Ingestor:
 
     def idle(self) -> None:
         """No message is waiting: flush now rather than wait for more (after the linger)."""
-        if self._linger_s is not None and self._batch.events:
-            if self._batch_age() >= self._linger_s:
-                self.flush()
+        linger = self._linger_s
+        if linger is not None and self._batch.events and self._batch_age() >= linger:
+            self.flush()
 
     def _batch_age(self) -> float:
         return time.monotonic() - self._batch.started
