@@ -68,8 +68,8 @@ class EventConsumer(Generic[E]):
     `tick()`, when given, runs on the same thread about every `tick_s`, with or without traffic
     (batch flush by time, periodic jobs). `idle()`, when given, runs whenever no delivery is
     waiting (flush a batch early: batches then grow only while messages queue up).
-    `ignore_empty` skips empty payloads (the way a retained topic is cleared). `on_event(event, delivery)` owns the acknowledgement
-    of good events (ack after commit);
+    `ignore_empty` skips empty payloads (the way a retained topic is cleared).
+    `on_event(event, delivery)` owns the acknowledgement of good events (ack after commit);
     `check(event, delivery)` may raise PayloadError to refuse an event that parses but is wrong
     (e.g. its site disagrees with its topic). Refused payloads are dead-lettered, then acked.
 
