@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -93,7 +93,11 @@ class Correlator:
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self.engine = make_engine(settings.db)
+        # No pre-ping: every transaction here is retried on connection errors anyway, and the
+        # ping was a round trip per batch.
+        self.engine = make_engine(settings.db, pre_ping=False)
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "connect", repo.prepare_ingest_connection)
         _retry_db(lambda: ensure_schema(self.engine, settings.db.url), "schema check")
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.redis = redis.Redis.from_url(settings.redis.url) if settings.redis.url else None

@@ -12,8 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.settings import DbSettings
 
 
-def make_engine(settings: DbSettings) -> Engine:
-    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout."""
+def make_engine(settings: DbSettings, pre_ping: bool = True) -> Engine:
+    """An engine for the URL; SQLite gets WAL, foreign keys and a busy timeout.
+
+    `pre_ping` tests each pooled PostgreSQL connection with a round trip when it is checked
+    out. A caller that retries every transaction on connection errors anyway (the correlator's
+    ingest) can turn it off: SQLAlchemy drops the whole pool on the first disconnect error."""
     url = make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -29,7 +33,9 @@ def make_engine(settings: DbSettings) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=True)
+    return create_engine(
+        url, echo=settings.echo, pool_size=settings.pool_size, pool_pre_ping=pre_ping
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -524,10 +524,14 @@ def test_a_large_batch_is_stored_whole_on_either_database(harness: Harness) -> N
     assert harness.count(m.Sighting) == 2_000
 
 
-def test_every_sighting_field_round_trips_through_the_bulk_insert(harness: Harness) -> None:
-    """The COPY text path (PostgreSQL) and the VALUES path (SQLite) store the same values,
-    escapes included."""
+@pytest.mark.parametrize("batch", [1, 100])
+def test_every_sighting_field_round_trips_through_the_bulk_insert(
+    harness: Harness, batch: int
+) -> None:
+    """PostgreSQL's small-batch JSON insert and COPY (large batches), and SQLite's VALUES,
+    store the same values, escapes included."""
     now = utc_now()
+    others = [plate_read(plate=f"RT{i:04d}", track_id=f"rt{i}") for i in range(batch - 1)]
     read = plate_read(
         raw_text="AB\\C\t1\n2\r3 é",
         track_id="tr\\ack",
@@ -536,7 +540,8 @@ def test_every_sighting_field_round_trips_through_the_bulk_insert(harness: Harne
     )
     with harness.c.sessions.begin() as s:
         repo.ensure_sites_and_cameras(s, {("north-gate", "cam-1", "edge-1")}, now)
-        assert repo.insert_sightings(s, [read], now) == {read.event_id}
+        stored_ids = repo.insert_sightings(s, [read, *others], now)
+        assert stored_ids == {read.event_id} | {o.event_id for o in others}
     with harness.c.sessions.begin() as s:
         row = s.get(m.Sighting, read.event_id)
         assert row is not None
