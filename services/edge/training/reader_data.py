@@ -8,6 +8,7 @@ used for training, and any training plate whose text equals (or is one edit away
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.edge.dataset import load_labels
+from services.edge.dataset import LabelledImage, LabelledPlate, load_labels
 from services.edge.recognition.reader import ReaderSpec, preprocess
 from services.edge.training.splits import split_of
 
@@ -33,6 +34,7 @@ SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
 EVAL_SET = "openalpr-endtoend-dev"
 # web-cars and in-cars share vehicle groups: a group trains only if it is 'train' under both names
 JOINT_SPLIT = {"web-cars": ("web-cars", "in-cars"), "in-cars": ("web-cars", "in-cars")}
+UNLABELLED_SETS = (*SCENE_SETS, "eu_openalpr_train_detector")  # sets with text-null boxes
 CONTEXT = 0.3  # context kept around scene boxes, as a fraction of box width/height
 
 
@@ -70,9 +72,7 @@ def load_real(root: Path = DATA_ROOT) -> list[RealItem]:
     dropped_eval = 0
     for ds in CROP_SETS + SCENE_SETS:
         for img in load_labels(root / ds):
-            names = JOINT_SPLIT.get(ds, (ds,))
-            splits = {split_of(n, img.split_label) for n in names}
-            split = "test" if "test" in splits else "train"
+            split = _split(ds, img)
             frame = None
             for plate in img.plates:
                 text = plate.text
@@ -90,31 +90,94 @@ def load_real(root: Path = DATA_ROOT) -> list[RealItem]:
                     frame = cv2.imread(str(img.file), cv2.IMREAD_COLOR)
                     if frame is None:
                         raise FileNotFoundError(f"{img.file}: cannot decode image")
-                x1, y1, x2, y2 = plate.box
-                bw, bh = x2 - x1, y2 - y1
-                if bw < 4 or bh < 3:
-                    continue
-                cx1 = int(max(0, x1 - CONTEXT * bw))
-                cy1 = int(max(0, y1 - CONTEXT * bh))
-                cx2 = int(min(frame.shape[1], x2 + CONTEXT * bw + 1))
-                cy2 = int(min(frame.shape[0], y2 + CONTEXT * bh + 1))
-                crop = frame[cy1:cy2, cx1:cx2].copy()
-                region = img.region
-                country = plate.extra.get("country")
-                if region == "unknown" and isinstance(country, str):
-                    region = country.lower()
-                items.append(
-                    RealItem(
-                        dataset=ds,
-                        split=split,
-                        text=text,
-                        lines=plate.lines,
-                        region=region,
-                        image=crop,
-                        box=(x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1),
-                    )
-                )
+                item = _context_item(ds, split, text, img, plate, frame)
+                if item is not None:
+                    items.append(item)
     log.info("real plates loaded", extra={"items": len(items), "dropped_eval": dropped_eval})
+    return items
+
+
+def _split(ds: str, img: LabelledImage) -> str:
+    names = JOINT_SPLIT.get(ds, (ds,))
+    splits = {split_of(n, img.split_label) for n in names}
+    return "test" if "test" in splits else "train"
+
+
+def _context_item(
+    ds: str, split: str, text: str, img: LabelledImage, plate: LabelledPlate, frame: np.ndarray
+) -> RealItem | None:
+    """`plate` cut from `frame` with CONTEXT kept around its box (None: box too small)."""
+    x1, y1, x2, y2 = plate.box
+    bw, bh = x2 - x1, y2 - y1
+    if bw < 4 or bh < 3:
+        return None
+    cx1 = int(max(0, x1 - CONTEXT * bw))
+    cy1 = int(max(0, y1 - CONTEXT * bh))
+    cx2 = int(min(frame.shape[1], x2 + CONTEXT * bw + 1))
+    cy2 = int(min(frame.shape[0], y2 + CONTEXT * bh + 1))
+    crop = frame[cy1:cy2, cx1:cx2].copy()
+    region = img.region
+    country = plate.extra.get("country")
+    if region == "unknown" and isinstance(country, str):
+        region = country.lower()
+    return RealItem(
+        dataset=ds,
+        split=split,
+        text=text,
+        lines=plate.lines,
+        region=region,
+        image=crop,
+        box=(x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1),
+    )
+
+
+def unlabelled_key(ds: str, img: LabelledImage, index: int) -> str:
+    """Stable name of plate `index` of `img` in dataset `ds` (pseudo-label files use it)."""
+    return f"{ds}/{img.relative_file or img.file.name}#{index}"
+
+
+def load_unlabelled(
+    root: Path = DATA_ROOT, datasets: tuple[str, ...] = UNLABELLED_SETS
+) -> dict[str, RealItem]:
+    """Train-split one-line plates whose text is null (no human reading), by `unlabelled_key`,
+    with `text` empty: the candidates for teacher pseudo-labels."""
+    out: dict[str, RealItem] = {}
+    for ds in datasets:
+        for img in load_labels(root / ds):
+            split = _split(ds, img)
+            if split != "train":
+                continue
+            frame = None
+            for index, plate in enumerate(img.plates):
+                if plate.text or plate.lines != 1 or plate.extra.get("synthetic"):
+                    continue
+                if frame is None:
+                    frame = cv2.imread(str(img.file), cv2.IMREAD_COLOR)
+                    if frame is None:
+                        raise FileNotFoundError(f"{img.file}: cannot decode image")
+                item = _context_item(ds, split, "", img, plate, frame)
+                if item is not None:
+                    out[unlabelled_key(ds, img, index)] = item
+    log.info("unlabelled plates loaded", extra={"items": len(out)})
+    return out
+
+
+def load_pseudo(path: Path, root: Path = DATA_ROOT) -> list[RealItem]:
+    """The train-split plates named in a pseudo-label file (JSON lines with `key` and `text`,
+    see reader_pseudo), with the teacher's text. Texts within one edit of an
+    `openalpr-endtoend-dev` plate are dropped, as for human labels."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    datasets = tuple(sorted({str(r["key"]).split("/", 1)[0] for r in records}))
+    pool = load_unlabelled(root, datasets)
+    banned = eval_texts(root)
+    items = []
+    for r in records:
+        item = pool.get(str(r["key"]))
+        text = str(r["text"])
+        if item is None or any(_within_one_edit(text, b) for b in banned):
+            continue
+        items.append(replace(item, text=text))
+    log.info("pseudo-labelled plates loaded", extra={"items": len(items), "file": str(path)})
     return items
 
 

@@ -92,6 +92,11 @@ class PPOCRv4Reader:
         self.total_s: list[float] = []
 
     def __call__(self, crop: np.ndarray, region: str | None) -> str:
+        text, _ = self.read(crop)
+        return "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+
+    def read(self, crop: np.ndarray) -> tuple[str, float]:
+        """Raw text and its confidence (mean peak probability of the kept steps, as rapidocr)."""
         t0 = time.perf_counter()
         h, w = crop.shape[:2]
         ratio = max(320 / 48, w / h)
@@ -108,10 +113,11 @@ class PPOCRv4Reader:
         best = out[0].argmax(axis=1)
         keep = np.r_[True, best[1:] != best[:-1]] & (best != 0)
         text = "".join(self.chars[int(k)] for k in best[keep])
+        conf = float(out[0].max(axis=1)[keep].mean()) if keep.any() else 0.0
         t3 = time.perf_counter()
         self.infer_s.append(t2 - t1)
         self.total_s.append(t3 - t0)
-        return "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+        return text, conf
 
 
 def make_int8(core: ov.Core, xml: Path, spec: ReaderSpec, train: list[RealItem], out: Path) -> Path:

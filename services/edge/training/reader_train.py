@@ -3,10 +3,11 @@
     python -m services.edge.training.reader_train --out services/edge/models
 
 CPU only, one thread, fixed seed. The loop runs for at most --steps steps and --max-minutes
-minutes (default 35); the cosine LR schedule follows whichever of the two is further along, so a
+minutes (default 70); the cosine LR schedule follows whichever of the two is further along, so a
 busy machine still finishes annealing. With --max-minutes 0 the schedule depends only on the step
 count and a rerun reproduces the model up to floating-point non-determinism; the step count and
-seconds of the shipped run are in the sidecar's "training" field. Writes reader.onnx and
+seconds of the shipped run are in the sidecar's "training" field. `--pseudo-labels FILE` adds the
+teacher-read train-split boxes from reader_pseudo as extra real crops. Writes reader.onnx and
 reader.pt (work dir), reader.xml/.bin (FP32 IR) and the sidecar reader.json to --out.
 """
 
@@ -30,6 +31,7 @@ from services.edge.training.reader_data import (
     RealItem,
     augment_real,
     encode_text,
+    load_pseudo,
     load_real_cached,
     resize_bank,
     synth_bank,
@@ -166,7 +168,14 @@ def train(args: argparse.Namespace) -> nn.Module:
         "web-cars": 2.0,
         "in-cars": 2.0,
     }
-    w = np.array([ds_weight[r.dataset] * (3.0 if r.lines == 2 else 1.0) for r in real])
+    w_list = [ds_weight[r.dataset] * (3.0 if r.lines == 2 else 1.0) for r in real]
+    if args.pseudo_labels:
+        # teacher-read train-split boxes without human text (reader_pseudo), as extra real crops
+        pseudo = load_pseudo(Path(args.pseudo_labels))
+        real = real + pseudo
+        w_list += [ds_weight[r.dataset] * args.pseudo_weight for r in pseudo]
+        args.pseudo_items = len(pseudo)
+    w = np.array(w_list)
     w /= w.sum()
     log.info("train real", extra={"n": len(real), "two_line": sum(r.lines == 2 for r in real)})
     synth_x, synth_t = synth_bank(SPEC, args.synth, args.seed, work / f"synth_{args.synth}.pkl")
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="services/edge/models")
     ap.add_argument("--work", default="work-data/reader")
-    ap.add_argument("--steps", type=int, default=9000)
+    ap.add_argument("--steps", type=int, default=28000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--real-frac", type=float, default=0.5)
@@ -277,9 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument(
+        "--pseudo-labels",
+        default="",
+        help="JSON lines from reader_pseudo: teacher-read train boxes added as real crops",
+    )
+    ap.add_argument(
+        "--pseudo-weight",
+        type=float,
+        default=1.0,
+        help="sampling weight of a pseudo-labelled crop, relative to its dataset's weight",
+    )
+    ap.add_argument(
         "--max-minutes",
         type=float,
-        default=35.0,
+        default=70.0,
         help="time budget for the training loop; the LR schedule anneals by time or steps, "
         "whichever is further (0: steps only, so the schedule does not depend on machine speed)",
     )
