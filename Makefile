@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: help venv services check lint format test unit integration e2e demo train docs clean
+.PHONY: help venv services check lint format test unit integration e2e demo train baseline docs clean
 
 help:
 	@echo "make demo         set up .venv and run the single-machine demo (Ctrl-C stops it)"
@@ -15,6 +15,7 @@ help:
 	@echo "make unit         fast tests without services"
 	@echo "make services     install/start PostgreSQL, Redis and Mosquitto (root: via apt)"
 	@echo "make train        retrain the plate models from ../shared/data (needs the [train] extra)"
+	@echo "make baseline     install the PP-OCRv4 baseline (rapidocr-openvino) for eval comparisons"
 	@echo "make docs         regenerate docs/mqtt.md and docs/schemas/ from the code"
 
 $(STAMP): pyproject.toml
@@ -58,6 +59,10 @@ train: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[train]'
 	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4  # reader's teacher (pseudo-labels)
 	$(BIN)/python -m services.edge.training all --data ../shared/data --out services/edge/models
+
+baseline: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4 pyclipper
+	@echo "PP-OCRv4 baseline installed: platewatch eval DIR --engine rapidocr"
 
 docs: $(STAMP)
 	$(BIN)/platewatch docs

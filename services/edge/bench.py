@@ -187,13 +187,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def rss_probe(models: Path, images: Path, frames: int) -> float:
-    """Peak RSS (MB) of a fresh process running one 1-thread FP32 recogniser on 720p frames
-    (the edge node's footprint, without this benchmark's other recognisers)."""
+def rss_probe(models: Path, images: Path, frames: int, precision: str = "fp32") -> float:
+    """Peak RSS (MB) of a fresh process running one 1-thread recogniser of `precision` on 720p
+    frames (the edge node's footprint, without this benchmark's other recognisers)."""
     code = (
         "import sys;from pathlib import Path;from services.edge import bench as b;"
         f"fr=b.make_frames(Path({str(images)!r}),{frames},1280,720);"
-        f"r=b.load(Path({str(models)!r}),'fp32',1);"
+        f"r=b.load(Path({str(models)!r}),{precision!r},1);"
         "[r.recognize_bytes(f) for f in fr];print(b.peak_rss_mb())"
     )
     out = subprocess.run(
@@ -269,7 +269,7 @@ def main(argv: list[str]) -> int:
         f"streams={streams['streams']} {resolutions[0]} {precisions[0]}: "
         f"{streams['fps_total']} frames/s total"
     )
-    probe = rss_probe(args.models, args.images, min(args.frames, 20))
+    probes = {p: rss_probe(args.models, args.images, min(args.frames, 20), p) for p in precisions}
     report = {
         "git_sha": git_sha(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -279,11 +279,13 @@ def main(argv: list[str]) -> int:
         "latency": results,
         "throughput": streams,
         "peak_rss_mb_this_process": round(peak_rss_mb(), 1),
-        "peak_rss_mb_single_recognizer": round(probe, 1),
+        "peak_rss_mb_single_recognizer": {p: round(v, 1) for p, v in probes.items()},
         "note": "p50/p95 in ms per frame; stages: " + ", ".join(STAGES),
     }
     print(
-        f"peak RSS: one recogniser {probe:.0f} MB; this benchmark process "
+        "peak RSS: one recogniser "
+        + ", ".join(f"{p} {v:.0f} MB" for p, v in probes.items())
+        + "; this benchmark process "
         f"{report['peak_rss_mb_this_process']:.0f} MB"
     )
     if args.json:
