@@ -109,6 +109,8 @@ class EventConsumer(Generic[E]):
         self._worker: threading.Thread | None = None
         #: monotonic time of the last delivery handled (or of the start)
         self.last_delivery = time.monotonic()
+        #: a delivery is being handled right now
+        self.busy = False
 
     def start(self, qos: int = 1, subscribe: bool = True) -> None:
         """Start the worker and subscribe; `subscribe=False` only routes what the client's
@@ -131,11 +133,14 @@ class EventConsumer(Generic[E]):
         """Deliveries received but not yet handled."""
         return self._inbox.qsize()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop taking work; what is queued but unacknowledged is redelivered by the broker."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop taking work; what is queued but unacknowledged is redelivered by the broker.
+        True when the worker has finished (False: still busy after `timeout`)."""
         self._inbox.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+            return not self._worker.is_alive()
+        return True
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self._tick_s
@@ -149,8 +154,12 @@ class EventConsumer(Generic[E]):
                 return
             try:
                 if delivery is not _TICK:
-                    self._handle(delivery)
-                    self.last_delivery = time.monotonic()
+                    self.busy = True
+                    try:
+                        self._handle(delivery)
+                    finally:
+                        self.busy = False
+                        self.last_delivery = time.monotonic()
                 if self._idle is not None and self._inbox.empty():
                     self._idle()
                 if self._tick is not None and time.monotonic() >= next_tick:

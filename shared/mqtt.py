@@ -98,6 +98,14 @@ Handler = Callable[[Delivery], None]
 _RECV_CHUNK = 256 * 1024
 
 
+#: The private paho hooks `_BufferedClient` overrides or calls (paho-mqtt 2.1-2.2); on a paho
+#: without them the plain client is used.
+_BUFFERED_READS = all(
+    callable(getattr(paho.Client, name, None))
+    for name in ("_sock_recv", "_packet_read", "_loop_rc_handle", "loop_read")
+)
+
+
 class _BufferedClient(paho.Client):
     """paho's client with buffered socket reads.
 
@@ -112,23 +120,23 @@ class _BufferedClient(paho.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rx = bytearray()
+        self._rx = b""
         self._rx_pos = 0
         self._rx_sock: object | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
         sock = self._sock
         if sock is not self._rx_sock:  # a new connection: bytes of the old one are void
-            self._rx_sock, self._rx, self._rx_pos = sock, bytearray(), 0
+            self._rx_sock, self._rx, self._rx_pos = sock, b"", 0
         available = len(self._rx) - self._rx_pos
         if available <= 0:
             chunk = super()._sock_recv(max(bufsize, _RECV_CHUNK))  # may raise BlockingIOError
             if not chunk:
                 return chunk  # connection closed
-            self._rx, self._rx_pos = bytearray(chunk), 0
+            self._rx, self._rx_pos = chunk, 0
             available = len(chunk)
         take = min(bufsize, available)
-        out = bytes(self._rx[self._rx_pos : self._rx_pos + take])
+        out = self._rx[self._rx_pos : self._rx_pos + take]
         self._rx_pos += take
         return out
 
@@ -177,10 +185,12 @@ class MqttClient:
         self._route_cache: dict[str, Handler | None] = {}
         self._routes_only: dict[str, Handler] = {}
         self._unsubacks: dict[int, threading.Event] = {}
+        self._unsuback_errors: dict[int, list[str]] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self._v5 = settings.protocol == "5"
-        self._client = _BufferedClient(
+        client_class = _BufferedClient if _BUFFERED_READS else paho.Client
+        self._client = client_class(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
@@ -243,17 +253,21 @@ class MqttClient:
                 f"no connection to {self._settings.host}:{self._settings.port} in {wait_s}s"
             )
 
-    def stop(self, end_session: bool = False) -> None:
+    def stop(self, end_session: bool = False) -> bool:
         """Clean disconnect (no last will), then stop the network thread. `end_session` asks
         the broker to discard a persistent session now (MQTT 5 session expiry 0), e.g. after
-        draining it for good."""
+        draining it for good. True when the DISCONNECT was sent (False: not connected, so a
+        persistent session is kept by the broker)."""
         props: Properties | None = None
-        if end_session and self._v5 and self._persistent:
+        if end_session:
+            if not (self._v5 and self._persistent):
+                raise MqttError("ending a session needs MQTT 5 and a persistent session")
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
-        self._client.disconnect(properties=props)
+        sent = self._client.disconnect(properties=props) == paho.MQTT_ERR_SUCCESS
         self._client.loop_stop()
         self.connected.clear()
+        return sent
 
     def __enter__(self) -> MqttClient:
         self.start()
@@ -310,6 +324,10 @@ class MqttClient:
             self._unsubacks[mid] = done
         if not done.wait(wait_s):
             raise MqttError(f"unsubscribe {subscription!r}: no UNSUBACK in {wait_s}s")
+        with self._lock:
+            errors = self._unsuback_errors.pop(mid, [])
+        if errors:
+            raise MqttError(f"unsubscribe {subscription!r} refused: {', '.join(errors)}")
 
     def _on_unsubscribe(
         self,
@@ -321,6 +339,11 @@ class MqttClient:
     ) -> None:
         with self._lock:
             done = self._unsubacks.pop(mid, None)
+            if done is not None:
+                # 0x11 "no subscription existed" is success for our purpose
+                self._unsuback_errors[mid] = [
+                    str(rc) for rc in reason_codes if rc.is_failure and rc.value != 0x11
+                ]
         if done is not None:
             done.set()
 

@@ -48,11 +48,16 @@ def main(argv: list[str]) -> int:
     from services.correlator.service import Correlator
 
     if args.drain:
+        from services.correlator.service import DrainError
+
         try:
             stored = Correlator(settings).drain(quiet_s=args.quiet_s)
         except ConfigError as exc:
             print(f"platewatch correlator: {exc}", file=sys.stderr)
             return 2
+        except DrainError as exc:
+            print(f"platewatch correlator: drain of {settings.instance}: {exc}", file=sys.stderr)
+            return 1
         print(f"drained instance {settings.instance}: {stored} events stored, session ended")
         return 0
     try:

@@ -31,7 +31,7 @@ from services.correlator.evaluate import Evaluation, evaluate
 from services.correlator.lists import ListCache
 from shared.errors import PayloadError, SignatureError
 from shared.events import Alert, DeadLetter, GateDecision, NodeStatus, PlateRead, encode_event
-from shared.mqtt import Delivery, PublishResult
+from shared.mqtt import Delivery, MqttError, PublishResult
 from shared.signing import load_public_key, verify_event
 from shared.store import repository as repo
 from shared.topics import alert_topic, decision_topic, parse_plate_topic, parse_status_topic
@@ -212,6 +212,25 @@ class Ingestor:
         elif not self._batch.events and self._unconfirmed:
             self._mark_confirmed_now()
 
+    @property
+    def batched(self) -> int:
+        """Events in the batch being collected (not yet stored)."""
+        return len(self._batch.events)
+
+    def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait up to `timeout_s` for the broker to acknowledge the alerts published without
+        waiting, and mark them published (before a stop, so no sweeper republishes them)."""
+        deadline = time.monotonic() + timeout_s
+        for _, result, _ in list(self._unconfirmed):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                result.wait(left)
+            except MqttError:
+                break  # the broker is gone: the sweeper publishes them later
+        self._mark_confirmed_now()
+
     def idle(self) -> None:
         """No message is waiting: flush now rather than wait for more (after the linger)."""
         linger = self._linger_s
@@ -268,8 +287,9 @@ class Ingestor:
 
     def _store(self, events: Sequence[PlateRead]) -> tuple[list[Alert], list[GateDecision]]:
         now = self._clock()
-        # One event per id: a batch may hold a redelivered copy of its own event.
-        unique = list({e.event_id: e for e in events}.values())
+        # One event per id (a batch may hold a redelivered copy of its own event), in id order:
+        # two processes inserting overlapping ids then lock rows in the same order (no deadlock).
+        unique = sorted({e.event_id: e for e in events}.values(), key=lambda e: e.event_id)
         confirmed = self._confirmed()
         with self._sessions.begin() as session:
             if confirmed:
@@ -327,7 +347,14 @@ class Ingestor:
                 )
             )
         if self._stream is not None and alerts:
-            self._stream.append_alerts([a.model_dump_json() for a in alerts])
+            try:
+                self._stream.append_alerts([a.model_dump_json() for a in alerts])
+            except self._retry_errors as exc:
+                # Committed already: the messages must still be acknowledged. The alerts go out
+                # on MQTT; live monitors of the stream miss them (logged).
+                log.warning(
+                    "alert stream append failed", extra={"alerts": len(alerts), "error": str(exc)}
+                )
         sent: list[tuple[uuid.UUID, PublishResult]] = []
         for alert in alerts:
             sent.append(

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+import psycopg
+import psycopg.errors
 import redis
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
@@ -39,9 +41,9 @@ from services.correlator.rules import (
 )
 from services.correlator.state import CrossSiteCorrelator, CrossSiteState
 from shared.consumer import EventConsumer, MqttDeadLetterSink
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PlatewatchError
 from shared.events import NodeStatus, PlateRead, utc_now
-from shared.mqtt import MqttClient
+from shared.mqtt import MqttClient, MqttError
 from shared.store import migrate
 from shared.store import models as m
 from shared.store import repository as repo
@@ -83,6 +85,10 @@ def ensure_schema(engine: Engine, url: str) -> None:
 def _retry_db(step: Callable[[], None], what: str) -> None:
     """Run a start-up step, waiting out a database that is down or restarting."""
     retry_outages(step, what, (OperationalError,), first_delay_s=0.5)
+
+
+class DrainError(PlatewatchError):
+    """A drain could not finish; the instance's session is kept, so nothing is lost."""
 
 
 class Correlator:
@@ -127,7 +133,13 @@ class Correlator:
             accept_unknown_cameras=ing.accept_unknown_cameras,
             require_signatures=ing.require_signatures,
             decision_ttl_s=settings.correlation.gate_decision_ttl_s,
-            retry_errors=(redis.RedisError,),
+            # Raw-driver errors of the insert paths (not wrapped by SQLAlchemy): a dropped
+            # connection, and deadlocks/serialisation failures, which succeed when retried.
+            retry_errors=(
+                redis.RedisError,
+                psycopg.OperationalError,
+                psycopg.errors.TransactionRollback,
+            ),
             on_poison=lambda delivery, reason: self.consumer.reject(delivery, reason),
         )
         mqtt_sink = MqttDeadLetterSink(self.mqtt, "correlator", root)
@@ -219,54 +231,86 @@ class Correlator:
 
     def drain(self, quiet_s: float = 3.0, max_s: float = 3600.0, wait_s: float = 15.0) -> int:
         """Scale-down: empty and end this instance's persistent session; returns the events
-        stored.
+        stored. Raises DrainError (the session is then kept, nothing lost) when it cannot.
 
         A shared subscription keeps dealing messages to a member whose session is offline, so
         a correlator instance removed for good would strand what its session holds until the
         session expires, and then lose it. `drain` takes the session over (same `instance`),
         unsubscribes at the broker so no new message is dealt to it (the other members take
         them), stores everything the session still holds, and once nothing has arrived for
-        `quiet_s` ends the session (MQTT 5 session expiry 0).
+        `quiet_s` of connected time, with nothing being handled or batched, ends the session
+        (MQTT 5 session expiry 0).
         """
+        if self.settings.mqtt.protocol != "5":
+            raise DrainError("draining needs MQTT 5 (mqtt.protocol: '5')")
         _retry_db(self.refresh, "loading lists")
         if self._listener is not None:
             self._listener.start()
         self.consumer.start(subscribe=False)
         self.status_consumer.start(subscribe=False)
-        self.mqtt.start(wait_s)
-        self.mqtt.unsubscribe_at_broker(self.consumer.subscription)
-        self.mqtt.unsubscribe_at_broker(self.status_consumer.subscription)
+        try:
+            self.mqtt.start(wait_s)
+            self.mqtt.unsubscribe_at_broker(self.consumer.subscription)
+            self.mqtt.unsubscribe_at_broker(self.status_consumer.subscription)
+        except MqttError as exc:
+            self.stop()
+            raise DrainError(f"{exc}; the session is kept") from exc
         log.info("correlator draining its session", extra={"instance": self.settings.instance})
         deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline:
-            quiet = time.monotonic() - self.consumer.last_delivery >= quiet_s
-            if quiet and self.consumer.pending() == 0:
+        quiet_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                self.stop()
+                raise DrainError(f"messages still arriving after {max_s:.0f}s; the session is kept")
+            working = (
+                not self.mqtt.connected.is_set()  # a reconnect may bring redeliveries
+                or self.consumer.busy
+                or self.consumer.pending() > 0
+                or self.ingestor.batched > 0
+            )
+            if working:
+                quiet_since = now
+            elif now - max(quiet_since, self.consumer.last_delivery) >= quiet_s:
                 break
             time.sleep(0.1)
-        else:
-            log.warning(
-                "drain stopped at max_s; the session is kept",
-                extra={"instance": self.settings.instance, "max_s": max_s},
-            )
-            self.stop()
-            return self.ingestor.stats["events"]
-        self.stop(end_session=True)
+        if not self.stop(end_session=True):
+            raise DrainError("could not end the session cleanly; it is kept (run the drain again)")
         return self.ingestor.stats["events"]
 
-    def stop(self, end_session: bool = False) -> None:
+    def stop(self, end_session: bool = False) -> bool:
         """Flush and leave. The persistent session is kept (a restart resumes it) unless
-        `end_session`."""
-        self.consumer.stop()
+        `end_session`; returns True when the session was ended as asked.
+
+        The last batch is flushed only once the ingest thread has finished (never beside it);
+        alerts it published are given a few seconds to be acknowledged and marked, so that the
+        sweeper of another instance does not publish them again."""
+        finished = self.consumer.stop()
         self.status_consumer.stop()
-        self.ingestor.flush()
-        self.mqtt.stop(end_session=end_session)
+        if finished:
+            self.ingestor.flush()
+            self.ingestor.settle(timeout_s=5.0)
+        else:
+            log.warning("ingest still busy at stop; its batch is redelivered by the broker")
+        sent = self.mqtt.stop(end_session=end_session and finished)
+        ended = sent and end_session and finished
+        if end_session and not ended:
+            log.warning(
+                "session not ended", extra={"ingest_finished": finished, "disconnect_sent": sent}
+            )
         if self._listener is not None:
             self._listener.stop()
         self.engine.dispose()
         log.info(
-            "correlator stopped", extra={"instance": self.settings.instance, **self.ingestor.stats}
+            "correlator stopped",
+            extra={
+                "instance": self.settings.instance,
+                "session_ended": ended,
+                **self.ingestor.stats,
+            },
         )
         self._stopped.set()
+        return ended
 
     def run_forever(self) -> None:
         self._stopped.wait()

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, cast
 from uuid import UUID
 
@@ -153,8 +153,9 @@ def _ms(t: datetime) -> int:
 
 @dataclass(frozen=True, slots=True)
 class StateKeys:
-    """Every Redis key and channel of the cross-site state (hash tags keep a plate's keys on one
-    cluster slot)."""
+    """Every Redis key and channel of the cross-site state. (A plate's two keys share a hash
+    tag, but the batch script touches many plates at once, so the state needs one Redis server,
+    replicated or behind Sentinel, not a cluster.)"""
 
     prefix: str
 
@@ -180,27 +181,22 @@ class StateKeys:
         return f"{self.prefix}watchlist:changed"
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
-
-
 def _encode_sighting(s: Sighting) -> str:
-    """``site\\tcamera\\tmicroseconds since the epoch`` (slugs hold no tab)."""
-    return f"{s.site}\t{s.camera}\t{(s.seen_at - _EPOCH) // _MICROSECOND}"
+    """The history record, JSON as every release reads it (site and camera are slugs: nothing to
+    escape, so it is formatted directly rather than through json.dumps)."""
+    seen = s.seen_at.astimezone(UTC).isoformat(timespec="microseconds")
+    return f'{{"site":"{s.site}","camera":"{s.camera}","seen_at":"{seen}"}}'
 
 
 def _decode_sighting(plate: str, event_id: str, data: str) -> Sighting:
-    if data.startswith("{"):  # written by versions before 2026-11-25 (JSON)
-        d = json.loads(data)
-        site, camera, seen_at = (
-            str(d["site"]),
-            str(d["camera"]),
-            datetime.fromisoformat(str(d["seen_at"])),
-        )
-    else:
-        site, camera, micros = data.split("\t")
-        seen_at = _EPOCH + timedelta(microseconds=int(micros))
-    return Sighting(event_id=event_id, plate=plate, site=site, camera=camera, seen_at=seen_at)
+    d = json.loads(data)
+    return Sighting(
+        event_id=event_id,
+        plate=plate,
+        site=str(d["site"]),
+        camera=str(d["camera"]),
+        seen_at=datetime.fromisoformat(str(d["seen_at"])),
+    )
 
 
 class CrossSiteState:
