@@ -46,8 +46,6 @@ class Publisher(Protocol):
 
 
 class AlertStream(Protocol):
-    def append_alert(self, alert_json: str) -> str: ...
-
     def append_alerts(self, alerts_json: Sequence[str]) -> list[str]: ...
 
 
@@ -415,12 +413,16 @@ class Ingestor:
         with self._sessions.begin() as session:
             rows = repo.unpublished_alerts(session, cutoff)
             alerts = [Alert.model_validate(r.payload) for r in rows]
-            for alert in alerts:
+            sent = [
                 self._publisher.publish(
                     alert_topic(alert.site, alert.severity, self._root), encode_event(alert)
-                ).wait()
-                if self._stream is not None:
-                    self._stream.append_alert(alert.model_dump_json())
+                )
+                for alert in alerts
+            ]
+            for result in sent:
+                result.wait()
+            if self._stream is not None and alerts:
+                self._stream.append_alerts([a.model_dump_json() for a in alerts])
             repo.mark_published(session, [a.event_id for a in alerts], self._clock())
         return len(alerts)
 
