@@ -73,6 +73,7 @@ def sighting_row(event: PlateRead, received_at: datetime) -> dict[str, Any]:
 
 
 SIGHTING_COLUMNS: tuple[str, ...] = tuple(c.name for c in Sighting.__table__.columns)
+_SIGHTING_COLS_SQL = ", ".join(SIGHTING_COLUMNS)  # the model's own names, never input
 _JSON_COLUMNS = frozenset({"char_confidences", "candidates", "box"})
 _SQLITE_ROWS_PER_INSERT = 500  # x 21 columns stays under SQLite's 32,766 bound parameters
 
@@ -112,7 +113,7 @@ _JSON_INSERT_MAX_ROWS = 64
 
 def _json_insert_sightings(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
     """PostgreSQL, small batches: the rows as one JSON parameter, expanded by the server."""
-    cols = ", ".join(SIGHTING_COLUMNS)
+    cols = _SIGHTING_COLS_SQL
     payload = json.dumps(rows, default=str, separators=(",", ":"))
     raw = session.connection().connection.driver_connection
     assert raw is not None
@@ -147,9 +148,9 @@ def prepare_ingest_connection(dbapi_conn: Any, record: Any) -> None:
 def _copy_sightings(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
     """PostgreSQL: COPY the batch into a temporary table, then move it with one INSERT ...
     SELECT ... ON CONFLICT DO NOTHING RETURNING. About 20x less client CPU per row than a
-    multi-row VALUES insert (docs/performance.md), same idempotent contract. Three round trips
-    per batch: the COPY and the move (the table is made once per connection)."""
-    cols = ", ".join(SIGHTING_COLUMNS)
+    multi-row VALUES insert (docs/performance.md), same idempotent contract. Two round trips
+    per batch, the COPY and the move: the table is made once per connection."""
+    cols = _SIGHTING_COLS_SQL
     pooled = session.connection().connection
     raw = pooled.driver_connection
     assert raw is not None
