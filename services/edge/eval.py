@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--margin-x", type=float, default=None, help="reader crop margin (x)")
     ap.add_argument("--margin-y", type=float, default=None, help="reader crop margin (y)")
     ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
+    ap.add_argument(
+        "--refine-below",
+        type=float,
+        default=None,
+        help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
 
@@ -287,6 +293,8 @@ def main(argv: list[str]) -> int:
             options = replace(options, crop_margin_y=args.margin_y)
         if args.min_confidence is not None:
             options = replace(options, min_read_confidence=args.min_confidence)
+        if args.refine_below is not None:
+            options = replace(options, refine_below=args.refine_below)
         engine = platewatch_engine(
             args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )

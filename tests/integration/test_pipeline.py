@@ -58,6 +58,13 @@ def compose_scene(seed: int = 3) -> tuple[np.ndarray, tuple[int, int, int, int],
     return frame, (x1, y1, x1 + width, y1 + height), plate.text
 
 
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -111,6 +118,28 @@ def test_detector_finds_the_plate_on_a_composed_scene(recognizer: PlateRecognize
     frame, box, _ = compose_scene()
     detections = recognizer.detect(frame)
     assert any(_overlap(d.box, box) >= 0.5 for d in detections), detections
+
+
+def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
+    """A plate about 45 px wide in a 1280 px frame (14 px at the model's 384 px) is detected
+    again in a zoomed window; the refined box fits the plate at least as well as the coarse one
+    and never moves off it."""
+    frame, (x1, y1, x2, y2), _ = compose_scene()
+    small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    big = np.full_like(frame, 128)
+    big[200 : 200 + small.shape[0], 600 : 600 + small.shape[1]] = small
+    box = (600 + x1 / 4, 200 + y1 / 4, 600 + x2 / 4, 200 + y2 / 4)
+    coarse = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(refine_below=0), reader_name=None
+    ).detect(big)
+    refined = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(), reader_name=None
+    ).detect(big)
+    coarse_hits = [d for d in coarse if _overlap(d.box, box) >= 0.5]
+    refined_hits = [d for d in refined if _overlap(d.box, box) >= 0.5]
+    assert coarse_hits and len(refined_hits) == len(coarse_hits), (coarse, refined)
+    assert _iou(refined_hits[0].box, box) >= min(0.5, _iou(coarse_hits[0].box, box))
+    assert refined_hits[0].score == coarse_hits[0].score
 
 
 def test_recognizer_returns_plate_with_box_and_confidences(recognizer: PlateRecognizer) -> None:

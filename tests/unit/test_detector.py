@@ -8,6 +8,7 @@ import pytest
 
 from services.edge.recognition.detector import (
     PAD_VALUE,
+    Detection,
     DetectorOutputError,
     DetectorSpec,
     DetectorSpecError,
@@ -16,8 +17,10 @@ from services.edge.recognition.detector import (
     decode,
     letterbox,
     nms,
+    pick_refined,
     postprocess,
     preprocess,
+    refine_window,
     to_frame,
 )
 
@@ -156,3 +159,41 @@ def test_spec_rejects_bad_field_naming_it(raw: dict, field: str) -> None:
 def test_spec_from_missing_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(DetectorSpecError, match=r"missing\.json"):
         DetectorSpec.from_file(tmp_path / "missing.json")
+
+
+def test_refine_window_is_a_square_centred_on_the_box() -> None:
+    # plate-shaped extent = max(width 40, 2 x height 10) = 40; side = 3 x 40 = 120
+    assert refine_window((500.0, 300.0, 540.0, 310.0), 1280, 720, 3.0) == (460, 245, 580, 365)
+
+
+def test_refine_window_uses_twice_the_height_for_tall_boxes() -> None:
+    x1, y1, x2, y2 = refine_window((500.0, 300.0, 520.0, 330.0), 1280, 720, 2.0) or (0, 0, 0, 0)
+    assert (x2 - x1, y2 - y1) == (120, 120)
+
+
+def test_refine_window_shifts_inside_the_frame_and_clips_when_larger() -> None:
+    assert refine_window((0.0, 0.0, 40.0, 10.0), 1280, 720, 3.0) == (0, 0, 120, 120)
+    assert refine_window((1240.0, 710.0, 1280.0, 720.0), 1280, 720, 3.0) == (1160, 600, 1280, 720)
+    assert refine_window((10.0, 10.0, 90.0, 30.0), 100, 60, 3.0) == (0, 0, 100, 60)
+
+
+@pytest.mark.parametrize("box", [(5.0, 5.0, 5.0, 9.0), (5.0, 9.0, 8.0, 9.0), (0.0, 0.0, 1.0, 0.5)])
+def test_refine_window_of_degenerate_box_is_none(box: tuple[float, float, float, float]) -> None:
+    assert refine_window(box, 1280, 720, 3.0) is None
+
+
+def test_pick_refined_takes_best_candidate_centred_inside_the_coarse_box() -> None:
+    coarse = (100.0, 100.0, 200.0, 140.0)
+    candidates = [
+        Detection(box=(0.0, 0.0, 20.0, 10.0), score=0.9),  # centre (110, 105) in frame: inside
+        Detection(box=(30.0, 10.0, 70.0, 24.0), score=0.95),  # centre (150, 117): inside, best
+        Detection(box=(200.0, 200.0, 240.0, 210.0), score=0.99),  # far outside
+    ]
+    best = pick_refined(coarse, candidates, (100, 100))
+    assert best == Detection(box=(130.0, 110.0, 170.0, 124.0), score=0.95)
+
+
+def test_pick_refined_without_candidate_inside_is_none() -> None:
+    far = [Detection(box=(300.0, 300.0, 340.0, 310.0), score=0.9)]
+    assert pick_refined((100.0, 100.0, 200.0, 140.0), far, (0, 0)) is None
+    assert pick_refined((100.0, 100.0, 200.0, 140.0), [], (0, 0)) is None

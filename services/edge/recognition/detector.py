@@ -229,3 +229,48 @@ def postprocess(
         for i in keep
         for b in (boxes[i],)
     ]
+
+
+# ----------------------------------------------------------------------------- box refinement
+def refine_window(
+    box: tuple[float, float, float, float], frame_width: int, frame_height: int, context: float
+) -> tuple[int, int, int, int] | None:
+    """A square window around a coarse box for a second, zoomed detector pass.
+
+    Its side is `context` times the box's plate-shaped extent (max of width and twice the
+    height), shifted to stay inside the frame where it fits and clipped where it does not.
+    None when the box or the window is degenerate."""
+    x1, y1, x2, y2 = box
+    bw, bh = x2 - x1, y2 - y1
+    if bw <= 0 or bh <= 0 or context <= 0:
+        return None
+    side = context * max(bw, 2.0 * bh)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    wx1 = min(max(0.0, cx - side / 2.0), max(0.0, frame_width - side))
+    wy1 = min(max(0.0, cy - side / 2.0), max(0.0, frame_height - side))
+    ix1, iy1 = int(wx1), int(wy1)
+    ix2 = min(frame_width, int(np.ceil(wx1 + side)))
+    iy2 = min(frame_height, int(np.ceil(wy1 + side)))
+    if ix2 - ix1 < 8 or iy2 - iy1 < 8:
+        return None
+    return ix1, iy1, ix2, iy2
+
+
+def pick_refined(
+    coarse: tuple[float, float, float, float],
+    candidates: list[Detection],
+    offset: tuple[int, int],
+) -> Detection | None:
+    """The zoomed pass's detection that refines `coarse`: the best-scoring candidate (window
+    pixels, shifted by `offset` to frame pixels) whose centre lies inside the coarse box."""
+    ox, oy = offset
+    x1, y1, x2, y2 = coarse
+    best: Detection | None = None
+    for cand in candidates:
+        bx1, by1, bx2, by2 = cand.box
+        cx, cy = (bx1 + bx2) / 2.0 + ox, (by1 + by2) / 2.0 + oy
+        if not (x1 <= cx <= x2 and y1 <= cy <= y2):
+            continue
+        if best is None or cand.score > best.score:
+            best = Detection(box=(bx1 + ox, by1 + oy, bx2 + ox, by2 + oy), score=cand.score)
+    return best

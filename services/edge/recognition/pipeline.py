@@ -8,6 +8,7 @@ from `recognize*`: it gives an empty result whose `error` says why.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import time
@@ -37,6 +38,13 @@ DEFAULT_DETECTOR = "detector_int8"
 class PipelineOptions:
     """Tunables of the composed pipeline (not of either model)."""
 
+    # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
+    # box narrower than `refine_below` model-input pixels is detected again in a square window
+    # `refine_context` times its size, at `refine_input` px; 0 turns it off.
+    refine_below: float = 64.0
+    refine_context: float = 3.0
+    refine_input: int = 192
+    refine_min_score: float = 0.3
     crop_margin_x: float = 0.06
     crop_margin_y: float = 0.10
     min_read_confidence: float = 0.3
@@ -179,12 +187,21 @@ class PlateRecognizer:
         reader_spec: rdr.ReaderSpec | None,
         options: PipelineOptions | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        refine_model: InferenceModel | None = None,
     ) -> None:
         self._det_model = detector_model
         self._det_spec = detector_spec
+        self.options = options or PipelineOptions()
+        self._refine_model = refine_model
+        size = self.options.refine_input
+        self._refine_spec = dataclasses.replace(
+            detector_spec,
+            input_width=size,
+            input_height=size,
+            score_threshold=self.options.refine_min_score,
+        )
         self._reader_model = reader_model
         self._reader_spec = reader_spec
-        self.options = options or PipelineOptions()
         self._clock = clock
 
     @classmethod
@@ -208,6 +225,13 @@ class PlateRecognizer:
         det_json = models_dir / f"{detector_spec_name or detector_name.removesuffix('_int8')}.json"
         det_spec = det.DetectorSpec.from_file(det_json)
         det_model = OpenVinoModel.load(models_dir / f"{detector_name}.xml", runtime, core)
+        opts = options or PipelineOptions()
+        refine_model: InferenceModel | None = None
+        if opts.refine_below > 0:
+            size = opts.refine_input
+            refine_model = OpenVinoModel.load(
+                models_dir / f"{detector_name}.xml", runtime, core, input_shape=(1, 3, size, size)
+            )
         reader_model: InferenceModel | None = None
         reader_spec: rdr.ReaderSpec | None = None
         if reader_name is not None:
@@ -216,7 +240,7 @@ class PlateRecognizer:
                 rdr_json = models_dir / f"{reader_name.removesuffix('_int8')}.json"
             reader_spec = rdr.ReaderSpec.from_file(rdr_json)
             reader_model = OpenVinoModel.load(models_dir / f"{reader_name}.xml", runtime, core)
-        return cls(det_model, det_spec, reader_model, reader_spec, options)
+        return cls(det_model, det_spec, reader_model, reader_spec, opts, refine_model=refine_model)
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
         """Decode an encoded image (JPEG, PNG, ...) and recognise its plates."""
@@ -243,10 +267,10 @@ class PlateRecognizer:
         )
 
     def detect(self, frame: npt.NDArray[np.uint8]) -> list[det.Detection]:
-        """Detections only (frame must be HxWx3 uint8 BGR)."""
+        """Detections only, refined like `recognize` does (frame must be HxWx3 uint8 BGR)."""
         inputs, meta = det.preprocess(frame, self._det_spec)
         outputs = self._det_model.infer({self._det_spec.input_name: inputs})
-        return det.postprocess(outputs, meta, self._det_spec)
+        return self._refine(frame, det.postprocess(outputs, meta, self._det_spec), meta.scale)
 
     def recognize(
         self,
@@ -281,6 +305,7 @@ class PlateRecognizer:
             t1 = clock()
             outputs = self._det_model.infer({self._det_spec.input_name: inputs})
             detections = det.postprocess(outputs, meta, self._det_spec)
+            detections = self._refine(image, detections, meta.scale)
             t2 = clock()
             timings["resize"] = (t1 - t0) * 1000.0
             timings["detect"] = (t2 - t1) * 1000.0
@@ -289,6 +314,34 @@ class PlateRecognizer:
         timings["read"] = (t3 - t2) * 1000.0
         timings["total"] = (t3 - t0) * 1000.0
         return RecognitionResult(plates=plates, timings_ms=timings, width=width, height=height)
+
+    def _refine(
+        self, image: npt.NDArray[np.uint8], detections: list[det.Detection], scale: float
+    ) -> list[det.Detection]:
+        """Replace the boxes of small detections by those of a zoomed second pass; a detection
+        the zoomed pass does not confirm keeps its coarse box."""
+        opts = self.options
+        if self._refine_model is None or opts.refine_below <= 0:
+            return detections
+        height, width = image.shape[:2]
+        refined: list[det.Detection] = []
+        for detection in detections[: opts.max_plates]:
+            x1, _, x2, _ = detection.box
+            window = None
+            if (x2 - x1) * scale < opts.refine_below:
+                window = det.refine_window(detection.box, width, height, opts.refine_context)
+            if window is None:
+                refined.append(detection)
+                continue
+            wx1, wy1, wx2, wy2 = window
+            inputs, meta = det.preprocess(image[wy1:wy2, wx1:wx2], self._refine_spec)
+            outputs = self._refine_model.infer({self._refine_spec.input_name: inputs})
+            candidates = det.postprocess(outputs, meta, self._refine_spec)
+            best = det.pick_refined(detection.box, candidates, (wx1, wy1))
+            refined.append(
+                detection if best is None else det.Detection(box=best.box, score=detection.score)
+            )
+        return refined
 
     def _read_all(
         self,

@@ -93,15 +93,22 @@ class OpenVinoModel:
 
     @classmethod
     def load(
-        cls, xml: Path, options: RuntimeOptions | None = None, core: Any = None
+        cls,
+        xml: Path,
+        options: RuntimeOptions | None = None,
+        core: Any = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> OpenVinoModel:
-        """Read `xml` (+ .bin next to it) and compile it with `options`."""
+        """Read `xml` (+ .bin next to it) and compile it with `options`; `input_shape` reshapes
+        a single-input, fully convolutional model (e.g. the detector at a smaller size)."""
         opts = options or RuntimeOptions()
         if not xml.is_file() or not xml.with_suffix(".bin").is_file():
             raise ModelLoadError(xml, "IR .xml/.bin pair not found")
         ov_core = core if core is not None else ov.Core()
         try:
             model = ov_core.read_model(str(xml))
+            if input_shape is not None:
+                model.reshape(list(input_shape))
             compiled = ov_core.compile_model(model, opts.device, opts.config())
         except RuntimeError as exc:
             raise ModelLoadError(xml, f"OpenVINO failed: {exc}") from exc
