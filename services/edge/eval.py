@@ -7,7 +7,9 @@ One image at a time; writes one JSON line per image {"file", "plates": [{"text",
 "box"}], "ms"} where ms is decoded image -> final plates. A labelled plate counts as read when a
 prediction has exactly its text and the boxes overlap (intersection / smaller area >= 0.5, the
 reference scoring of openalpr-endtoend-dev). Reads that overlap no labelled box are "extra reads";
-reads on a labelled box with the wrong text are "wrong reads".
+reads on a labelled box with the wrong text are "wrong reads". The reader's plate-format hint is
+each image's labelled region by default (`--region label`), as a camera is configured with its
+site's country in production (docs/decisions.md); `--region none` reads without any hint.
 """
 
 from __future__ import annotations
@@ -235,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", type=Path, help="write the summary here too")
     ap.add_argument(
         "--region",
-        default="none",
-        help="reader format hint: 'none', 'label' (each image's labelled region, as a site "
-        "would be configured) or a region code",
+        default="label",
+        help="reader format hint: 'label' (default: each image's labelled region, as the "
+        "camera's site would be configured), 'none' or a region code",
     )
     ap.add_argument("--engine", choices=("platewatch", "rapidocr"), default="platewatch")
     ap.add_argument("--models", type=Path, default=None, help="models folder")

@@ -11,9 +11,13 @@ from services.edge.recognition.reader import (
     ReaderSpec,
     ReaderSpecError,
     ctc_beam_search,
+    ctc_label_probability,
     greedy_decode,
+    layout_classes,
+    layout_decode,
     postprocess,
     preprocess,
+    region_layouts,
     rerank,
 )
 
@@ -208,3 +212,76 @@ def test_shipped_reader_sidecar_loads_and_matches_two_row_output() -> None:
     assert spec.sequence_rows == 2
     raw = json.loads(path.read_text(encoding="utf-8"))
     assert raw["output"]["shape"][-1] == spec.num_classes
+
+
+def _cls(text: str) -> list[int]:
+    return [CHARSET.index(c) + 1 for c in text]
+
+
+def test_layout_decode_takes_the_best_allowed_class_per_position() -> None:
+    probs = _probs("-0-Z-U-2-1-0-4-", peak=0.6)
+    # 'O' is a weaker second at the first character: a letter position in LLLNNNN
+    probs[1, CHARSET.index("O") + 1] = 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+    labels = layout_decode(probs, layout_classes("LLLNNNN", SPEC), SPEC.blank_index)
+    assert labels == _cls("OZU2104")
+    # a digit-only layout of the same length keeps the digits and maps letters to digits
+    assert len(layout_decode(probs, layout_classes("NNNNNNN", SPEC), SPEC.blank_index)) == 7
+
+
+def test_layout_decode_finds_repeated_characters_without_blank_between() -> None:
+    probs = _probs("-A-A-A-1-1-1-1-")
+    labels = layout_decode(probs, layout_classes("LLLNNNN", SPEC), SPEC.blank_index)
+    assert labels == _cls("AAA1111")
+
+
+def test_layout_decode_returns_nothing_when_the_layout_cannot_fit() -> None:
+    assert layout_decode(_probs("-A-"), layout_classes("LLLNNNN", SPEC), SPEC.blank_index) == []
+    assert layout_decode(_probs("-A-"), [], SPEC.blank_index) == []
+
+
+def test_layout_classes_names_an_unknown_position_class() -> None:
+    with pytest.raises(ValueError, match="X"):
+        layout_classes("LLX", SPEC)
+
+
+def test_ctc_label_probability_sums_every_alignment() -> None:
+    rng = np.random.default_rng(7)
+    probs = rng.random((4, 3)).astype(np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
+    # brute force over all 3^4 paths: collapse repeats, drop blanks (class 0)
+    import itertools
+
+    def collapse(path: tuple[int, ...]) -> tuple[int, ...]:
+        out, prev = [], -1
+        for k in path:
+            if k != prev and k != 0:
+                out.append(k)
+            prev = k
+        return tuple(out)
+
+    for labels in ([1], [1, 2], [1, 1], [2, 1, 2]):
+        want = sum(
+            float(np.prod([probs[t, k] for t, k in enumerate(path)]))
+            for path in itertools.product(range(3), repeat=4)
+            if collapse(path) == tuple(labels)
+        )
+        assert ctc_label_probability(probs, labels, 0) == pytest.approx(want, rel=1e-6)
+
+
+def test_postprocess_adds_the_layout_reading_for_a_region_with_fixed_layouts() -> None:
+    probs = _probs("-A-D-1-9-3-7-1-", peak=0.9)
+    i, one = CHARSET.index("I") + 1, CHARSET.index("1") + 1
+    probs[5, one], probs[5, i] = 0.85, 0.1  # 'I' is 12x less likely than '1' at position 3
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert postprocess(probs, SPEC).text == "AD19371"
+    reading = postprocess(probs, SPEC, region="br")
+    assert reading.text == "ADI9371"
+    assert 0.0 < reading.confidence < 0.2  # its own probability, not the misfit's
+    assert "AD19371" in [c for c, _ in reading.candidates]
+
+
+def test_region_layouts_come_from_the_shared_formats_of_fixed_layout_regions() -> None:
+    assert region_layouts("br") == ("LLLNNNN", "LLLNLNN")
+    assert region_layouts("uk") == region_layouts("gb") == ("LLNNLLL",)
+    assert region_layouts("us") == () and region_layouts(None) == ()

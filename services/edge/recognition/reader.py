@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from shared.plates import DEFAULT_FORMATS
+
 FloatArray = npt.NDArray[np.float32]
 
 # Per-region plate formats used to re-rank beam candidates. Extend by adding regexes; a region
@@ -37,7 +39,21 @@ REGION_PATTERNS: dict[str, tuple[str, ...]] = {
     "in": (r"[A-Z]{2}[0-9]{1,2}[A-Z]{0,3}[0-9]{1,4}",),
 }
 # score factor for a candidate that fits none of its region's formats
-FORMAT_MISMATCH_PENALTY = 0.05
+FORMAT_MISMATCH_PENALTY = 0.01
+# Regions whose plates all follow a few fixed layouts (shared.plates.DEFAULT_FORMATS, L = letter,
+# N = digit): postprocess adds the best reading of each layout (format-constrained CTC decoding)
+# to the beam candidates, so an O/0, I/1, B/8 confusion the beam did not keep can still be
+# corrected. US and EU formats vary too much to constrain.
+FIXED_LAYOUT_REGIONS: dict[str, str] = {"br": "br", "ro": "ro", "gb": "gb", "uk": "gb"}
+
+
+def region_layouts(region: str | None) -> tuple[str, ...]:
+    """The fixed L/N layouts a region's plates follow; () when it has none."""
+    fmt = DEFAULT_FORMATS.get(FIXED_LAYOUT_REGIONS.get(region or "", ""))
+    if fmt is None:
+        return ()
+    return tuple(p for p in fmt.patterns if p and set(p) <= {"L", "N"})
+
 
 _MIN_STEP_PROB = 0.01  # characters less likely than this at a step are not expanded by the beam
 _MAX_STEP_CANDIDATES = 4  # at most this many classes per step are considered by the beam
@@ -202,6 +218,13 @@ def postprocess(
     probs = _to_probs(logits, spec)
     beams = ctc_beam_search(probs, spec.blank_index, beam_width=max(beam_width, top_n))
     candidates = [(_label_text(p, spec), s) for p, s in beams]
+    known = {text for text, _ in candidates}
+    for layout in region_layouts(region):
+        labels = layout_decode(probs, layout_classes(layout, spec), spec.blank_index)
+        text = _label_text(tuple(labels), spec)
+        if labels and text not in known:
+            known.add(text)
+            candidates.append((text, ctc_label_probability(probs, labels, spec.blank_index)))
     ranked = rerank(candidates, region)
     if not ranked:
         return PlateReading(text="", confidence=0.0, char_confidences=(), candidates=())
@@ -323,6 +346,87 @@ def _add(
     else:
         cur[0] = _lse(cur[0], pb)
         cur[1] = _lse(cur[1], pnb)
+
+
+def layout_classes(layout: str, spec: ReaderSpec) -> list[npt.NDArray[np.int64]]:
+    """Model class indices allowed at each position of a layout ('L' letters, 'N' digits)."""
+    letters = [_class_of(c, spec) for c in spec.charset if "A" <= c <= "Z"]
+    digits = [_class_of(c, spec) for c in spec.charset if "0" <= c <= "9"]
+    table = {"L": np.asarray(letters, np.int64), "N": np.asarray(digits, np.int64)}
+    try:
+        return [table[c] for c in layout]
+    except KeyError as exc:
+        raise ValueError(f"layout {layout!r}: unknown position class {exc.args[0]!r}") from exc
+
+
+def layout_decode(probs: FloatArray, allowed: list[npt.NDArray[np.int64]], blank: int) -> list[int]:
+    """The best label sequence with exactly one character per position, drawn from that
+    position's allowed classes (format-constrained CTC decoding).
+
+    A Viterbi pass over blank / position states finds the best alignment (each frame of a
+    position scores its best allowed class); each position then takes the allowed class with
+    the highest summed log-probability over its frames. [] when the sequence cannot fit."""
+    n_t, n_pos = probs.shape[0], len(allowed)
+    if n_pos == 0 or n_t < n_pos:
+        return []
+    logp = np.log(np.maximum(probs, 1e-30))
+    # states: 0 = leading blank, 2i+1 = position i, 2i+2 = blank after position i
+    n_s = 2 * n_pos + 1
+    emit = np.empty((n_t, n_s))
+    emit[:, 0::2] = logp[:, blank : blank + 1]
+    for i, classes in enumerate(allowed):
+        emit[:, 2 * i + 1] = logp[:, classes].max(axis=1)
+    # skipping the blank between two positions is always allowed: the classes may differ
+    can_skip = np.zeros(n_s, dtype=bool)
+    can_skip[3::2] = True
+    score = np.full(n_s, -np.inf)
+    score[0], score[1] = emit[0, 0], emit[0, 1]
+    back = np.zeros((n_t, n_s), dtype=np.int64)
+    idx = np.arange(n_s)
+    choices = np.full((3, n_s), -np.inf)
+    for t in range(1, n_t):
+        choices[0] = score
+        choices[1, 1:] = score[:-1]
+        choices[2, 2:] = np.where(can_skip[2:], score[:-2], -np.inf)
+        arg = choices.argmax(axis=0)
+        score = choices[arg, idx] + emit[t]
+        back[t] = idx - arg
+    state = n_s - 1 if score[n_s - 1] >= score[n_s - 2] else n_s - 2
+    if not np.isfinite(score[state]):
+        return []
+    frames: list[list[int]] = [[] for _ in range(n_pos)]
+    for t in range(n_t - 1, -1, -1):
+        if state % 2 == 1:
+            frames[state // 2].append(t)
+        state = int(back[t, state]) if t > 0 else state
+    labels = []
+    for classes, ts in zip(allowed, frames, strict=True):
+        if not ts:
+            return []
+        labels.append(int(classes[logp[np.asarray(ts)][:, classes].sum(axis=0).argmax()]))
+    return labels
+
+
+def ctc_label_probability(probs: FloatArray, labels: list[int], blank: int) -> float:
+    """P(labels | probs) under CTC: the forward algorithm, summing over all alignments."""
+    if not labels:
+        return float(np.prod(probs[:, blank]))
+    ext = [blank]
+    for k in labels:
+        ext += [k, blank]
+    ext_arr = np.asarray(ext)
+    n_s = len(ext)
+    logp = np.log(np.maximum(probs, 1e-30))[:, ext_arr]
+    can_skip = np.zeros(n_s, dtype=bool)
+    can_skip[2:] = (ext_arr[2:] != blank) & (ext_arr[2:] != ext_arr[:-2])
+    alpha = np.full(n_s, -np.inf)
+    alpha[0], alpha[1] = logp[0, 0], logp[0, 1]
+    for t in range(1, probs.shape[0]):
+        stay = alpha
+        step = np.concatenate(([-np.inf], alpha[:-1]))
+        skip = np.where(can_skip, np.concatenate(([-np.inf, -np.inf], alpha[:-2])), -np.inf)
+        alpha = np.logaddexp(np.logaddexp(stay, step), skip) + logp[t]
+    return float(np.exp(np.logaddexp(alpha[-1], alpha[-2])))
 
 
 def forced_alignment_confidences(probs: FloatArray, labels: list[int], blank: int) -> list[float]:
