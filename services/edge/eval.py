@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
     )
+    ap.add_argument(
+        "--variants-below",
+        type=float,
+        default=None,
+        help="read a plate again with other crop margins when its confidence is below this; "
+        "0 = never",
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
 
@@ -297,6 +304,8 @@ def main(argv: list[str]) -> int:
             options = replace(options, min_read_confidence=args.min_confidence)
         if args.refine_below is not None:
             options = replace(options, refine_below=args.refine_below)
+        if args.variants_below is not None:
+            options = replace(options, variants_below=args.variants_below)
         engine = platewatch_engine(
             args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )

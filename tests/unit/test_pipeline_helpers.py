@@ -157,3 +157,67 @@ def test_recognizer_reads_given_boxes_without_running_the_detector() -> None:
     assert result.plates[0].box == (10.0, 20.0, 90.0, 40.0)
     assert result.plates[0].confidence > 0.9
     assert len(result.plates[0].char_confidences) == 4
+
+
+def _probs_for(spec: ReaderSpec, steps: list[dict[str, float]]) -> np.ndarray:
+    """(T, K) probabilities; each step maps characters ('-' = blank) to probabilities."""
+    k = spec.num_classes
+    out = np.full((len(steps), k), 1e-4, np.float32)
+    for t, step in enumerate(steps):
+        for ch, p in step.items():
+            out[t, spec.blank_index if ch == "-" else spec.charset.index(ch) + 1] = p
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def test_combine_takes_the_text_with_the_highest_mean_probability_over_reads() -> None:
+    from services.edge.recognition import reader as rdr
+    from services.edge.recognition.pipeline import _combine
+
+    _, spec = _reader_fake("A")
+    first = _probs_for(spec, [{"-": 1}, {"A": 0.6, "4": 0.4}, {"-": 1}, {"B": 1}, {"-": 1}])
+    second = _probs_for(spec, [{"-": 1}, {"A": 0.2, "4": 0.8}, {"-": 1}, {"B": 1}, {"-": 1}])
+    reads = [(rdr.postprocess(p, spec), p) for p in (first, second)]
+    assert [r.text for r, _ in reads] == ["AB", "4B"]
+    combined = _combine(reads, spec, None, top_n=5)
+    assert combined.text == "4B"  # mean 0.6 against 0.4
+    assert combined.confidence == pytest.approx(0.6, abs=0.02)  # 1e-4 floor per class
+    assert len(combined.char_confidences) == 2 and combined.char_confidences[0] > 0.7
+    assert [t for t, _ in combined.candidates][:2] == ["4B", "AB"]
+
+
+class SequenceModel(FakeModel):
+    """Returns the next of several outputs on each call (the last one repeats)."""
+
+    def __init__(self, inputs: tuple[str, ...], outputs: list[dict[str, np.ndarray]]) -> None:
+        super().__init__(inputs, outputs[0])
+        self._sequence = outputs
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._sequence[min(self.calls, len(self._sequence) - 1)]
+        self.calls += 1
+        return out
+
+
+def test_uncertain_read_is_read_again_with_the_variant_margins() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+    from services.edge.recognition.pipeline import PipelineOptions
+
+    _, spec = _reader_fake("A")
+    unsure = _probs_for(spec, [{"-": 1}, {"A": 0.55, "4": 0.45}, {"-": 1}, {"B": 1}, {"-": 1}])
+    sure = _probs_for(spec, [{"-": 1}, {"4": 0.99}, {"-": 1}, {"B": 1}, {"-": 1}])
+    reader = SequenceModel(("crop",), [{"logits": unsure[None]}, {"logits": sure[None]}])
+    options = PipelineOptions(read_variants=((0.0, 0.0), (0.2, 0.2)), variants_below=0.9)
+    recognizer = PlateRecognizer(FakeModel(("image",), {}), DetectorSpec(), reader, spec, options)
+    result = recognizer.recognize(np.zeros((100, 200, 3), np.uint8), boxes=[(10, 20, 90, 40)])
+    assert reader.calls == 3
+    assert [p.text for p in result.plates] == ["4B"]  # (0.45 + 0.99 + 0.99) / 3 beats 0.55 / 3
+
+
+def test_confident_read_is_not_read_again() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+
+    reader, spec = _reader_fake("AB12")
+    recognizer = PlateRecognizer(FakeModel(("image",), {}), DetectorSpec(), reader, spec)
+    result = recognizer.recognize(np.zeros((100, 200, 3), np.uint8), boxes=[(10, 20, 90, 40)])
+    assert reader.calls == 1 and [p.text for p in result.plates] == ["AB12"]

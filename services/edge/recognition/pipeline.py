@@ -47,6 +47,11 @@ class PipelineOptions:
     refine_min_score: float = 0.3
     crop_margin_x: float = 0.06
     crop_margin_y: float = 0.10
+    # Test-time variants: when a reading's confidence is below `variants_below`, the plate is
+    # read again with these (x, y) crop margins and each candidate text scores its mean
+    # probability over all reads (docs/models.md, "Reading variants"); () turns it off.
+    read_variants: tuple[tuple[float, float], ...] = ((0.03, 0.05), (0.10, 0.15))
+    variants_below: float = 0.9
     min_read_confidence: float = 0.3
     min_text_length: int = 2
     max_plates: int = 8
@@ -343,6 +348,41 @@ class PlateRecognizer:
             )
         return refined
 
+    def _read_box(
+        self,
+        image: npt.NDArray[np.uint8],
+        box: tuple[float, float, float, float],
+        mx: float,
+        my: float,
+        region: str | None,
+    ) -> tuple[rdr.PlateReading, npt.NDArray[np.float32]] | None:
+        """Read one crop of `box` widened by mx/my: the reading and the per-step class
+        probabilities; None when the crop is degenerate."""
+        assert self._reader_model is not None and self._reader_spec is not None
+        crop = crop_box(image, box, mx, my)
+        if crop is None:
+            return None
+        x = rdr.preprocess(crop, self._reader_spec)
+        out = self._reader_model.infer({self._reader_model.input_names[0]: x})
+        probs = rdr.probabilities(out[self._reader_model.output_names[0]], self._reader_spec)
+        reading = rdr.postprocess(probs, self._reader_spec, region=region, top_n=self.options.top_n)
+        return reading, probs
+
+    def _read_variants(
+        self,
+        image: npt.NDArray[np.uint8],
+        box: tuple[float, float, float, float],
+        region: str | None,
+        first: tuple[rdr.PlateReading, npt.NDArray[np.float32]],
+    ) -> rdr.PlateReading:
+        assert self._reader_spec is not None
+        reads = [first]
+        for mx, my in self.options.read_variants:
+            read = self._read_box(image, box, mx, my, region)
+            if read is not None:
+                reads.append(read)
+        return _combine(reads, self._reader_spec, region, self.options.top_n)
+
     def _read_all(
         self,
         image: npt.NDArray[np.uint8],
@@ -357,14 +397,12 @@ class PlateRecognizer:
                 plates.append(RecognizedPlate("", 0.0, (), (), detection.box, detection.score))
                 continue
             mx, my = (0.0, 0.0) if crops else (opts.crop_margin_x, opts.crop_margin_y)
-            crop = crop_box(image, detection.box, mx, my)
-            if crop is None:
+            read = self._read_box(image, detection.box, mx, my, region)
+            if read is None:
                 continue
-            x = rdr.preprocess(crop, self._reader_spec)
-            name = self._reader_model.input_names[0]
-            out = self._reader_model.infer({name: x})
-            logits = out[self._reader_model.output_names[0]]
-            reading = rdr.postprocess(logits, self._reader_spec, region=region, top_n=opts.top_n)
+            reading = read[0]
+            if not crops and opts.read_variants and reading.confidence < opts.variants_below:
+                reading = self._read_variants(image, detection.box, region, read)
             if len(reading.text) < opts.min_text_length:
                 continue
             if reading.confidence < opts.min_read_confidence and not crops:
@@ -380,6 +418,34 @@ class PlateRecognizer:
                 )
             )
         return tuple(_dedupe(plates))
+
+
+def _combine(
+    reads: list[tuple[rdr.PlateReading, npt.NDArray[np.float32]]],
+    spec: rdr.ReaderSpec,
+    region: str | None,
+    top_n: int,
+) -> rdr.PlateReading:
+    """One reading from reads of several crops of a plate: each candidate text scores its mean
+    probability over the reads (0 where a read did not propose it), re-ranked by region; the
+    per-character confidences come from the read that gave the chosen text most probability."""
+    scores: dict[str, float] = {}
+    for reading, _ in reads:
+        for text, prob in reading.candidates:
+            scores[text] = scores.get(text, 0.0) + prob / len(reads)
+    ranked = rdr.rerank(list(scores.items()), region)
+    if not ranked:
+        return reads[0][0]
+    text, prob = ranked[0]
+    _, probs = max(reads, key=lambda r: dict(r[0].candidates).get(text, 0.0))
+    labels = [rdr.class_index(c, spec) for c in text]
+    chars = rdr.forced_alignment_confidences(probs, labels, spec.blank_index)
+    return rdr.PlateReading(
+        text=text,
+        confidence=float(min(1.0, prob)),
+        char_confidences=tuple(float(c) for c in chars),
+        candidates=tuple(ranked[:top_n]),
+    )
 
 
 def _dedupe(plates: list[RecognizedPlate]) -> list[RecognizedPlate]:

@@ -218,14 +218,11 @@ def postprocess(
     probs = _to_probs(logits, spec)
     beams = ctc_beam_search(probs, spec.blank_index, beam_width=max(beam_width, top_n))
     candidates = [(_label_text(p, spec), s) for p, s in beams]
-    known = {text for text, _ in candidates}
-    for layout in region_layouts(region):
-        labels = layout_decode(probs, layout_classes(layout, spec), spec.blank_index)
-        text = _label_text(tuple(labels), spec)
-        if labels and text not in known:
-            known.add(text)
-            candidates.append((text, ctc_label_probability(probs, labels, spec.blank_index)))
     ranked = rerank(candidates, region)
+    if ranked and not fits_region(ranked[0][0], region):
+        extra = _layout_candidates(probs, spec, region, dict(candidates))
+        if extra:
+            ranked = rerank(candidates + extra, region)
     if not ranked:
         return PlateReading(text="", confidence=0.0, char_confidences=(), candidates=())
     best_text, best_prob = ranked[0]
@@ -346,6 +343,56 @@ def _add(
     else:
         cur[0] = _lse(cur[0], pb)
         cur[1] = _lse(cur[1], pnb)
+
+
+def fits_region(text: str, region: str | None) -> bool:
+    """Whether a text fits one of the region's formats (True for a region without formats)."""
+    patterns = REGION_PATTERNS.get(region or "", ())
+    return not patterns or any(re.fullmatch(p, text) for p in patterns)
+
+
+def _layout_candidates(
+    probs: FloatArray, spec: ReaderSpec, region: str | None, known: dict[str, float]
+) -> list[tuple[str, float]]:
+    """The best reading of each of the region's fixed layouts, with its probability, for the
+    texts the beam did not already propose.
+
+    Fast path: when the best path has as many characters as the layout, each character that
+    breaks the layout is replaced by the best allowed class over its frames, and the best
+    path's text probability is scaled by the ratio of the new to the old class's peak
+    probability. Otherwise the full constrained Viterbi and the CTC forward pass are used."""
+    best = probs.argmax(axis=1)
+    segments: list[list[int]] = []
+    prev = -1
+    for t, k in enumerate(best.tolist()):
+        if k != spec.blank_index:
+            if k != prev:
+                segments.append([])
+            segments[-1].append(t)
+        prev = k
+    greedy = [int(best[ts[0]]) for ts in segments]
+    greedy_text = _label_text(tuple(greedy), spec)
+    out: list[tuple[str, float]] = []
+    for layout in region_layouts(region):
+        allowed = layout_classes(layout, spec)
+        if len(greedy) == len(allowed) and greedy_text in known:
+            labels, scale = [], 1.0
+            for k, ts, classes in zip(greedy, segments, allowed, strict=True):
+                if k in classes:
+                    labels.append(k)
+                    continue
+                seg = probs[ts]
+                new = int(classes[seg[:, classes].sum(axis=0).argmax()])
+                labels.append(new)
+                scale *= float(seg[:, new].max()) / max(float(seg[:, k].max()), 1e-30)
+            prob = known[greedy_text] * scale
+        else:
+            labels = layout_decode(probs, allowed, spec.blank_index)
+            prob = ctc_label_probability(probs, labels, spec.blank_index) if labels else 0.0
+        text = _label_text(tuple(labels), spec)
+        if labels and text not in known and all(text != t for t, _ in out):
+            out.append((text, prob))
+    return out
 
 
 def layout_classes(layout: str, spec: ReaderSpec) -> list[npt.NDArray[np.int64]]:
@@ -483,6 +530,16 @@ def _to_probs(logits: npt.NDArray[Any], spec: ReaderSpec) -> FloatArray:
     e: FloatArray = np.exp(x - x.max(axis=1, keepdims=True))
     probs: FloatArray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
     return probs
+
+
+def probabilities(logits: npt.NDArray[Any], spec: ReaderSpec) -> FloatArray:
+    """Model output (T, K) or (1, T, K), logits or probabilities -> (T, K) probabilities."""
+    return _to_probs(logits, spec)
+
+
+def class_index(char: str, spec: ReaderSpec) -> int:
+    """The model class of a character of the charset (classes skip the blank's index)."""
+    return _class_of(char, spec)
 
 
 def _label_text(labels: tuple[int, ...], spec: ReaderSpec) -> str:
