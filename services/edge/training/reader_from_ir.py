@@ -67,7 +67,8 @@ def import_reader(xml: Path, num_classes: int, batch: torch.Tensor) -> PlateRead
         for i, (conv, norm) in enumerate(zip(convs, norms, strict=True)):
             weight, bias = layers[i]
             if tuple(conv.weight.shape) != weight.shape:
-                raise ValueError(f"{xml}: layer {i} weight {weight.shape}, want {conv.weight.shape}")
+                want = tuple(conv.weight.shape)
+                raise ValueError(f"{xml}: layer {i} weight {weight.shape}, want {want}")
             conv.weight.copy_(torch.from_numpy(weight))
             # pass-through first, so that layer i sees exactly the IR's activations
             norm.running_mean.zero_()
