@@ -199,13 +199,20 @@ def exact_crop(item: RealItem) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- augmentation
-def augment_real(item: RealItem, rng: np.random.Generator) -> np.ndarray:
-    """A jittered, rotated, photometrically changed crop of `item` (BGR uint8)."""
+def augment_real(item: RealItem, rng: np.random.Generator, loose_p: float = 0.0) -> np.ndarray:
+    """A jittered, rotated, photometrically changed crop of `item` (BGR uint8).
+
+    With probability `loose_p` the box is loose, as a detector box around a plate and its frame
+    or recess: each side out by 5-30% (x) and 0-25% (y) of the box, as far as the context goes."""
     x1, y1, x2, y2 = item.box
     bw, bh = x2 - x1, y2 - y1
-    # imperfect detector box: sides move by -3%..+15% (x) and -5%..+20% (y) of the box size
-    dl, dr = rng.uniform(-0.03, 0.15, 2) * bw
-    dt, db = rng.uniform(-0.05, 0.2, 2) * bh
+    if rng.random() < loose_p:
+        dl, dr = rng.uniform(0.05, 0.3, 2) * bw
+        dt, db = rng.uniform(0.0, 0.25, 2) * bh
+    else:
+        # imperfect detector box: sides move by -3%..+15% (x) and -5%..+20% (y) of the box size
+        dl, dr = rng.uniform(-0.03, 0.15, 2) * bw
+        dt, db = rng.uniform(-0.05, 0.2, 2) * bh
     nx1, ny1, nx2, ny2 = x1 - dl, y1 - dt, x2 + dr, y2 + db
     out_w = max(8, round(nx2 - nx1))
     out_h = max(8, round(ny2 - ny1))

@@ -96,6 +96,7 @@ def make_batch(
     batch: int,
     real_frac: float,
     rng: np.random.Generator,
+    loose_p: float = 0.0,
 ) -> tuple[torch.Tensor, list[Rows], list[list[int]]]:
     """Images, per-row labels (None where the line split is unknown) and full labels."""
     xs: list[np.ndarray] = []
@@ -105,7 +106,7 @@ def make_batch(
     idx = rng.choice(len(real), size=n_real, p=real_weights)
     for i in idx:
         item = real[int(i)]
-        xs.append(preprocess(augment_real(item, rng), SPEC)[0])
+        xs.append(preprocess(augment_real(item, rng, loose_p), SPEC)[0])
         enc = encode_text(item.text, SPEC)
         rows.append((enc, []) if item.lines == 1 else None)
         full.append(enc)
@@ -222,7 +223,9 @@ def train(args: argparse.Namespace) -> nn.Module:
         lr = lr_at(step, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, rows, full = make_batch(real, w, synth_x, rows_bank, sw, args.batch, args.real_frac, rng)
+        x, rows, full = make_batch(
+            real, w, synth_x, rows_bank, sw, args.batch, args.real_frac, rng, args.loose_p
+        )
         loss = ctc_loss(model(x), rows, full)
         opt.zero_grad()
         loss.backward()
@@ -285,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         "--two-line-weight", type=float, default=2.0, help="synthetic 2-line oversampling"
     )
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument(
+        "--loose-p",
+        type=float,
+        default=0.25,
+        help="share of real crops cut from a loose box (plate with its frame; reader 1.3.0)",
+    )
     ap.add_argument(
         "--pseudo-labels",
         default="",
