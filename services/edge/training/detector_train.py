@@ -51,7 +51,7 @@ SIZE = 384
 TRAIN_CROP = 256
 STRIDE = 8
 REG_SCALE = 16.0
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 
 # ----------------------------------------------------------------------------- model
@@ -266,10 +266,65 @@ def _overlaps(box: list[float], boxes: list[list[float]]) -> bool:
     return False
 
 
+def plate_frame(rng: random.Random, width: int, height: int) -> np.ndarray:
+    """A licence-plate frame or bumper recess of `width` x `height` (BGR): a flat dark, chrome
+    or coloured surround, sometimes with a dealer's line of small text top and bottom."""
+    kind = rng.random()
+    if kind < 0.4:
+        colour = [rng.randint(5, 70)] * 3
+    elif kind < 0.7:
+        colour = [rng.randint(140, 235)] * 3
+    else:
+        colour = [rng.randint(0, 255) for _ in range(3)]
+    frame = np.empty((height, width, 3), np.uint8)
+    frame[:] = colour
+    shade = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(0.9, 1.2), height, dtype=np.float32)
+    frame = np.clip(frame * shade[:, None, None], 0, 255).astype(np.uint8)
+    if rng.random() < 0.5:
+        ink = (255, 255, 255) if colour[0] < 110 else (20, 20, 20)
+        letters = "ABCDEFGHIJKLMNOPRSTUVWY "
+        for y in (0.09, 0.97):
+            text = "".join(rng.choice(letters) for _ in range(rng.randint(6, 16)))
+            cv2.putText(
+                frame,
+                text,
+                (int(width * rng.uniform(0.05, 0.25)), int(height * y)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                max(0.2, height / 160),
+                ink,
+                1,
+                cv2.LINE_AA,
+            )
+    return frame
+
+
+def _frame_quad(q: np.ndarray, fx: float, fy: float) -> np.ndarray:
+    """The plate quadrilateral `q` grown by fx / fy of its size on each side, in perspective."""
+    src = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    m = cv2.getPerspectiveTransform(src, q.astype(np.float32))
+    pts = np.array([[[-fx, -fy], [1 + fx, -fy], [1 + fx, 1 + fy], [-fx, 1 + fy]]], np.float32)
+    return np.asarray(cv2.perspectiveTransform(pts, m)[0], np.float32)
+
+
+def _paste_plate(
+    rng: random.Random, img: np.ndarray, crop: Crop, q: np.ndarray, frame_p: float
+) -> list[float]:
+    """Warp `crop` into quad `q` of `img`, with probability `frame_p` inside a frame first;
+    returns the plate's box target (the frame is never part of it)."""
+    if rng.random() < frame_p:
+        fx, fy = rng.uniform(0.04, 0.25), rng.uniform(0.12, 0.6)
+        ch, cw = crop.image.shape[:2]
+        surround = plate_frame(rng, max(8, int(cw * (1 + 2 * fx))), max(8, int(ch * (1 + 2 * fy))))
+        _warp_into(img, surround, _frame_quad(q, fx, fy))
+    _warp_into(img, crop.image, q)
+    return _inner_box(q, crop.inner)
+
+
 def make_sample(
-    rng: random.Random, scenes: list[Scene], crops: list[Crop]
+    rng: random.Random, scenes: list[Scene], crops: list[Crop], frame_p: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented training canvas (SIZE x SIZE x 3 uint8) and its boxes in canvas pixels."""
+    """One augmented training canvas (SIZE x SIZE x 3 uint8) and its boxes in canvas pixels.
+    `frame_p`: share of pasted plates put inside a frame or recess (plate_frame)."""
     # ro-dashcam is 58% of the scenes but one camera: sample it at 35%
     ro = [s for s in scenes if s.dataset == "ro-dashcam"]
     other = [s for s in scenes if s.dataset != "ro-dashcam"]
@@ -285,8 +340,7 @@ def make_sample(
                 continue
             crop = crops[rng.randrange(len(crops))]
             q = _jitter_quad(rng, *b)
-            _warp_into(img, crop.image, q)
-            boxes[i] = _inner_box(q, crop.inner)
+            boxes[i] = _paste_plate(rng, img, crop, q, frame_p)
     # extra pasted plates at random places
     if crops and rng.random() < 0.5:
         for _ in range(rng.randint(1, 3)):
@@ -301,11 +355,10 @@ def make_sample(
             q = _jitter_quad(rng, x1, y1, x1 + pw, y1 + ph)
             q[:, 0] = np.clip(q[:, 0], 0, W - 1)
             q[:, 1] = np.clip(q[:, 1], 0, H - 1)
-            nb = _quad_box(q)
+            nb = _quad_box(_frame_quad(q, 0.25, 0.6))  # room for a frame
             if _overlaps(nb, boxes):
                 continue
-            _warp_into(img, crop.image, q)
-            boxes.append(_inner_box(q, crop.inner))
+            boxes.append(_paste_plate(rng, img, crop, q, frame_p))
     bx = np.array(boxes, np.float32).reshape(-1, 4)
     # random crop / zoom
     s = rng.uniform(0.45, 1.0) if rng.random() < 0.6 else 1.0
@@ -549,6 +602,7 @@ def export(
             "synth_plates": args.synth,
             "init": str(args.init) if args.init is not None else None,
             "lr": args.lr,
+            "frame_p": args.frame_p,
             "crop_box_margins": {} if args.no_crop_margins else CROP_MARGINS,
             "torch": torch.__version__,
         },
@@ -651,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth", type=int, default=1500, help="rendered plates to paste")
     ap.add_argument("--init", type=Path, help="start from these weights (fine-tuning)")
     ap.add_argument(
+        "--frame-p",
+        type=float,
+        default=0.3,
+        help="share of pasted plates put inside a plate frame or recess (detector 1.2.0)",
+    )
+    ap.add_argument(
         "--no-crop-margins", action="store_true", help="box targets = whole crop images"
     )
     ap.add_argument(
@@ -715,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         imgs, heats, regs, wts = [], [], [], []
         for _ in range(args.batch):
-            canvas, boxes = make_sample(rng, train, crops)
+            canvas, boxes = make_sample(rng, train, crops, args.frame_p)
             h, r, w = build_targets(boxes)
             imgs.append(to_input(canvas)[0])
             heats.append(h)
