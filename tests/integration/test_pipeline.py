@@ -123,7 +123,7 @@ def test_detector_finds_the_plate_on_a_composed_scene(recognizer: PlateRecognize
 def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
     """A plate about 45 px wide in a 1280 px frame (14 px at the model's 384 px) is detected
     again in a zoomed window; the refined box fits the plate at least as well as the coarse one
-    and never moves off it."""
+    (0.02 IoU of slack for rounding) and keeps the coarse detection's score."""
     frame, (x1, y1, x2, y2), _ = compose_scene()
     small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
     big = np.full_like(frame, 128)
@@ -138,7 +138,7 @@ def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
     coarse_hits = [d for d in coarse if _overlap(d.box, box) >= 0.5]
     refined_hits = [d for d in refined if _overlap(d.box, box) >= 0.5]
     assert coarse_hits and len(refined_hits) == len(coarse_hits), (coarse, refined)
-    assert _iou(refined_hits[0].box, box) >= min(0.5, _iou(coarse_hits[0].box, box))
+    assert _iou(refined_hits[0].box, box) >= _iou(coarse_hits[0].box, box) - 0.02
     assert refined_hits[0].score == coarse_hits[0].score
 
 

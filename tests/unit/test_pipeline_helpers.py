@@ -221,3 +221,65 @@ def test_confident_read_is_not_read_again() -> None:
     recognizer = PlateRecognizer(FakeModel(("image",), {}), DetectorSpec(), reader, spec)
     result = recognizer.recognize(np.zeros((100, 200, 3), np.uint8), boxes=[(10, 20, 90, 40)])
     assert reader.calls == 1 and [p.text for p in result.plates] == ["AB12"]
+
+
+def _det_outputs(cells: list[tuple[int, int, float, float]], grid: int = 8) -> dict:
+    """heat/ltrb for a 64 px, stride-8 detector: (row, col, score, half-size) per peak."""
+    heat = np.zeros((1, 1, grid, grid), np.float32)
+    ltrb = np.zeros((1, 4, grid, grid), np.float32)
+    for row, col, score, half in cells:
+        heat[0, 0, row, col] = score
+        ltrb[0, :, row, col] = (half, half / 2, half, half / 2)
+    return {"heat": heat, "ltrb": ltrb}
+
+
+def _refining(coarse: dict, zoomed: dict, **options: object) -> PlateRecognizer:
+    from services.edge.recognition.detector import DetectorSpec
+    from services.edge.recognition.pipeline import PipelineOptions
+
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    opts = PipelineOptions(refine_input=64, refine_below=64.0, refine_context=3.0, **options)  # type: ignore[arg-type]
+    return PlateRecognizer(
+        FakeModel(("image",), coarse),
+        spec,
+        None,
+        None,
+        opts,
+        refine_model=FakeModel(("image",), zoomed),
+    )
+
+
+def test_small_box_takes_the_zoomed_pass_box_and_keeps_its_coarse_score() -> None:
+    # 640 x 640 frame at scale 0.1: a coarse box of 16 x 8 model px = 160 x 80 frame px
+    coarse = _det_outputs([(4, 4, 0.9, 8.0)])
+    zoomed = _det_outputs([(4, 4, 0.8, 6.0)])
+    recognizer = _refining(coarse, zoomed)
+    detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    assert len(detections) == 1 and detections[0].score == pytest.approx(0.9)
+    # coarse centre (360, 360), box 280-440 x 320-400; window side 3 x 160 = 480 from (120, 120)
+    # zoomed: 12 x 6 model px (64 px model for the 480 px window) = 90 x 45 frame px, centred
+    # at window (270, 270) = frame (390, 390), inside the coarse box
+    x1, y1, x2, y2 = detections[0].box
+    assert ((x1 + x2) / 2, (y1 + y2) / 2) == pytest.approx((390.0, 390.0))
+    assert x2 - x1 == pytest.approx(90.0)
+
+
+def test_unconfirmed_small_box_keeps_its_coarse_box() -> None:
+    recognizer = _refining(_det_outputs([(4, 4, 0.9, 8.0)]), _det_outputs([]))
+    detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    assert [d.box for d in detections] == [pytest.approx((280.0, 320.0, 440.0, 400.0))]
+
+
+def test_two_coarse_boxes_refined_to_one_plate_are_merged() -> None:
+    # a plate and its recess: both small, both centred on the one zoomed detection
+    coarse = _det_outputs([(4, 4, 0.9, 8.0), (4, 5, 0.7, 10.0)])
+    zoomed = _det_outputs([(4, 4, 0.8, 6.0), (3, 3, 0.6, 6.0)])
+    recognizer = _refining(coarse, zoomed)
+    detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    assert len(detections) == 1 and detections[0].score == pytest.approx(0.9)
+
+
+def test_detections_beyond_max_plates_are_kept_unrefined() -> None:
+    coarse = _det_outputs([(1, 1, 0.9, 8.0), (6, 6, 0.8, 8.0)])
+    recognizer = _refining(coarse, _det_outputs([]), max_plates=1)
+    assert len(recognizer.detect(np.zeros((640, 640, 3), np.uint8))) == 2

@@ -285,3 +285,26 @@ def test_region_layouts_come_from_the_shared_formats_of_fixed_layout_regions() -
     assert region_layouts("br") == ("LLLNNNN", "LLLNLNN")
     assert region_layouts("uk") == region_layouts("gb") == ("LLNNLLL",)
     assert region_layouts("us") == () and region_layouts(None) == ()
+
+
+def test_gb_and_uk_plates_get_the_layout_reading() -> None:
+    probs = _probs("-A-8-1-2-C-D-E-", peak=0.6)
+    probs[3, CHARSET.index("B") + 1] = 0.3  # 'B' a weaker second to '8' at position 2
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert postprocess(probs, SPEC).text == "A812CDE"
+    assert postprocess(probs, SPEC, region="gb").text == "AB12CDE"
+    assert postprocess(probs, SPEC, region="uk").text == "AB12CDE"
+
+
+def test_layout_reading_over_multi_frame_segments_scores_its_true_ctc_probability() -> None:
+    # '1' spans three frames with 'I' a distant second in each: the layout reading ADI9371 is
+    # far less probable than the misfit; its score must be the exact CTC probability
+    probs = _probs("-A-D-111-9-3-7-1-", peak=0.9)
+    for t in (5, 6, 7):
+        probs[t, CHARSET.index("1") + 1], probs[t, CHARSET.index("I") + 1] = 0.85, 0.1
+    probs /= probs.sum(axis=1, keepdims=True)
+    reading = postprocess(probs, SPEC, region="br")
+    scores = dict(reading.candidates)
+    exact = ctc_label_probability(probs, _cls("ADI9371"), SPEC.blank_index)
+    assert scores["ADI9371"] == pytest.approx(exact, rel=1e-4)
+    assert reading.text == "AD19371"  # 0.01 x the misfit still beats a 500x weaker fit

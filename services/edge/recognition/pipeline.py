@@ -331,9 +331,10 @@ class PlateRecognizer:
         height, width = image.shape[:2]
         refined: list[det.Detection] = []
         for detection in detections[: opts.max_plates]:
-            x1, _, x2, _ = detection.box
+            x1, y1, x2, y2 = detection.box
             window = None
-            if (x2 - x1) * scale < opts.refine_below:
+            # plate-shaped extent in model pixels: below refine_below the window is magnified
+            if max(x2 - x1, 2.0 * (y2 - y1)) * scale < opts.refine_below:
                 window = det.refine_window(detection.box, width, height, opts.refine_context)
             if window is None:
                 refined.append(detection)
@@ -346,7 +347,12 @@ class PlateRecognizer:
             refined.append(
                 detection if best is None else det.Detection(box=best.box, score=detection.score)
             )
-        return refined
+        if len(refined) > 1:  # two coarse boxes (a plate and its recess) may refine alike
+            boxes = np.asarray([d.box for d in refined], np.float32)
+            scores = np.asarray([d.score for d in refined], np.float32)
+            keep = det.nms(boxes, scores, self._det_spec.nms_iou, len(refined))
+            refined = [refined[i] for i in sorted(keep)]
+        return refined + detections[opts.max_plates :]
 
     def _read_box(
         self,

@@ -35,6 +35,7 @@ REGION_PATTERNS: dict[str, tuple[str, ...]] = {
     "eu": (r"[A-Z0-9]{4,10}",),
     "ro": (r"B[0-9]{2,3}[A-Z]{3}", r"(?!B)[A-Z]{2}[0-9]{2}[A-Z]{3}", r"[A-Z]{1,2}[0-9]{6}"),
     "uk": (r"[A-Z]{2}[0-9]{2}[A-Z]{3}",),
+    "gb": (r"[A-Z]{2}[0-9]{2}[A-Z]{3}",),
     "nl": (r"[A-Z0-9]{6}",),
     "in": (r"[A-Z]{2}[0-9]{1,2}[A-Z]{0,3}[0-9]{1,4}",),
 }
@@ -358,9 +359,9 @@ def _layout_candidates(
     texts the beam did not already propose.
 
     Fast path: when the best path has as many characters as the layout, each character that
-    breaks the layout is replaced by the best allowed class over its frames, and the best
-    path's text probability is scaled by the ratio of the new to the old class's peak
-    probability. Otherwise the full constrained Viterbi and the CTC forward pass are used."""
+    breaks the layout is replaced by the allowed class with the most probability over its
+    frames. Otherwise the full constrained Viterbi gives the labels. Either way the reading is
+    scored with the CTC forward pass, so its probability is comparable with the beam's."""
     best = probs.argmax(axis=1)
     segments: list[list[int]] = []
     prev = -1
@@ -371,27 +372,19 @@ def _layout_candidates(
             segments[-1].append(t)
         prev = k
     greedy = [int(best[ts[0]]) for ts in segments]
-    greedy_text = _label_text(tuple(greedy), spec)
     out: list[tuple[str, float]] = []
     for layout in region_layouts(region):
         allowed = layout_classes(layout, spec)
-        if len(greedy) == len(allowed) and greedy_text in known:
-            labels, scale = [], 1.0
-            for k, ts, classes in zip(greedy, segments, allowed, strict=True):
-                if k in classes:
-                    labels.append(k)
-                    continue
-                seg = probs[ts]
-                new = int(classes[seg[:, classes].sum(axis=0).argmax()])
-                labels.append(new)
-                scale *= float(seg[:, new].max()) / max(float(seg[:, k].max()), 1e-30)
-            prob = known[greedy_text] * scale
+        if len(greedy) == len(allowed):
+            labels = [
+                k if k in classes else int(classes[probs[ts][:, classes].sum(axis=0).argmax()])
+                for k, ts, classes in zip(greedy, segments, allowed, strict=True)
+            ]
         else:
             labels = layout_decode(probs, allowed, spec.blank_index)
-            prob = ctc_label_probability(probs, labels, spec.blank_index) if labels else 0.0
         text = _label_text(tuple(labels), spec)
         if labels and text not in known and all(text != t for t, _ in out):
-            out.append((text, prob))
+            out.append((text, ctc_label_probability(probs, labels, spec.blank_index)))
     return out
 
 
@@ -455,25 +448,33 @@ def layout_decode(probs: FloatArray, allowed: list[npt.NDArray[np.int64]], blank
 
 
 def ctc_label_probability(probs: FloatArray, labels: list[int], blank: int) -> float:
-    """P(labels | probs) under CTC: the forward algorithm, summing over all alignments."""
+    """P(labels | probs) under CTC: the forward algorithm, summing over all alignments
+    (in probability space, rescaled at every step so that it cannot underflow)."""
     if not labels:
-        return float(np.prod(probs[:, blank]))
+        return float(np.prod(probs[:, blank], dtype=np.float64))
     ext = [blank]
     for k in labels:
         ext += [k, blank]
     ext_arr = np.asarray(ext)
     n_s = len(ext)
-    logp = np.log(np.maximum(probs, 1e-30))[:, ext_arr]
-    can_skip = np.zeros(n_s, dtype=bool)
-    can_skip[2:] = (ext_arr[2:] != blank) & (ext_arr[2:] != ext_arr[:-2])
-    alpha = np.full(n_s, -np.inf)
-    alpha[0], alpha[1] = logp[0, 0], logp[0, 1]
-    for t in range(1, probs.shape[0]):
-        stay = alpha
-        step = np.concatenate(([-np.inf], alpha[:-1]))
-        skip = np.where(can_skip, np.concatenate(([-np.inf, -np.inf], alpha[:-2])), -np.inf)
-        alpha = np.logaddexp(np.logaddexp(stay, step), skip) + logp[t]
-    return float(np.exp(np.logaddexp(alpha[-1], alpha[-2])))
+    emit = probs[:, ext_arr].astype(np.float64)  # (T, S)
+    skip = np.zeros(n_s, dtype=bool)
+    skip[2:] = (ext_arr[2:] != blank) & (ext_arr[2:] != ext_arr[:-2])
+    alpha = np.zeros(n_s)
+    alpha[0], alpha[1] = emit[0, 0], emit[0, 1]
+    log_scale = 0.0
+    nxt = np.empty(n_s)
+    for t in range(1, emit.shape[0]):
+        nxt[:] = alpha
+        nxt[1:] += alpha[:-1]
+        nxt[2:] += np.where(skip[2:], alpha[:-2], 0.0)
+        nxt *= emit[t]
+        total = nxt.sum()
+        if total <= 0.0:
+            return 0.0
+        alpha = nxt / total
+        log_scale += math.log(total)
+    return float(math.exp(log_scale + math.log(max(alpha[-1] + alpha[-2], 1e-300))))
 
 
 def forced_alignment_confidences(probs: FloatArray, labels: list[int], blank: int) -> list[float]:

@@ -311,7 +311,7 @@ def _paste_plate(
 ) -> list[float]:
     """Warp `crop` into quad `q` of `img`, with probability `frame_p` inside a frame first;
     returns the plate's box target (the frame is never part of it)."""
-    if rng.random() < frame_p:
+    if frame_p > 0 and rng.random() < frame_p:  # no draw at 0: earlier runs replay
         fx, fy = rng.uniform(0.04, 0.25), rng.uniform(0.12, 0.6)
         ch, cw = crop.image.shape[:2]
         surround = plate_frame(rng, max(8, int(cw * (1 + 2 * fx))), max(8, int(ch * (1 + 2 * fy))))

@@ -203,10 +203,11 @@ def augment_real(item: RealItem, rng: np.random.Generator, loose_p: float = 0.0)
     """A jittered, rotated, photometrically changed crop of `item` (BGR uint8).
 
     With probability `loose_p` the box is loose, as a detector box around a plate and its frame
-    or recess: each side out by 5-30% (x) and 0-25% (y) of the box, as far as the context goes."""
+    or recess: each side out by 5-30% (x) and 0-25% (y) of the box (beyond the context kept
+    around the plate, the warp's border fill shows)."""
     x1, y1, x2, y2 = item.box
     bw, bh = x2 - x1, y2 - y1
-    if rng.random() < loose_p:
+    if loose_p > 0 and rng.random() < loose_p:  # no draw at 0: earlier runs replay
         dl, dr = rng.uniform(0.05, 0.3, 2) * bw
         dt, db = rng.uniform(0.0, 0.25, 2) * bh
     else:

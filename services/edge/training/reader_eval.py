@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     xml = Path(args.reader_xml) if args.reader_xml else models / "reader.xml"
     readers: dict[str, Reader] = {"ours_fp32": OurReader(core, xml, spec)}
     if args.int8:
-        int8_xml = make_int8(
-            core, models / "reader.xml", spec, train, Path(args.work) / "reader_int8.xml"
-        )
+        int8_xml = make_int8(core, xml, spec, train, Path(args.work) / "reader_int8.xml")
         readers["ours_int8"] = OurReader(core, int8_xml, spec)
     if not args.no_ppocr:
         readers["ppocr_v4_rec"] = PPOCRv4Reader(core)
@@ -252,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     acc = evaluate(readers, test)
     loose_acc: dict[str, object] = {}
     if args.loose:
-        grow = tuple(float(v) for v in args.loose.split(","))
+        grow = [float(v) for v in args.loose.split(",")]
+        if len(grow) != 2:
+            ap.error(f"--loose: want X,Y (two numbers), got {args.loose!r}")
         loose_acc = evaluate(readers, test, (grow[0], grow[1]))
     synth_acc = evaluate(readers, synth_items(args.synth, args.synth_seed)) if args.synth else {}
     try:
