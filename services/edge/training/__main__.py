@@ -1,19 +1,122 @@
 """`python -m services.edge.training {detector,reader,all} [args...]`: reproduce the models.
 
 `detector ARGS` and `reader ARGS` pass ARGS to that trainer. `all [--data DIR] [--out DIR]`
-trains both with their default (seeded) settings: `--out` goes to both, `--data` to the detector
-(the reader reads /work/shared/data, see reader_data.DATA_ROOT). Before the reader, `all`
-regenerates the teacher pseudo-labels (reader_pseudo, needs `rapidocr-openvino`) and trains the
-reader with them.
+reproduces the shipped models stage by stage, each from the previous one's weights, with the
+recorded seeds and settings (RECIPE; docs/models.md and docs/models-reader.md say why each stage
+exists). It takes about 4 hours of one CPU core; stages stopped by their time budget depend on
+the machine's speed. Before the reader, `all` regenerates the teacher pseudo-labels
+(reader_pseudo, needs `rapidocr-openvino`). `--data` goes to the detector stages (the reader
+reads /work/shared/data, see reader_data.DATA_ROOT), `--out` receives the final models.
+`all --quick` runs every stage for a few steps into work-data/quick/ (a smoke test of the chain,
+never the shipped models).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 PSEUDO_LABELS = "work-data/reader/pseudo.jsonl"
 USAGE = "usage: python -m services.edge.training {detector,reader,all} [args...]"
+
+# (trainer, version, arguments); "{prev}" is the previous stage's weights of the same trainer,
+# "{out}" the final models folder (last stage of each trainer) or the stage's own folder.
+RECIPE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "detector",
+        "1.0.0",
+        ("--steps", "4000", "--max-minutes", "40", "--no-crop-margins", "--frame-p", "0"),
+    ),
+    (
+        "detector",
+        "1.1.0",
+        (
+            "--init",
+            "{prev}",
+            "--lr",
+            "1e-3",
+            "--steps",
+            "1400",
+            "--max-minutes",
+            "20",
+            "--frame-p",
+            "0",
+        ),
+    ),
+    (
+        "detector",
+        "1.2.0",
+        ("--init", "{prev}", "--lr", "1e-3", "--steps", "2400", "--max-minutes", "25"),
+    ),
+    (
+        "reader",
+        "1.2.0",
+        ("--steps", "28000", "--max-minutes", "64", "--loose-p", "0"),
+    ),
+    (
+        "reader",
+        "1.3.0",
+        (
+            "--init",
+            "{prev}",
+            "--lr",
+            "5e-4",
+            "--warmup",
+            "200",
+            "--steps",
+            "40000",
+            "--max-minutes",
+            "70",
+            "--seed",
+            "20261126",
+            "--loose-p",
+            "0.25",
+        ),
+    ),
+)
+QUICK = {
+    "detector": ("--steps", "2", "--max-minutes", "1", "--eval-every", "1000"),
+    "reader": ("--steps", "3", "--max-minutes", "1", "--synth", "64"),
+}
+
+
+def _override(args: list[str], extra: tuple[str, ...]) -> list[str]:
+    """`args` with each `--flag value` of `extra` replacing the same flag's value."""
+    out = list(args)
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
+
+
+def plan(data: str | None, out: str | None, quick: bool) -> list[tuple[str, list[str]]]:
+    """The command line of every stage of `all`, in order."""
+    root = Path("work-data/quick" if quick else "work-data/stages")
+    final = {"detector": out, "reader": out}
+    last = {trainer: version for trainer, version, _ in RECIPE}
+    prev: dict[str, str] = {}
+    stages: list[tuple[str, list[str]]] = []
+    for trainer, version, template in RECIPE:
+        stage_dir = root / f"{trainer}-{version}"
+        is_last = last[trainer] == version and not quick
+        target = final[trainer] if is_last and final[trainer] else str(stage_dir)
+        args = [a.replace("{prev}", prev.get(trainer, "")) for a in template]
+        if trainer == "detector":
+            weights = str(stage_dir / "detector.pt")
+            args += ["--out", target, "--checkpoint", weights]
+            args += ["--data", data] if data else []
+        else:
+            weights = str(stage_dir / "work" / "reader.pt")
+            args += ["--out", target, "--work", str(stage_dir / "work")]
+            args += ["--pseudo-labels", PSEUDO_LABELS, "--version", version]
+        if quick:
+            args = _override(args, QUICK[trainer])
+        prev[trainer] = weights
+        stages.append((trainer, args))
+    return stages
 
 
 def main(argv: list[str]) -> int:
@@ -21,31 +124,40 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     what, rest = argv[0], argv[1:]
-    det_args, reader_args = rest, rest
-    if what == "all":
-        ap = argparse.ArgumentParser(prog="python -m services.edge.training all")
-        ap.add_argument("--data", default=None, help="shared data folder (detector)")
-        ap.add_argument("--out", default=None, help="models folder (both)")
-        args = ap.parse_args(rest)
-        det_args = (["--data", args.data] if args.data else []) + (
-            ["--out", args.out] if args.out else []
-        )
-        reader_args = ["--out", args.out] if args.out else []
-        reader_args += ["--pseudo-labels", PSEUDO_LABELS]
-    rc = 0
-    if what in {"detector", "all"}:
+    if what == "detector":
         from services.edge.training import detector_train
 
-        rc = detector_train.main(det_args)
-    if rc == 0 and what == "all":
-        from services.edge.training import reader_pseudo  # teacher labels for unread train boxes
-
-        rc = reader_pseudo.main(["--out", PSEUDO_LABELS])
-    if rc == 0 and what in {"reader", "all"}:
+        return int(detector_train.main(rest))
+    if what == "reader":
         from services.edge.training import reader_train  # the reader's trainer (R)
 
-        rc = reader_train.main(reader_args)
-    return rc
+        return int(reader_train.main(rest))
+    ap = argparse.ArgumentParser(prog="python -m services.edge.training all")
+    ap.add_argument("--data", default=None, help="shared data folder (detector)")
+    ap.add_argument("--out", default=None, help="models folder (both)")
+    ap.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
+    args = ap.parse_args(rest)
+    pseudo_done = False
+    for trainer, stage_args in plan(args.data, args.out, args.quick):
+        print(f"== {trainer} {' '.join(stage_args)}", flush=True)
+        if trainer == "detector":
+            from services.edge.training import detector_train
+
+            rc = int(detector_train.main(stage_args))
+        else:
+            if not pseudo_done:
+                from services.edge.training import reader_pseudo  # teacher labels
+
+                rc = int(reader_pseudo.main(["--out", PSEUDO_LABELS]))
+                pseudo_done = True
+                if rc:
+                    return rc
+            from services.edge.training import reader_train
+
+            rc = int(reader_train.main(stage_args))
+        if rc:
+            return rc
+    return 0
 
 
 if __name__ == "__main__":

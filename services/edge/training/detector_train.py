@@ -810,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("time budget reached at step %d", step)
             break
     args.steps = step
+    args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.checkpoint)
     finish(model, args, train, test)
     return 0
