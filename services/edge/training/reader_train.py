@@ -179,7 +179,9 @@ def train(args: argparse.Namespace) -> nn.Module:
     w = np.array(w_list)
     w /= w.sum()
     log.info("train real", extra={"n": len(real), "two_line": sum(r.lines == 2 for r in real)})
-    synth_x, synth_t = synth_bank(SPEC, args.synth, args.seed, work / f"synth_{args.synth}.pkl")
+    # the cache is keyed by seed too: synth_rows below recomputes the line split from the seed
+    cache = work / f"synth_{args.synth}_seed{args.seed}.pkl"
+    synth_x, synth_t = synth_bank(SPEC, args.synth, args.seed, cache)
     if synth_x.shape[2:] != (SPEC.input_height, SPEC.input_width):
         synth_x = resize_bank(synth_x, SPEC)
 
