@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,25 +64,9 @@ class Delivery:
     mid: int
     user_properties: tuple[tuple[str, str], ...] = ()
     _ack: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
-    # acknowledges several QoS 1 packet ids of the same client at once (see ack_all)
-    _ack_many: Callable[[list[int]], None] | None = field(default=None, repr=False, compare=False)
 
     def ack(self) -> None:
         self._ack()
-
-
-def ack_all(deliveries: Iterable[Delivery]) -> None:
-    """Acknowledge deliveries together: the QoS 1 acknowledgements of one client go out as one
-    socket write (one PUBACK each) instead of one write and one network-loop wake-up each."""
-    groups: dict[int, tuple[Callable[[list[int]], None], list[int]]] = {}
-    for delivery in deliveries:
-        many = delivery._ack_many
-        if many is None or delivery.qos != 1:
-            delivery.ack()
-            continue
-        groups.setdefault(id(many), (many, []))[1].append(delivery.mid)
-    for many, mids in groups.values():
-        many(mids)
 
 
 class PublishResult:
@@ -119,9 +102,8 @@ _RECV_CHUNK = 256 * 1024
 #: without them the plain client is used.
 _BUFFERED_READS = all(
     callable(getattr(paho.Client, name, None))
-    for name in ("_sock_recv", "_packet_read", "_loop_rc_handle", "loop_read", "_packet_queue")
+    for name in ("_sock_recv", "_packet_read", "_loop_rc_handle", "loop_read")
 )
-_PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id (MQTT 5: reason 0)
 
 
 class _BufferedClient(paho.Client):
@@ -164,14 +146,6 @@ class _BufferedClient(paho.Client):
             and self._sock is self._rx_sock
             and (len(self._rx) > self._rx_pos)
         )
-
-    def ack_many(self, mids: list[int]) -> MQTTErrorCode:
-        """PUBACK several QoS 1 messages with one queued write (paho queues, and wakes its
-        network thread for, each ``ack`` separately). Private hook: ``_packet_queue``."""
-        if not self._manual_ack or not mids:
-            return paho.MQTT_ERR_SUCCESS
-        blob = b"".join(_PUBACK.pack(paho.PUBACK, 2, mid) for mid in mids)
-        return self._packet_queue(paho.PUBACK, blob, mids[-1], 1)
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
@@ -224,7 +198,6 @@ class MqttClient:
             clean_session=None if self._v5 else not persistent_session,
         )
         self._manual_ack = manual_ack
-        self._ack_many = self._make_ack_many()
         self._client.enable_logger(logging.getLogger("paho"))
         self._max_inflight = max_inflight
         self._client.max_inflight_messages_set(max_inflight)
@@ -425,17 +398,6 @@ class MqttClient:
             extra={"client_id": self._client_id, "reason": str(reason_code)},
         )
 
-    def _make_ack_many(self) -> Callable[[list[int]], None] | None:
-        """The one callable every delivery of this client shares for `ack_all`."""
-        client = self._client
-        if not self._manual_ack or not isinstance(client, _BufferedClient):
-            return None
-
-        def ack_many(mids: list[int]) -> None:
-            client.ack_many(mids)
-
-        return ack_many
-
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         handler = self._handler_for(msg.topic)
         user_props: tuple[tuple[str, str], ...] = ()
@@ -456,7 +418,6 @@ class MqttClient:
             mid=mid,
             user_properties=user_props,
             _ack=ack,
-            _ack_many=self._ack_many if qos == 1 else None,
         )
         if handler is None:
             log.warning("mqtt message matches no handler", extra={"topic": msg.topic})

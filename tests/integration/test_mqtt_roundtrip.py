@@ -12,7 +12,7 @@ import pytest
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import PayloadError
 from shared.events import DeadLetter, PlateRead, decode_event, encode_event, utc_now
-from shared.mqtt import Delivery, MqttClient, Will, ack_all
+from shared.mqtt import Delivery, MqttClient, Will
 from shared.settings import MqttSettings
 from shared.topics import (
     deadletter_filter,
@@ -267,39 +267,3 @@ def test_burst_of_small_and_large_messages_arrives_whole_and_in_order(
         received += [got.get(timeout=20) for _ in burst]
     assert received == payloads
     assert got.empty()
-
-
-def test_ack_all_acknowledges_every_message_so_none_is_redelivered(
-    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
-) -> None:
-    """400 QoS 1 messages acknowledged with one ack_all (one write of 400 PUBACKs): after a
-    crash and a reconnect of the same persistent session, the broker delivers none again,
-    while the one message left unacknowledged comes back."""
-    seen: queue.Queue[Delivery] = queue.Queue()
-    cid = client_id + "-c"
-    first = MqttClient(
-        mqtt_settings, cid, manual_ack=True, persistent_session=True, max_inflight=500
-    )
-    first.subscribe(plate_filter(mqtt_settings.topic_root), seen.put)
-    first.start()
-    time.sleep(0.3)
-    pub = _client(clients, mqtt_settings, client_id + "-p")
-    pub.start()
-    topic = plate_topic("north-gate", "cam-1", mqtt_settings.topic_root)
-    results = [pub.publish(topic, encode_event(plate_read())) for _ in range(401)]
-    for result in results:
-        result.wait()
-    got = [seen.get(timeout=10) for _ in range(401)]
-    assert all(d.qos == 1 and d._ack_many is not None for d in got)
-    ack_all(got[:400])
-    time.sleep(0.5)  # the network thread writes the acknowledgements
-    first._client.loop_stop()  # crash: no DISCONNECT
-    first._client.socket().close()  # type: ignore[union-attr]
-    again: queue.Queue[Delivery] = queue.Queue()
-    second = _client(clients, mqtt_settings, cid, manual_ack=True, persistent_session=True)
-    second.subscribe(plate_filter(mqtt_settings.topic_root), lambda d: (again.put(d), d.ack()))
-    second.start()
-    redelivered = again.get(timeout=10)
-    assert redelivered.payload == got[400].payload
-    time.sleep(1.0)
-    assert again.empty()
