@@ -592,7 +592,7 @@ def export(
         "input_name": "image",
         "heat_output": "heat",
         "ltrb_output": "ltrb",
-        "version": VERSION,
+        "version": args.version,
         "training": {
             "steps": args.steps,
             "seed": args.seed,
@@ -704,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA, help="shared data folder")
     ap.add_argument("--synth", type=int, default=1500, help="rendered plates to paste")
     ap.add_argument("--init", type=Path, help="start from these weights (fine-tuning)")
+    ap.add_argument("--version", default=VERSION, help="version written to the sidecar")
     ap.add_argument(
         "--frame-p",
         type=float,
