@@ -61,7 +61,7 @@ train: $(STAMP)
 	$(BIN)/python -m services.edge.training all --data ../shared/data --out services/edge/models
 
 baseline: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4 pyclipper
+	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4 pyclipper shapely
 	@echo "PP-OCRv4 baseline installed: platewatch eval DIR --engine rapidocr"
 
 docs: $(STAMP)
