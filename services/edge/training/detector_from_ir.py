@@ -12,9 +12,7 @@ checked against the IR and not saved when it differs.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 
 from services.edge.recognition.detector import letterbox, to_input
 from services.edge.training.detector_train import DATA, SIZE, PlateDetector, load_scenes
-from services.edge.training.ir_import import import_folded, max_difference
+from services.edge.training.ir_import import import_folded, save_if_faithful
 
 INPUT_GAIN = 4.0  # PlateDetector.forward multiplies its input by this before the stem
 
@@ -46,14 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     model = import_folded(
         PlateDetector(), args.xml, batch, lambda i: 1.0 / INPUT_GAIN if i == 0 else 1.0
     )
-    diff = max_difference(model, args.xml, list(batch[:8]), outputs=(0, 1))
-    if diff > 1e-2:
-        print(f"{args.xml}: imported weights differ from the IR by {diff:.2e}", file=sys.stderr)
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
-    print(json.dumps({"saved": str(args.out), "max_output_difference": diff}))
-    return 0
+    inputs = list(batch[:8])
+    return save_if_faithful(model, args.xml, inputs, args.out, tolerance=1e-2, outputs=(0, 1))
 
 
 if __name__ == "__main__":

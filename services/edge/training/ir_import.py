@@ -13,6 +13,8 @@ check the result against the IR with `max_difference`.
 from __future__ import annotations
 
 import itertools
+import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -157,3 +159,23 @@ def max_difference(
                 a = ref[compiled.output(k)]
                 worst = max(worst, float(np.abs(a - got_list[k].numpy()).max()))
     return worst
+
+
+def save_if_faithful(
+    model: nn.Module,
+    xml: Path,
+    inputs: Sequence[torch.Tensor],
+    out: Path,
+    tolerance: float,
+    outputs: Sequence[int] = (0,),
+) -> int:
+    """Save the imported weights to `out` when the model matches the IR within `tolerance` on
+    `inputs` (exit status 0), else say so on stderr and save nothing (1)."""
+    diff = max_difference(model, xml, inputs, outputs)
+    if diff > tolerance:
+        print(f"{xml}: imported weights differ from the IR by {diff:.2e}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    print(json.dumps({"saved": str(out), "max_output_difference": diff}))
+    return 0

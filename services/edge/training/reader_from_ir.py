@@ -10,14 +10,12 @@ The result is checked against the IR and not saved when it differs.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from services.edge.training.ir_import import import_folded, max_difference
+from services.edge.training.ir_import import import_folded, save_if_faithful
 from services.edge.training.reader_model import PlateReaderNet
 
 
@@ -46,14 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batch = crop_batch(args.batch, args.seed, args.work / "real.pkl")
     model = import_folded(PlateReaderNet(SPEC.num_classes), args.xml, batch)
-    diff = max_difference(model, args.xml, list(batch[:16]))
-    if diff > 1e-3:
-        print(f"{args.xml}: imported weights differ from the IR by {diff:.2e}", file=sys.stderr)
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
-    print(json.dumps({"saved": str(args.out), "max_logit_difference": diff}))
-    return 0
+    return save_if_faithful(model, args.xml, list(batch[:16]), args.out, tolerance=1e-3)
 
 
 if __name__ == "__main__":
