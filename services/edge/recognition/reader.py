@@ -221,7 +221,7 @@ def postprocess(
     candidates = [(_label_text(p, spec), s) for p, s in beams]
     ranked = rerank(candidates, region)
     if ranked and not fits_region(ranked[0][0], region):
-        extra = _layout_candidates(probs, spec, region, dict(candidates))
+        extra = _layout_candidates(probs, spec, region, {text for text, _ in candidates})
         if extra:
             ranked = rerank(candidates + extra, region)
     if not ranked:
@@ -248,20 +248,23 @@ def greedy_decode(logits: npt.NDArray[Any], spec: ReaderSpec) -> tuple[str, tupl
     return _greedy(_to_probs(logits, spec), spec)
 
 
-def _greedy(probs: FloatArray, spec: ReaderSpec) -> tuple[str, tuple[float, ...]]:
-    best = probs.argmax(axis=1)
-    text: list[str] = []
-    confs: list[float] = []
+def _best_path(probs: FloatArray, blank: int) -> list[tuple[int, list[int]]]:
+    """The arg-max path's characters, collapsed: (class, the steps it spans) each."""
+    segments: list[tuple[int, list[int]]] = []
     prev = -1
-    for t, k in enumerate(best.tolist()):
-        if k != spec.blank_index:
+    for t, k in enumerate(probs.argmax(axis=1).tolist()):
+        if k != blank:
             if k != prev:
-                text.append(spec.char_of(k))
-                confs.append(float(probs[t, k]))
-            else:
-                confs[-1] = max(confs[-1], float(probs[t, k]))
+                segments.append((k, []))
+            segments[-1][1].append(t)
         prev = k
-    return "".join(text), tuple(confs)
+    return segments
+
+
+def _greedy(probs: FloatArray, spec: ReaderSpec) -> tuple[str, tuple[float, ...]]:
+    segments = _best_path(probs, spec.blank_index)
+    text = "".join(spec.char_of(k) for k, _ in segments)
+    return text, tuple(float(probs[ts, k].max()) for k, ts in segments)
 
 
 def rerank(candidates: list[tuple[str, float]], region: str | None) -> list[tuple[str, float]]:
@@ -269,14 +272,10 @@ def rerank(candidates: list[tuple[str, float]], region: str | None) -> list[tupl
 
     Returned scores are the candidates' own probabilities (the penalty only changes the order);
     empty texts are dropped."""
-    patterns = REGION_PATTERNS.get(region or "", ())
-    compiled = [re.compile(p) for p in patterns]
 
     def score(item: tuple[str, float]) -> float:
         text, prob = item
-        if compiled and not any(c.fullmatch(text) for c in compiled):
-            return prob * FORMAT_MISMATCH_PENALTY
-        return prob
+        return prob if fits_region(text, region) else prob * FORMAT_MISMATCH_PENALTY
 
     kept = [c for c in candidates if c[0]]
     return sorted(kept, key=score, reverse=True)
@@ -353,7 +352,7 @@ def fits_region(text: str, region: str | None) -> bool:
 
 
 def _layout_candidates(
-    probs: FloatArray, spec: ReaderSpec, region: str | None, known: dict[str, float]
+    probs: FloatArray, spec: ReaderSpec, region: str | None, known: set[str]
 ) -> list[tuple[str, float]]:
     """The best reading of each of the region's fixed layouts, with its probability, for the
     texts the beam did not already propose.
@@ -362,23 +361,14 @@ def _layout_candidates(
     breaks the layout is replaced by the allowed class with the most probability over its
     frames. Otherwise the full constrained Viterbi gives the labels. Either way the reading is
     scored with the CTC forward pass, so its probability is comparable with the beam's."""
-    best = probs.argmax(axis=1)
-    segments: list[list[int]] = []
-    prev = -1
-    for t, k in enumerate(best.tolist()):
-        if k != spec.blank_index:
-            if k != prev:
-                segments.append([])
-            segments[-1].append(t)
-        prev = k
-    greedy = [int(best[ts[0]]) for ts in segments]
+    segments = _best_path(probs, spec.blank_index)
     out: list[tuple[str, float]] = []
     for layout in region_layouts(region):
         allowed = layout_classes(layout, spec)
-        if len(greedy) == len(allowed):
+        if len(segments) == len(allowed):
             labels = [
                 k if k in classes else int(classes[probs[ts][:, classes].sum(axis=0).argmax()])
-                for k, ts, classes in zip(greedy, segments, allowed, strict=True)
+                for (k, ts), classes in zip(segments, allowed, strict=True)
             ]
         else:
             labels = layout_decode(probs, allowed, spec.blank_index)
