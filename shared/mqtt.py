@@ -264,7 +264,13 @@ class MqttClient:
                 raise MqttError("ending a session needs MQTT 5 and a persistent session")
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
-        sent = self._client.disconnect(properties=props) == paho.MQTT_ERR_SUCCESS
+        rc = self._client.disconnect(properties=props)
+        sent = rc == paho.MQTT_ERR_SUCCESS
+        if not sent:
+            log.warning(
+                "mqtt disconnect not sent",
+                extra={"client_id": self._client_id, "rc": paho.error_string(rc)},
+            )
         self._client.loop_stop()
         self.connected.clear()
         return sent

@@ -48,10 +48,10 @@ def main(argv: list[str]) -> int:
     from services.correlator.service import Correlator
 
     if args.drain:
-        from services.correlator.service import DrainError
+        from services.correlator.service import DrainError, drain_session
 
         try:
-            stored = Correlator(settings).drain(quiet_s=args.quiet_s)
+            stored = drain_session(settings, quiet_s=args.quiet_s)
         except ConfigError as exc:
             print(f"platewatch correlator: {exc}", file=sys.stderr)
             return 2

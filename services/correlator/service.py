@@ -91,6 +91,29 @@ class DrainError(PlatewatchError):
     """A drain could not finish; the instance's session is kept, so nothing is lost."""
 
 
+def drain_session(
+    settings: CorrelatorSettings, quiet_s: float = 3.0, max_s: float = 3600.0, attempts: int = 3
+) -> int:
+    """Drain an instance's session (`Correlator.drain`), taking it over again when a try
+    stored its messages but could not end the session (the connection was gone at the end:
+    the session is then kept, nothing lost). Returns the events stored over all tries;
+    raises the last DrainError after `attempts` tries, or at once when MQTT 5 is missing."""
+    stored = 0
+    for attempt in range(1, attempts + 1):
+        correlator = Correlator(settings)
+        try:
+            return stored + correlator.drain(quiet_s=quiet_s, max_s=max_s)
+        except DrainError as exc:
+            stored += correlator.ingestor.stats["events"]
+            if settings.mqtt.protocol != "5" or attempt == attempts:
+                raise
+            log.warning(
+                "drain try failed; taking the session over again",
+                extra={"instance": settings.instance, "attempt": attempt, "reason": str(exc)},
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class Correlator:
     """One correlator process. `start()` connects and consumes; `stop()` flushes and leaves."""
 
@@ -179,6 +202,7 @@ class Correlator:
         self._next_sweep = 0.0
         self._next_retention = time.monotonic() + 60.0
         self._stopped = threading.Event()
+        self._stop_outcome = "not stopped"
         self._list_loaded_at: dict[int, datetime] = {}
 
     def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, Stoppable | None]:
@@ -275,7 +299,10 @@ class Correlator:
                 break
             time.sleep(0.1)
         if not self.stop(end_session=True):
-            raise DrainError("could not end the session cleanly; it is kept (run the drain again)")
+            raise DrainError(
+                "could not end the session cleanly "
+                f"({self._stop_outcome}); it is kept (run the drain again)"
+            )
         return self.ingestor.stats["events"]
 
     def stop(self, end_session: bool = False) -> bool:
@@ -294,6 +321,7 @@ class Correlator:
             log.warning("ingest still busy at stop; its batch is redelivered by the broker")
         sent = self.mqtt.stop(end_session=end_session and finished)
         ended = sent and end_session and finished
+        self._stop_outcome = f"ingest finished: {finished}, DISCONNECT sent: {sent}"
         if end_session and not ended:
             log.warning(
                 "session not ended", extra={"ingest_finished": finished, "disconnect_sent": sent}
