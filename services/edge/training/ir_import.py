@@ -147,7 +147,8 @@ def max_difference(
     a tuple-returning model is compared output by output)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU")
+    # f32 maths: on CPUs with bf16 (AVX-512 BF16, AMX) OpenVINO would otherwise default to it
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     model.eval()
     worst = 0.0
     with torch.no_grad():

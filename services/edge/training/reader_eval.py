@@ -45,7 +45,13 @@ def compile_1thread(core: ov.Core, model: ov.Model | str) -> ov.CompiledModel:
     return core.compile_model(
         model,
         "CPU",
-        {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1},
+        {
+            "INFERENCE_NUM_THREADS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            # as the runtime does (RuntimeOptions): f32 maths even where the CPU has bf16
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+DEFAULT_CHANNELS = (16, 32, 48, 64, 96)
+
 
 def _cbr(i: int, o: int) -> list[nn.Module]:
     return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
@@ -20,7 +22,7 @@ class PlateReaderNet(nn.Module):
         self,
         num_classes: int,
         in_channels: int = 1,
-        channels: tuple[int, int, int, int, int] = (16, 32, 48, 64, 96),
+        channels: tuple[int, int, int, int, int] = DEFAULT_CHANNELS,
     ) -> None:
         super().__init__()
         c = channels
@@ -43,6 +45,42 @@ class PlateReaderNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.head(self.dropout(self.features(x)))  # N, K, 2, 32
         return y.flatten(2).transpose(1, 2)  # N, T=64, K (row 0 then row 1)
+
+
+def widen_from(
+    narrow: PlateReaderNet, wide: PlateReaderNet, seed: int = 0, noise: float = 0.01
+) -> None:
+    """Copy a trained reader into a wider one so that the wide one computes the same function
+    (Net2Net-style widening): every conv keeps the narrow weights in its first channels; the
+    added output channels get small random filters, and the layer after them (conv or head)
+    zero weights on them, so they start silent and are learned by fine-tuning. BatchNorm of
+    added channels starts as identity (mean 0, var 1, gamma 1, beta 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    n_mods = [m for m in narrow.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
+    w_mods = [m for m in wide.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
+    if len(n_mods) != len(w_mods):
+        raise ValueError("widen_from: the two readers have different layer structures")
+    with torch.no_grad():
+        for a, b in zip(n_mods, w_mods, strict=True):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d):
+                o, i = a.weight.shape[:2]
+                if b.weight.shape[0] < o or b.weight.shape[1] < i:
+                    raise ValueError("widen_from: the wide reader is narrower somewhere")
+                b.weight.normal_(0.0, noise, generator=gen)
+                b.weight[:, i:] = 0.0  # inputs from added channels: silent at first
+                b.weight[:o, :i] = a.weight
+                if a.bias is not None and b.bias is not None:
+                    b.bias.zero_()
+                    b.bias[:o] = a.bias
+            elif isinstance(a, nn.BatchNorm2d) and isinstance(b, nn.BatchNorm2d):
+                c = a.num_features
+                b.reset_parameters()
+                b.reset_running_stats()
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(b, name)[:c] = getattr(a, name)
+                b.num_batches_tracked.copy_(a.num_batches_tracked)
+            else:
+                raise ValueError("widen_from: the two readers have different layer structures")
 
 
 def count_params(model: nn.Module) -> int:

@@ -36,7 +36,13 @@ from services.edge.training.reader_data import (
     resize_bank,
     synth_bank,
 )
-from services.edge.training.reader_model import PlateReaderNet, count_macs, count_params
+from services.edge.training.reader_model import (
+    DEFAULT_CHANNELS,
+    PlateReaderNet,
+    count_macs,
+    count_params,
+    widen_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +195,15 @@ def train(args: argparse.Namespace) -> nn.Module:
     sw = np.array([1.0 if r is not None and not r[1] else args.two_line_weight for r in rows_bank])
     sw /= sw.sum()
 
-    model = PlateReaderNet(SPEC.num_classes)
+    model = PlateReaderNet(SPEC.num_classes, channels=args.channels)
     if args.init:
         model.load_state_dict(torch.load(args.init, map_location="cpu"))
         log.info("initialised", extra={"from": args.init})
+    elif args.widen_from:
+        narrow = PlateReaderNet(SPEC.num_classes)
+        narrow.load_state_dict(torch.load(args.widen_from, map_location="cpu"))
+        widen_from(narrow, model, seed=args.seed)
+        log.info("widened", extra={"from": args.widen_from, "channels": args.channels})
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log.info("model", extra={"params": count_params(model)})
     warm = args.warmup
@@ -275,6 +286,18 @@ def export(model: nn.Module, out: Path, work: Path, meta: dict[str, object]) -> 
     (out / "reader.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
 
 
+def _channels(text: str) -> tuple[int, int, int, int, int]:
+    parts = tuple(int(v) for v in text.split(","))
+    if len(parts) != 5 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--channels: five positive widths, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _stage_widths(c: tuple[int, int, int, int, int]) -> tuple[int, ...]:
+    """The seven conv widths of PlateReaderNet for its five stage widths."""
+    return (c[0], c[1], c[2], c[2], c[3], c[4], c[4])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="services/edge/models")
@@ -290,6 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         "--two-line-weight", type=float, default=2.0, help="synthetic 2-line oversampling"
     )
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument(
+        "--channels",
+        type=_channels,
+        default=DEFAULT_CHANNELS,
+        help="the five stage widths, comma-separated (default 16,32,48,64,96)",
+    )
+    ap.add_argument(
+        "--widen-from",
+        default="",
+        help="start from these default-width weights, widened to --channels (function kept)",
+    )
     ap.add_argument(
         "--loose-p",
         type=float,
@@ -323,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, object] = {
         "version": args.version,
         "trained": datetime.now(UTC).date().isoformat(),
-        "architecture": "PlateReaderNet: 7 conv3x3+BN+ReLU (16-32-48-48-64-96-96), "
-        "2 rows x 32 steps, CTC",
+        "architecture": "PlateReaderNet: 7 conv3x3+BN+ReLU ({}-{}-{}-{}-{}-{}-{}), "
+        "2 rows x 32 steps, CTC".format(*_stage_widths(args.channels)),
         "params": count_params(model),
         "macs": count_macs(model, shape),
         "precision": "FP32",
