@@ -115,6 +115,37 @@ def test_beam_search_sums_alignments_over_greedy_path() -> None:
     assert best_p == pytest.approx(0.56, abs=1e-5)
 
 
+def test_beam_probabilities_are_exact_across_runs_of_blank_only_steps() -> None:
+    # Steps where only blank is likely are folded into one update per run; each returned
+    # prefix must still carry its exact CTC probability (the forward pass over all alignments).
+    # Blank-only steps: blank 0.9, every character 0.1 / 36 (under the beam's 1% cut). Character
+    # steps: the character, blank and one other class, all expanded. The beam then misses only
+    # alignments through the cut characters (under 10% here), while a mistake in folding the runs
+    # (13 blank-only steps of log 0.9 each) would be off by a factor of up to 4.
+    rng = np.random.default_rng(11)
+    steps = "--A-B----7-----1-2---"
+    k = SPEC.num_classes
+    for _ in range(20):
+        probs = np.full((len(steps), k), 0.1 / (k - 1), dtype=np.float64)
+        for t, ch in enumerate(steps):
+            if ch == BLANK:
+                probs[t, SPEC.blank_index] = 0.9
+                continue
+            probs[t] = 0.0
+            probs[t, SPEC.blank_index] = rng.uniform(0.05, 0.3)
+            probs[t, int(rng.integers(1, k))] += rng.uniform(0.02, 0.2)
+            probs[t, CHARSET.index(ch) + 1] += 1.0
+            probs[t] /= probs[t].sum()
+        p32 = probs.astype(np.float32)
+        beams = ctc_beam_search(p32, SPEC.blank_index, beam_width=10_000)
+        assert [labels for labels, _ in beams[:1]] == [
+            tuple(CHARSET.index(c) + 1 for c in "AB712")
+        ]
+        for labels, p in beams[:3]:
+            exact = ctc_label_probability(p32, list(labels), SPEC.blank_index)
+            assert p == pytest.approx(exact, rel=0.15)
+
+
 def test_postprocess_reads_text_with_confidences() -> None:
     reading = postprocess(_probs("-A-B--C-1-2-3-"), SPEC)
     assert isinstance(reading, PlateReading)

@@ -291,32 +291,47 @@ def ctc_beam_search(
     characters above a small probability are expanded (exact for peaked outputs, and fast)."""
     # prefix -> [log p(ending in blank), log p(ending in non-blank)]
     beams: dict[tuple[int, ...], list[float]] = {(): [0.0, -math.inf]}
-    logp = np.log(np.maximum(probs, 1e-30))
+    logp_rows: list[list[float]] = np.log(np.maximum(probs, 1e-30)).tolist()
     n_top = min(_MAX_STEP_CANDIDATES, probs.shape[1])
     tops = np.argpartition(probs, -n_top, axis=1)[:, -n_top:]
-    for t in range(probs.shape[0]):
-        row = probs[t]
-        cand = [int(k) for k in tops[t] if k != blank and row[k] >= _MIN_STEP_PROB]
-        lp_blank = float(logp[t, blank])
-        if not cand:  # only blank is likely: every prefix just ends in blank now
-            beams = {p: [_lse(pb, pnb) + lp_blank, -math.inf] for p, (pb, pnb) in beams.items()}
+    keep = (probs[np.arange(probs.shape[0])[:, None], tops] >= _MIN_STEP_PROB) & (tops != blank)
+    step_cands: list[list[int]] = [
+        [int(k) for k, ok in zip(row_k, row_ok, strict=True) if ok]
+        for row_k, row_ok in zip(tops.tolist(), keep.tolist(), strict=True)
+    ]
+    # A run of steps where only blank is likely ends every prefix in blank: the prefixes are
+    # collapsed once and the run's log p(blank) is added once, at its end.
+    in_run, blank_run = False, 0.0
+    for t, cand in enumerate(step_cands):
+        logp_t = logp_rows[t]
+        if not cand:
+            if not in_run:
+                beams = {p: [_lse(pb, pnb), -math.inf] for p, (pb, pnb) in beams.items()}
+                in_run, blank_run = True, 0.0
+            blank_run += logp_t[blank]
             continue
-        lp = {k: float(logp[t, k]) for k in cand}
+        if in_run:
+            beams = {p: [pb + blank_run, pnb] for p, (pb, pnb) in beams.items()}
+            in_run = False
+        lp_blank = logp_t[blank]
         nxt: dict[tuple[int, ...], list[float]] = {}
         for prefix, (pb, pnb) in beams.items():
             total = _lse(pb, pnb)
             _add(nxt, prefix, total + lp_blank, -math.inf)  # blank keeps the prefix
             last = prefix[-1] if prefix else -1
             for k in cand:
+                lpk = logp_t[k]
                 if k == last:
-                    _add(nxt, prefix, -math.inf, pnb + lp[k])  # repeat collapses
-                    _add(nxt, (*prefix, k), -math.inf, pb + lp[k])  # needs a blank between
+                    _add(nxt, prefix, -math.inf, pnb + lpk)  # repeat collapses
+                    _add(nxt, (*prefix, k), -math.inf, pb + lpk)  # needs a blank between
                 else:
-                    _add(nxt, (*prefix, k), -math.inf, total + lp[k])
+                    _add(nxt, (*prefix, k), -math.inf, total + lpk)
         totals = {p: _lse(v[0], v[1]) for p, v in nxt.items()}
         floor = max(totals.values()) + _BEAM_LOG_FLOOR
         ordered = sorted((p for p in nxt if totals[p] >= floor), key=totals.__getitem__)
         beams = {p: nxt[p] for p in ordered[-beam_width:]}
+    if in_run:
+        beams = {p: [pb + blank_run, pnb] for p, (pb, pnb) in beams.items()}
     out = [(p, math.exp(_lse(pb, pnb))) for p, (pb, pnb) in beams.items()]
     out.sort(key=lambda item: item[1], reverse=True)
     return out
