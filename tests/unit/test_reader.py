@@ -138,9 +138,7 @@ def test_beam_probabilities_are_exact_across_runs_of_blank_only_steps() -> None:
             probs[t] /= probs[t].sum()
         p32 = probs.astype(np.float32)
         beams = ctc_beam_search(p32, SPEC.blank_index, beam_width=10_000)
-        assert [labels for labels, _ in beams[:1]] == [
-            tuple(CHARSET.index(c) + 1 for c in "AB712")
-        ]
+        assert [labels for labels, _ in beams[:1]] == [tuple(CHARSET.index(c) + 1 for c in "AB712")]
         for labels, p in beams[:3]:
             exact = ctc_label_probability(p32, list(labels), SPEC.blank_index)
             assert p == pytest.approx(exact, rel=0.15)
