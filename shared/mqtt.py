@@ -266,8 +266,9 @@ class MqttClient:
             props.SessionExpiryInterval = 0
         rc = self._client.disconnect(properties=props)
         sent = rc == paho.MQTT_ERR_SUCCESS
-        if not sent:
-            log.warning(
+        if not sent:  # expected when never connected; it matters when ending a session
+            log.log(
+                logging.WARNING if end_session else logging.DEBUG,
                 "mqtt disconnect not sent",
                 extra={"client_id": self._client_id, "rc": paho.error_string(rc)},
             )

@@ -91,26 +91,38 @@ class DrainError(PlatewatchError):
     """A drain could not finish; the instance's session is kept, so nothing is lost."""
 
 
+class SessionNotEndedError(DrainError):
+    """A drain stored what the session held but could not end the session (it is kept)."""
+
+
 def drain_session(
     settings: CorrelatorSettings, quiet_s: float = 3.0, max_s: float = 3600.0, attempts: int = 3
 ) -> int:
     """Drain an instance's session (`Correlator.drain`), taking it over again when a try
-    stored its messages but could not end the session (the connection was gone at the end:
-    the session is then kept, nothing lost). Returns the events stored over all tries;
-    raises the last DrainError after `attempts` tries, or at once when MQTT 5 is missing."""
+    stored its messages but could not end the session (SessionNotEndedError: the session is kept,
+    nothing lost). Returns the events stored over all tries. Any other DrainError (no broker,
+    still busy after `max_s`, no MQTT 5) is raised at once; after `attempts` tries the last
+    SessionNotEndedError is raised, and the events stored so far are logged."""
+    if settings.mqtt.protocol != "5":
+        raise DrainError("draining needs MQTT 5 (mqtt.protocol: '5')")
     stored = 0
     for attempt in range(1, attempts + 1):
         correlator = Correlator(settings)
         try:
             return stored + correlator.drain(quiet_s=quiet_s, max_s=max_s)
-        except DrainError as exc:
+        except SessionNotEndedError as exc:
             stored += correlator.ingestor.stats["events"]
-            if settings.mqtt.protocol != "5" or attempt == attempts:
-                raise
             log.warning(
-                "drain try failed; taking the session over again",
-                extra={"instance": settings.instance, "attempt": attempt, "reason": str(exc)},
+                "drain try could not end the session",
+                extra={
+                    "instance": settings.instance,
+                    "attempt": attempt,
+                    "stored_so_far": stored,
+                    "reason": str(exc),
+                },
             )
+            if attempt == attempts:
+                raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -299,7 +311,7 @@ class Correlator:
                 break
             time.sleep(0.1)
         if not self.stop(end_session=True):
-            raise DrainError(
+            raise SessionNotEndedError(
                 "could not end the session cleanly "
                 f"({self._stop_outcome}); it is kept (run the drain again)"
             )
@@ -321,7 +333,10 @@ class Correlator:
             log.warning("ingest still busy at stop; its batch is redelivered by the broker")
         sent = self.mqtt.stop(end_session=end_session and finished)
         ended = sent and end_session and finished
-        self._stop_outcome = f"ingest finished: {finished}, DISCONNECT sent: {sent}"
+        self._stop_outcome = (
+            f"ingest finished: {finished}, session-ending DISCONNECT sent: "
+            f"{sent and end_session and finished}"
+        )
         if end_session and not ended:
             log.warning(
                 "session not ended", extra={"ingest_finished": finished, "disconnect_sent": sent}

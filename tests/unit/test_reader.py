@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from services.edge.recognition.reader import (
+    _BEAM_LOG_FLOOR,
+    _MAX_STEP_CANDIDATES,
+    _MIN_STEP_PROB,
     PlateReading,
     ReaderSpec,
     ReaderSpecError,
@@ -121,7 +124,7 @@ def test_beam_probabilities_are_exact_across_runs_of_blank_only_steps() -> None:
     # Blank-only steps: blank 0.9, every character 0.1 / 36 (under the beam's 1% cut). Character
     # steps: the character, blank and one other class, all expanded. The beam then misses only
     # alignments through the cut characters (under 10% here), while a mistake in folding the runs
-    # (13 blank-only steps of log 0.9 each) would be off by a factor of up to 4.
+    # (16 blank-only steps of log 0.9 each) would be off by a factor of up to 5.4.
     rng = np.random.default_rng(11)
     steps = "--A-B----7-----1-2---"
     k = SPEC.num_classes
@@ -142,6 +145,61 @@ def test_beam_probabilities_are_exact_across_runs_of_blank_only_steps() -> None:
         for labels, p in beams[:3]:
             exact = ctc_label_probability(p32, list(labels), SPEC.blank_index)
             assert p == pytest.approx(exact, rel=0.15)
+
+
+def _reference_beam_search(
+    probs: np.ndarray, blank: int, beam_width: int
+) -> list[tuple[tuple[int, ...], float]]:
+    """The beam search step by step, with no folding of blank-only runs (the test oracle)."""
+    import math
+
+    def lse(a: float, b: float) -> float:
+        if a == -math.inf:
+            return b
+        if b == -math.inf:
+            return a
+        return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+    def add(d: dict[tuple[int, ...], list[float]], p: tuple[int, ...], b: float, nb: float) -> None:
+        cur = d.setdefault(p, [-math.inf, -math.inf])
+        cur[0], cur[1] = lse(cur[0], b), lse(cur[1], nb)
+
+    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, -math.inf]}
+    logp = np.log(np.maximum(probs, 1e-30))
+    tops = np.argpartition(probs, -_MAX_STEP_CANDIDATES, axis=1)[:, -_MAX_STEP_CANDIDATES:]
+    for t in range(probs.shape[0]):
+        cand = [int(k) for k in tops[t] if k != blank and probs[t, k] >= _MIN_STEP_PROB]
+        lb = float(logp[t, blank])
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (pb, pnb) in beams.items():
+            add(nxt, prefix, lse(pb, pnb) + lb, -math.inf)
+            for k in cand:
+                lk = float(logp[t, k])
+                if prefix and k == prefix[-1]:
+                    add(nxt, prefix, -math.inf, pnb + lk)
+                    add(nxt, (*prefix, k), -math.inf, pb + lk)
+                else:
+                    add(nxt, (*prefix, k), -math.inf, lse(pb, pnb) + lk)
+        totals = {p: lse(*v) for p, v in nxt.items()}
+        floor = max(totals.values()) + _BEAM_LOG_FLOOR
+        kept = sorted((p for p in nxt if totals[p] >= floor), key=totals.__getitem__)
+        beams = {p: nxt[p] for p in kept[-beam_width:]}
+    out = [(p, math.exp(lse(*v))) for p, v in beams.items()]
+    return sorted(out, key=lambda item: item[1], reverse=True)
+
+
+def test_beam_search_equals_the_step_by_step_search() -> None:
+    rng = np.random.default_rng(5)
+    k = SPEC.num_classes
+    for _ in range(50):
+        logits = rng.normal(0.0, 1.0, (64, k)) * rng.uniform(1.0, 6.0)
+        logits[:, SPEC.blank_index] += rng.choice([0.0, 12.0], size=64, p=[0.4, 0.6])
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+        got = ctc_beam_search(probs, SPEC.blank_index, beam_width=10)
+        want = _reference_beam_search(probs, SPEC.blank_index, beam_width=10)
+        assert [labels for labels, _ in got] == [labels for labels, _ in want]
+        assert [p for _, p in got] == pytest.approx([p for _, p in want], rel=1e-9)
 
 
 def test_postprocess_reads_text_with_confidences() -> None:

@@ -3,10 +3,11 @@
 `detector ARGS` and `reader ARGS` pass ARGS to that trainer. `all [--data DIR] [--out DIR]`
 reproduces the shipped models stage by stage, each from the previous one's weights, with the
 recorded seeds and settings (RECIPE; docs/models.md and docs/models-reader.md say why each stage
-exists). It takes about 4 hours of one CPU core; stages stopped by their time budget depend on
-the machine's speed. Before the reader, `all` regenerates the teacher pseudo-labels
-(reader_pseudo, needs `rapidocr-openvino`). `--data` goes to the detector stages (the reader
-reads /work/shared/data, see reader_data.DATA_ROOT), `--out` receives the final models.
+exists). Its stage budgets add up to about 4.5 hours of one CPU core, plus data preparation;
+stages stopped by their time budget depend on the machine's speed. Before the reader, `all`
+regenerates the teacher pseudo-labels (reader_pseudo, needs `rapidocr-openvino`). `--data` goes
+to the detector stages (the reader reads /work/shared/data, see reader_data.DATA_ROOT), `--out`
+receives the final models.
 `all --quick` runs every stage for a few steps into work-data/quick/ (a smoke test of the chain,
 never the shipped models).
 """

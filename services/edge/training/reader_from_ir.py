@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.edge.training.ir_import import import_folded, save_if_faithful
+from services.edge.training.ir_import import import_folded, ir_convolutions, save_if_faithful
 from services.edge.training.reader_model import PlateReaderNet
 
 
@@ -32,6 +32,15 @@ def crop_batch(n: int, seed: int, cache: Path) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(crops))
 
 
+def ir_channels(xml: Path) -> tuple[int, int, int, int, int]:
+    """The five stage widths of the PlateReaderNet an IR was exported from (1.4.0 is wider
+    than the default), read from its convolutions' output channels."""
+    widths = [w.shape[0] for w, _ in ir_convolutions(xml)]
+    if len(widths) != 8 or widths[2] != widths[3] or widths[5] != widths[6]:
+        raise ValueError(f"{xml}: convolution widths {widths} are not a PlateReaderNet's")
+    return widths[0], widths[1], widths[2], widths[4], widths[5]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("xml", type=Path)
@@ -43,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from services.edge.training.reader_train import SPEC
 
     batch = crop_batch(args.batch, args.seed, args.work / "real.pkl")
-    model = import_folded(PlateReaderNet(SPEC.num_classes), args.xml, batch)
+    net = PlateReaderNet(SPEC.num_classes, channels=ir_channels(args.xml))
+    model = import_folded(net, args.xml, batch)
     return save_if_faithful(model, args.xml, list(batch[:16]), args.out, tolerance=1e-3)
 
 

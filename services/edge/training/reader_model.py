@@ -51,7 +51,8 @@ def widen_from(
     narrow: PlateReaderNet, wide: PlateReaderNet, seed: int = 0, noise: float = 0.01
 ) -> None:
     """Copy a trained reader into a wider one so that the wide one computes the same function
-    (Net2Net-style widening): every conv keeps the narrow weights in its first channels; the
+    (function-preserving widening with zero-initialised links, in the spirit of Net2Net but
+    without its filter splitting): every conv keeps the narrow weights in its first channels; the
     added output channels get small random filters, and the layer after them (conv or head)
     zero weights on them, so they start silent and are learned by fine-tuning. BatchNorm of
     added channels starts as identity (mean 0, var 1, gamma 1, beta 0)."""
@@ -60,6 +61,8 @@ def widen_from(
     w_mods = [m for m in wide.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
     if len(n_mods) != len(w_mods):
         raise ValueError("widen_from: the two readers have different layer structures")
+    if narrow.head.out_channels != wide.head.out_channels:
+        raise ValueError("widen_from: the two readers have different class counts")
     with torch.no_grad():
         for a, b in zip(n_mods, w_mods, strict=True):
             if isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d):

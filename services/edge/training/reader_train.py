@@ -289,7 +289,7 @@ def export(model: nn.Module, out: Path, work: Path, meta: dict[str, object]) -> 
 def _channels(text: str) -> tuple[int, int, int, int, int]:
     parts = tuple(int(v) for v in text.split(","))
     if len(parts) != 5 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"--channels: five positive widths, got {text!r}")
+        raise argparse.ArgumentTypeError(f"five positive widths expected, got {text!r}")
     return parts  # type: ignore[return-value]
 
 
@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-frac", type=float, default=0.5)
     ap.add_argument("--synth", type=int, default=40000)
     ap.add_argument("--seed", type=int, default=20261125)
-    ap.add_argument("--init", default="", help="start from these weights (fine-tuning)")
+    start = ap.add_mutually_exclusive_group()
+    start.add_argument("--init", default="", help="start from these weights (fine-tuning)")
     ap.add_argument(
         "--two-line-weight", type=float, default=2.0, help="synthetic 2-line oversampling"
     )
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_CHANNELS,
         help="the five stage widths, comma-separated (default 16,32,48,64,96)",
     )
-    ap.add_argument(
+    start.add_argument(
         "--widen-from",
         default="",
         help="start from these default-width weights, widened to --channels (function kept)",
