@@ -180,7 +180,16 @@ def rapidocr_engine(threads: int) -> Engine:
     except ImportError:  # openvino >= 2025 dropped the alias rapidocr-openvino imports
         sys.modules["openvino.runtime"] = openvino
     import rapidocr_openvino
+    import rapidocr_openvino.utils.infer_engine as infer_engine
 
+    class _F32Core(openvino.Core):  # type: ignore[misc]
+        """f32 maths as platewatch's runtime uses: OpenVINO would pick bf16 on CPUs with it."""
+
+        def compile_model(self, model: Any, device_name: Any = None, config: Any = None) -> Any:
+            settings = {"INFERENCE_PRECISION_HINT": "f32", **(config or {})}
+            return super().compile_model(model, device_name, settings)
+
+    infer_engine.Core = _F32Core
     cfg_path = Path(rapidocr_openvino.__file__).parent / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     for section in ("Global", "Det", "Cls", "Rec"):
