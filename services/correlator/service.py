@@ -333,10 +333,7 @@ class Correlator:
             log.warning("ingest still busy at stop; its batch is redelivered by the broker")
         sent = self.mqtt.stop(end_session=end_session and finished)
         ended = sent and end_session and finished
-        self._stop_outcome = (
-            f"ingest finished: {finished}, session-ending DISCONNECT sent: "
-            f"{sent and end_session and finished}"
-        )
+        self._stop_outcome = f"ingest finished: {finished}, session-ending DISCONNECT sent: {ended}"
         if end_session and not ended:
             log.warning(
                 "session not ended", extra={"ingest_finished": finished, "disconnect_sent": sent}
