@@ -34,11 +34,11 @@ REGION_PATTERNS: dict[str, tuple[str, ...]] = {
     "us": (r"[A-Z0-9]{2,8}",),
     "eu": (r"[A-Z0-9]{4,10}",),
     "ro": (r"B[0-9]{2,3}[A-Z]{3}", r"(?!B)[A-Z]{2}[0-9]{2}[A-Z]{3}", r"[A-Z]{1,2}[0-9]{6}"),
-    "uk": (r"[A-Z]{2}[0-9]{2}[A-Z]{3}",),
     "gb": (r"[A-Z]{2}[0-9]{2}[A-Z]{3}",),
     "nl": (r"[A-Z0-9]{6}",),
     "in": (r"[A-Z]{2}[0-9]{1,2}[A-Z]{0,3}[0-9]{1,4}",),
 }
+REGION_PATTERNS["uk"] = REGION_PATTERNS["gb"]  # the same plates under their other common code
 # score factor for a candidate that fits none of its region's formats
 FORMAT_MISMATCH_PENALTY = 0.01
 # Regions whose plates all follow a few fixed layouts (shared.plates.DEFAULT_FORMATS, L = letter,
