@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 PSEUDO_LABELS = "work-data/reader/pseudo.jsonl"
+# the 39 teacher labels readers 1.4.x were trained with (a bf16 teacher run; the f32 teacher
+# gives the 37 of PSEUDO_LABELS that 1.2.0 used)
+PSEUDO_LABELS_140 = "services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl"
 USAGE = "usage: python -m services.edge.training {detector,reader,all} [args...]"
 
 # The shipped models: detector 1.3.0 (session 4: 1.1.0 -> the session-3 candidate 1.2.0 with
@@ -107,10 +110,8 @@ RECIPE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "75",
             "--loose-p",
             "0.15",
-            # the 39 teacher labels 1.4.0 was trained with (a bf16 teacher run; f32 gives the 37
-            # that 1.2.0 used, PSEUDO_LABELS)
             "--pseudo-labels",
-            "services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl",
+            PSEUDO_LABELS_140,
         ),
     ),
     (
@@ -132,7 +133,7 @@ RECIPE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "--loose-p",
             "0.15",
             "--pseudo-labels",
-            "services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl",
+            PSEUDO_LABELS_140,
         ),
     ),
 )

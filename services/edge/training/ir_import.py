@@ -147,8 +147,10 @@ def max_difference(
     a tuple-returning model is compared output by output)."""
     import openvino as ov
 
-    # f32 maths: on CPUs with bf16 (AVX-512 BF16, AMX) OpenVINO would otherwise default to it
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from services.edge.recognition.runtime import RuntimeOptions
+
+    # the runtime's f32 maths: on CPUs with bf16 (AVX-512 BF16, AMX) OpenVINO defaults to bf16
+    compiled = ov.Core().compile_model(str(xml), "CPU", RuntimeOptions(threads=0).config())
     model.eval()
     worst = 0.0
     with torch.no_grad():

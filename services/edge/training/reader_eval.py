@@ -26,6 +26,7 @@ import numpy as np
 import openvino as ov
 
 from services.edge.recognition.reader import ReaderSpec, postprocess, preprocess
+from services.edge.recognition.runtime import RuntimeOptions
 from services.edge.training.reader_data import RealItem, exact_crop, load_real_cached
 
 Reader = Callable[[np.ndarray, str | None], str]
@@ -45,13 +46,8 @@ def compile_1thread(core: ov.Core, model: ov.Model | str) -> ov.CompiledModel:
     return core.compile_model(
         model,
         "CPU",
-        {
-            "INFERENCE_NUM_THREADS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-            # as the runtime does (RuntimeOptions): f32 maths even where the CPU has bf16
-            "INFERENCE_PRECISION_HINT": "f32",
-        },
+        # the runtime's settings: one thread, latency, f32 maths even where the CPU has bf16
+        RuntimeOptions(threads=1).config(),
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from services.edge.training.ir_import import import_folded, ir_convolutions, save_if_faithful
-from services.edge.training.reader_model import PlateReaderNet
+from services.edge.training.reader_model import PlateReaderNet, stage_channels
 
 
 def crop_batch(n: int, seed: int, cache: Path) -> torch.Tensor:
@@ -34,11 +34,12 @@ def crop_batch(n: int, seed: int, cache: Path) -> torch.Tensor:
 
 def ir_channels(xml: Path) -> tuple[int, int, int, int, int]:
     """The five stage widths of the PlateReaderNet an IR was exported from (1.4.0 is wider
-    than the default), read from its convolutions' output channels."""
+    than the default), read from its convolutions' output channels (the last is the head)."""
     widths = [w.shape[0] for w, _ in ir_convolutions(xml)]
-    if len(widths) != 8 or widths[2] != widths[3] or widths[5] != widths[6]:
-        raise ValueError(f"{xml}: convolution widths {widths} are not a PlateReaderNet's")
-    return widths[0], widths[1], widths[2], widths[4], widths[5]
+    try:
+        return stage_channels(widths[:-1])
+    except ValueError as exc:
+        raise ValueError(f"{xml}: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

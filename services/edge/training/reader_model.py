@@ -13,6 +13,20 @@ from torch import nn
 DEFAULT_CHANNELS = (16, 32, 48, 64, 96)
 
 
+def conv_widths(channels: tuple[int, int, int, int, int]) -> tuple[int, ...]:
+    """The output widths of PlateReaderNet's seven 3x3 convolutions for its five stage widths."""
+    c = channels
+    return (c[0], c[1], c[2], c[2], c[3], c[4], c[4])
+
+
+def stage_channels(widths: list[int]) -> tuple[int, int, int, int, int]:
+    """The five stage widths back from the seven convolution widths (`conv_widths`' inverse)."""
+    channels = (widths[0], widths[1], widths[2], widths[4], widths[5]) if len(widths) == 7 else None
+    if channels is None or conv_widths(channels) != tuple(widths):
+        raise ValueError(f"convolution widths {widths} are not a PlateReaderNet's")
+    return channels
+
+
 def _cbr(i: int, o: int) -> list[nn.Module]:
     return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
 

@@ -39,6 +39,7 @@ from services.edge.training.reader_data import (
 from services.edge.training.reader_model import (
     DEFAULT_CHANNELS,
     PlateReaderNet,
+    conv_widths,
     count_macs,
     count_params,
     widen_from,
@@ -293,11 +294,6 @@ def _channels(text: str) -> tuple[int, int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def _stage_widths(c: tuple[int, int, int, int, int]) -> tuple[int, ...]:
-    """The seven conv widths of PlateReaderNet for its five stage widths."""
-    return (c[0], c[1], c[2], c[2], c[3], c[4], c[4])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="services/edge/models")
@@ -359,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": args.version,
         "trained": datetime.now(UTC).date().isoformat(),
         "architecture": "PlateReaderNet: 7 conv3x3+BN+ReLU ({}-{}-{}-{}-{}-{}-{}), "
-        "2 rows x 32 steps, CTC".format(*_stage_widths(args.channels)),
+        "2 rows x 32 steps, CTC".format(*conv_widths(args.channels)),
         "params": count_params(model),
         "macs": count_macs(model, shape),
         "precision": "FP32",
