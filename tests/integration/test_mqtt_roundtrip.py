@@ -267,3 +267,37 @@ def test_burst_of_small_and_large_messages_arrives_whole_and_in_order(
         received += [got.get(timeout=20) for _ in burst]
     assert received == payloads
     assert got.empty()
+
+
+def test_fast_and_paho_publish_paths_deliver_the_same_fields(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    """QoS 0/1 packets without properties take `parse_publish`; packets with user properties
+    take paho's decoder. Both give the same Delivery fields, and manual acks still work."""
+    got: queue.Queue[Delivery] = queue.Queue()
+    topic = f"{mqtt_settings.topic_root}/paths/ü"
+    sub = _client(clients, mqtt_settings, f"{client_id}-sub", manual_ack=True)
+
+    def on_message(delivery: Delivery) -> None:
+        got.put(delivery)
+        delivery.ack()
+
+    sub.subscribe(topic, on_message, qos=1)
+    assert sub._client.fast_publish is not None  # type: ignore[attr-defined]
+    sub.start()
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, f"{client_id}-pub")
+    pub.start()
+    pub.publish(topic, b"plain-q1", qos=1).wait()
+    pub.publish(topic, b"plain-q0", qos=0)
+    pub.publish(topic, b"props-q1", qos=1, user_properties=(("k", "v"), ("k2", "ü"))).wait()
+    pub.publish(topic, b"", qos=1).wait()
+    seen = [got.get(timeout=10) for _ in range(4)]
+    assert [(d.topic, d.payload, d.qos, d.user_properties) for d in seen] == [
+        (topic, b"plain-q1", 1, ()),
+        (topic, b"plain-q0", 0, ()),
+        (topic, b"props-q1", 1, (("k", "v"), ("k2", "ü"))),
+        (topic, b"", 1, ()),
+    ]
+    assert all(not d.retain for d in seen)
+    assert seen[0].mid > 0 and seen[1].mid == 0
