@@ -54,7 +54,7 @@ class CrossSite(Protocol):
 
     def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]: ...
 
-    def admit(self, alert: Alert) -> Alert | None: ...
+    def admit_many(self, alerts: Sequence[Alert]) -> list[Alert | None]: ...
 
 
 class RetryableError(Exception):
@@ -315,7 +315,7 @@ class Ingestor:
         self, events: Sequence[PlateRead], now: datetime
     ) -> tuple[list[Alert], list[GateDecision]]:
         """Alerts and gate decisions of new sightings: lists and gates, then cross-site rules
-        (one Redis round trip for the batch), then cooldown and incidents per alert."""
+        (one Redis round trip for the batch), then cooldown and incidents per alert (one more)."""
         results: list[Evaluation] = []
         for event in events:
             watch, allow = self.cache.hits(event.plate, event.site, now)
@@ -324,8 +324,7 @@ class Ingestor:
         alerts = [a for r in results for a in r.alerts]
         if self.cross is not None and events:
             alerts += [a for found in self.cross.observe_many(events, now) for a in found]
-            admitted = [self.cross.admit(a) for a in alerts]
-            alerts = [a for a in admitted if a is not None]
+            alerts = [a for a in self.cross.admit_many(alerts) if a is not None]
         decisions = [r.decision for r in results if r.decision is not None]
         return alerts, decisions
 

@@ -94,26 +94,48 @@ end
 return results
 """
 
-# KEYS: the plate's incident hash. ARGV: new incident id, window_s.
-# Reuses the open incident or opens one with ARGV[1], counts the hit, slides the window.
-_INCIDENT_LUA: Final = """
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id then
-  id = ARGV[1]
-  redis.call('HSET', KEYS[1], 'id', id)
+# Cooldowns and incidents, for a batch of alerts in one call, in order. KEYS: per alert, its
+# cooldown key and its plate's incident hash. ARGV: incident window_s, then per alert: owner,
+# cooldown ttl_s ('0': no cooldown claim), new incident id ('': do not join an incident).
+# Cooldown: granted to the first owner within ttl_s, and again to the same owner. Incident
+# (only when granted): reuses the plate's open incident or opens one with the new id, counts the
+# hit and slides the window. Returns {granted, incident id, hits} per alert ('' and 0 when no
+# incident was joined).
+_ADMIT_LUA: Final = """
+local window = ARGV[1]
+local results = {}
+for n = 1, #KEYS / 2 do
+  local ckey, ikey = KEYS[2 * n - 1], KEYS[2 * n]
+  local a = 1 + 3 * (n - 1)
+  local owner, ttl, new_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local granted = 1
+  if ttl ~= '0' and not redis.call('SET', ckey, owner, 'NX', 'EX', ttl) then
+    if redis.call('GET', ckey) ~= owner then granted = 0 end
+  end
+  local id, hits = '', 0
+  if granted == 1 and new_id ~= '' then
+    id = redis.call('HGET', ikey, 'id')
+    if not id then
+      id = new_id
+      redis.call('HSET', ikey, 'id', id)
+    end
+    hits = redis.call('HINCRBY', ikey, 'hits', 1)
+    redis.call('EXPIRE', ikey, window)
+  end
+  results[n] = {granted, id, hits}
 end
-local hits = redis.call('HINCRBY', KEYS[1], 'hits', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return {id, hits}
+return results
 """
 
 
-# KEYS: the cooldown key. ARGV: owner, ttl_s. Granted to the first owner, and again to it.
-_COOLDOWN_LUA: Final = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
-return 0
-"""
+@dataclass(frozen=True, slots=True)
+class AdmitClaim:
+    """One alert's claim on its cooldown per (kind, plate, site) for `ttl_s` (None: no
+    cooldown), then, when granted and `new_incident_id` is set, on its plate's incident."""
+
+    plate: str
+    cooldown: tuple[str, str, int, str] | None  # kind, site, ttl_s, owner
+    new_incident_id: str | None
 
 
 class StateError(FieldError):
@@ -220,8 +242,7 @@ class CrossSiteState:
         self._max_history = max_history
         self._stream_ttl_s = stream_ttl_s
         self._record = redis.register_script(_RECORD_LUA)
-        self._incident = redis.register_script(_INCIDENT_LUA)
-        self._cooldown = redis.register_script(_COOLDOWN_LUA)
+        self._admit = redis.register_script(_ADMIT_LUA)
 
     def record_sighting(self, s: Sighting, window_s: int) -> list[Sighting]:
         """Add `s` to its plate's history and return the plate's sightings within `window_s`
@@ -265,11 +286,9 @@ class CrossSiteState:
         The same `owner` (e.g. the sighting's event id) is granted again: a batch retried after
         a failed database commit keeps the alert it claimed instead of losing it to its own
         cooldown."""
-        if ttl_s < 1:
-            raise StateError("ttl_s", ttl_s, "must be >= 1")
-        key = self.keys.cooldown(kind, plate, site)
         claimant = owner if owner is not None else uuid.uuid4().hex
-        return bool(self._cooldown(keys=[key], args=[claimant, ttl_s]))
+        claim = AdmitClaim(plate, (kind, site, ttl_s, claimant), None)
+        return self.admit_alerts([claim], 1)[0][0]
 
     def incident(self, plate: str, window_s: int, new_id: str) -> tuple[str, int]:
         """(incident_id, hit_count) of this hit on `plate`.
@@ -277,14 +296,35 @@ class CrossSiteState:
         The first hit opens an incident with `new_id`; a hit less than `window_s` after the
         previous one joins it and increments the count (the window slides with each hit).
         """
-        if window_s < 1:
-            raise StateError("window_s", window_s, "must be >= 1")
         if not new_id:
             raise StateError("new_id", new_id, "must not be empty")
-        reply = cast(
-            list[Any], self._incident(keys=[self.keys.incident(plate)], args=[new_id, window_s])
-        )
-        return _text(reply[0]), int(reply[1])
+        _, incident_id, hits = self.admit_alerts([AdmitClaim(plate, None, new_id)], window_s)[0]
+        return incident_id, hits
+
+    def admit_alerts(
+        self, claims: Sequence[AdmitClaim], incident_window_s: int
+    ) -> list[tuple[bool, str, int]]:
+        """`cooldown` then, where granted, `incident`, for each claim in order, in one round
+        trip: (granted, incident id, hits) each; ('', 0) where no incident was joined."""
+        if incident_window_s < 1:
+            raise StateError("incident_window_s", incident_window_s, "must be >= 1")
+        if not claims:
+            return []
+        keys: list[str] = []
+        args: list[str | int] = [incident_window_s]
+        for c in claims:
+            owner, ttl_s, cooldown_key = "", 0, self.keys.incident(c.plate) + ":-"
+            if c.cooldown is not None:
+                kind, site, ttl_s, owner = c.cooldown
+                if ttl_s < 1:
+                    raise StateError("ttl_s", ttl_s, "must be >= 1")
+                cooldown_key = self.keys.cooldown(kind, c.plate, site)
+            if c.new_incident_id == "":
+                raise StateError("new_incident_id", "", "must not be empty")
+            keys += [cooldown_key, self.keys.incident(c.plate)]
+            args += [owner, ttl_s, c.new_incident_id or ""]
+        replies = cast(list[Any], self._admit(keys=keys, args=args))
+        return [(bool(int(r[0])), _text(r[1]), int(r[2])) for r in replies]
 
     def append_alert(self, alert_json: str, maxlen: int = DEFAULT_ALERT_MAXLEN) -> str:
         """Append an alert to the live stream (capped near `maxlen`); returns its stream id."""
@@ -526,25 +566,40 @@ class CrossSiteCorrelator:
 
     def admit(self, alert: Alert) -> Alert | None:
         """The alert to raise after cooldown and incident policy, or None (in cooldown)."""
-        kind = f"{alert.kind}_historical" if alert.historical else alert.kind
-        owner = str(alert.sighting_event_id or alert.event_id)
-        ttl_s = self._cooldown.ttl_s(kind)
-        if not self._state.cooldown(kind, alert.plate, alert.site, ttl_s, owner):
-            log.debug(
-                "alert in cooldown",
-                extra={"kind": kind, "plate": alert.plate, "site": alert.site},
+        return self.admit_many([alert])[0]
+
+    def admit_many(self, alerts: Sequence[Alert]) -> list[Alert | None]:
+        """`admit` for each alert in order, in one Redis round trip."""
+        claims = []
+        for alert in alerts:
+            kind = f"{alert.kind}_historical" if alert.historical else alert.kind
+            owner = str(alert.sighting_event_id or alert.event_id)
+            claims.append(
+                AdmitClaim(
+                    plate=alert.plate,
+                    cooldown=(kind, alert.site, self._cooldown.ttl_s(kind), owner),
+                    new_incident_id=None if alert.historical else str(new_event_id()),
+                )
             )
-            return None
-        if alert.historical:
-            return alert
-        incident_id, hits = self._state.incident(
-            alert.plate, self._incident.window_s, str(new_event_id())
-        )
-        severity = incident_severity(alert.severity, hits, self._incident)
-        return alert.model_copy(
-            update={
-                "incident_id": UUID(incident_id),
-                "severity": severity,
-                "details": {**alert.details, "incident_hits": hits},
-            }
-        )
+        out: list[Alert | None] = []
+        answers = self._state.admit_alerts(claims, self._incident.window_s)
+        for alert, (granted, incident_id, hits) in zip(alerts, answers, strict=True):
+            if not granted:
+                log.debug(
+                    "alert in cooldown",
+                    extra={"kind": alert.kind, "plate": alert.plate, "site": alert.site},
+                )
+                out.append(None)
+            elif alert.historical:
+                out.append(alert)
+            else:
+                out.append(
+                    alert.model_copy(
+                        update={
+                            "incident_id": UUID(incident_id),
+                            "severity": incident_severity(alert.severity, hits, self._incident),
+                            "details": {**alert.details, "incident_hits": hits},
+                        }
+                    )
+                )
+        return out

@@ -283,16 +283,21 @@ def alert_row(alert: Alert) -> dict[str, Any]:
 
 
 def insert_alerts(session: Session, alerts: Sequence[Alert]) -> set[uuid.UUID]:
-    """Insert alerts not raised before (same kind, sighting and entry); return the new ids."""
+    """Insert alerts not raised before (same kind, sighting and entry); return the new ids.
+
+    One executemany of a fixed statement (SQLAlchemy's insertmanyvalues sends it as one
+    multi-row INSERT ... RETURNING), so the statement is compiled once per process; a
+    ``values([...])`` statement is compiled again for every batch size."""
     if not alerts:
         return set()
+    table = AlertRecord.__table__
     stmt = (
-        _insert(session, AlertRecord)
-        .values([alert_row(a) for a in alerts])
+        _insert(session, table)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(AlertRecord.id)
+        .returning(table.c.id)
     )
-    return {row[0] for row in session.execute(stmt)}
+    result = session.connection().execute(stmt, [alert_row(a) for a in alerts])
+    return {row[0] for row in result}
 
 
 def unpublished_alerts(

@@ -480,6 +480,27 @@ def test_admit_applies_cooldown_and_joins_hits_into_one_escalating_incident(
     assert third.severity == "high" and third.details["incident_hits"] == 3
 
 
+def test_admit_many_in_one_call_equals_admitting_one_by_one(
+    correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
+) -> None:
+    a, _ = correlators
+    batch = [
+        _watchlist_alert("london"),
+        _watchlist_alert("london"),  # same kind, plate and site: in cooldown
+        _watchlist_alert("london", historical=True),  # its own cooldown, no incident
+        _watchlist_alert("paris"),
+        _watchlist_alert("lille"),
+    ]
+    first, cooled, old, second, third = a.admit_many(batch)
+    assert cooled is None
+    assert old is not None and old.incident_id is None and "incident_hits" not in old.details
+    assert first is not None and second is not None and third is not None
+    assert first.incident_id == second.incident_id == third.incident_id is not None
+    assert [x.details["incident_hits"] for x in (first, second, third)] == [1, 2, 3]
+    assert third.severity == "high"
+    assert a.admit_many([]) == []
+
+
 def test_historical_alert_neither_silences_a_live_one_nor_joins_its_incident(
     correlators: tuple[CrossSiteCorrelator, CrossSiteCorrelator],
 ) -> None:
