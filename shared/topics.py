@@ -15,6 +15,7 @@ A test or a tenant uses its own root (``platewatch-test-<uuid>``) so that nothin
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -88,6 +89,7 @@ def plate_topic(site: str, camera: str, root: str = DEFAULT_ROOT) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # one topic per camera; each event's topic is checked
 def parse_plate_topic(topic: str, root: str = DEFAULT_ROOT) -> PlateTopic:
     p = _split(topic, root, 5, "plate")
     if p[4] != "plate" or p[2] in RESERVED_SLUGS:

@@ -56,9 +56,10 @@ _KIND: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # max_entries, then per sighting: event_id, score_ms, data. For each sighting in order: adds it
 # (a redelivered event_id overwrites itself), trims entries older than the window before the
 # newest sighting and beyond max_entries, refreshes both TTLs, and returns
-# [event_id, data, ...] for the sightings within the window either side of this one; so a
-# sighting sees the batch's earlier ones. (All keys in one script: a single Redis server or a
-# replicated/Sentinel one, not a cluster.)
+# [kept, event_id, data, ...]: kept is 1 when this sighting is still stored (not trimmed at
+# once), then the other sightings within the window either side of this one (this one's own
+# data is not sent back: the caller has it); so a sighting sees the batch's earlier ones.
+# (All keys in one script: a single Redis server or a replicated/Sentinel one, not a cluster.)
 _RECORD_LUA: Final = """
 local window, ttl, cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local results = {}
@@ -84,10 +85,14 @@ for n = 1, #KEYS / 2 do
   local lo = string.format('%.0f', score - window)
   local hi = string.format('%.0f', score + window)
   local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
-  local out = {}
+  local out = {0}
   for _, m in ipairs(ids) do
-    local d = redis.call('HGET', hkey, m)
-    if d then out[#out + 1] = m; out[#out + 1] = d end
+    if m == id then
+      out[1] = 1
+    else
+      local d = redis.call('HGET', hkey, m)
+      if d then out[#out + 1] = m; out[#out + 1] = d end
+    end
   end
   results[n] = out
 end
@@ -272,9 +277,12 @@ class CrossSiteState:
         for s, reply in zip(batch, replies, strict=True):
             history = [
                 _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
-                for i in range(0, len(reply), 2)
+                for i in range(1, len(reply), 2)
             ]
-            history.sort(key=lambda h: (h.seen_at, h.event_id))
+            if int(reply[0]):
+                history.append(s)
+            if len(history) > 1:
+                history.sort(key=lambda h: (h.seen_at, h.event_id))
             histories.append(history)
         return histories
 
