@@ -51,7 +51,7 @@ def _sighting_values(event: PlateRead, received_at: datetime, json_text: bool) -
     """A sighting's column values in SIGHTING_COLUMNS order. The JSON columns are Python
     objects, or with `json_text` JSON text (for the COPY; pydantic's serializer makes it)."""
     if json_text:
-        char_confidences: Any = json.dumps(event.char_confidences, separators=(",", ":"))
+        char_confidences: Any = _FLOATS_JSON.dump_json(event.char_confidences).decode()
         candidates: Any = _CANDIDATES_JSON.dump_json(event.candidates).decode()
         box: Any = event.box.model_dump_json() if event.box else None
     else:
@@ -111,6 +111,7 @@ if set(SIGHTING_COLUMNS) != {c.name for c in Sighting.__table__.columns}:  # pra
     raise RuntimeError("repository.SIGHTING_COLUMNS disagrees with the sighting table")
 _SIGHTING_COLS_SQL = ", ".join(SIGHTING_COLUMNS)  # the model's own names, never input
 _CANDIDATES_JSON: TypeAdapter[list[PlateCandidate]] = TypeAdapter(list[PlateCandidate])
+_FLOATS_JSON: TypeAdapter[list[float]] = TypeAdapter(list[float])
 _SQLITE_ROWS_PER_INSERT = 500  # x 21 columns stays under SQLite's 32,766 bound parameters
 
 
