@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--margin-x", type=float, default=None, help="reader crop margin (x)")
     ap.add_argument("--margin-y", type=float, default=None, help="reader crop margin (y)")
+    ap.add_argument(
+        "--second-read-below",
+        type=float,
+        default=None,
+        help="second-opinion read of plates below this confidence (0: off)",
+    )
     ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
     ap.add_argument(
         "--refine-below",
@@ -315,6 +321,8 @@ def main(argv: list[str]) -> int:
             options = replace(options, refine_below=args.refine_below)
         if args.variants_below is not None:
             options = replace(options, variants_below=args.variants_below)
+        if args.second_read_below is not None:
+            options = replace(options, second_read_below=args.second_read_below)
         engine = platewatch_engine(
             args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )

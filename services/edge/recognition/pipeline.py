@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from services.edge.recognition import detector as det
 from services.edge.recognition import reader as rdr
+from services.edge.recognition import second_reader as sr
 from services.edge.recognition.runtime import InferenceModel, OpenVinoModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ class PipelineOptions:
     # sets 0.9.
     read_variants: tuple[tuple[float, float], ...] = ((0.03, 0.05), (0.10, 0.15))
     variants_below: float = 0.0
+    # Second opinion (docs/models.md, "Second-opinion reader"): a plate our reader reads with
+    # confidence below `second_read_below`, in a box the detector scores at least
+    # `second_min_detector`, is read again by the generic recogniser in
+    # `models/second_reader.xml`; its reading wins under `second_reader.choose`'s rules when at
+    # least `second_min_confidence` sure. 0 turns it off (and skips loading the model).
+    second_read_below: float = 0.9
+    second_min_detector: float = 0.6
+    second_min_confidence: float = 0.9
+    second_max_length: int = 10
     min_read_confidence: float = 0.3
     min_text_length: int = 2
     max_plates: int = 8
@@ -195,6 +205,8 @@ class PlateRecognizer:
         options: PipelineOptions | None = None,
         clock: Callable[[], float] = time.perf_counter,
         refine_model: InferenceModel | None = None,
+        second_model: InferenceModel | None = None,
+        second_spec: sr.SecondReaderSpec | None = None,
     ) -> None:
         self._det_model = detector_model
         self._det_spec = detector_spec
@@ -209,6 +221,13 @@ class PlateRecognizer:
         )
         self._reader_model = reader_model
         self._reader_spec = reader_spec
+        self._second_model = second_model if second_spec is not None else None
+        self._second_spec = second_spec
+        self._second_rule = sr.SecondReadRule(
+            min_confidence=self.options.second_min_confidence,
+            min_length=self.options.min_text_length,
+            max_length=self.options.second_max_length,
+        )
         self._clock = clock
 
     @classmethod
@@ -221,9 +240,11 @@ class PlateRecognizer:
         reader_name: str | None = "reader",
         detector_spec_name: str | None = None,
         reader_spec_name: str | None = None,
+        second_reader_name: str | None = "second_reader",
     ) -> PlateRecognizer:
         """Load `<detector_name>.xml` and `<reader_name>.xml` from `models_dir`, with their
-        sidecars `<name>.json` (or `<*_spec_name>.json`, e.g. an INT8 IR sharing the FP32 one)."""
+        sidecars `<name>.json` (or `<*_spec_name>.json`, e.g. an INT8 IR sharing the FP32 one),
+        and `<second_reader_name>.xml` when present and `options.second_read_below` > 0."""
         import openvino as ov
 
         core = ov.Core()
@@ -247,7 +268,28 @@ class PlateRecognizer:
                 rdr_json = models_dir / f"{reader_name.removesuffix('_int8')}.json"
             reader_spec = rdr.ReaderSpec.from_file(rdr_json)
             reader_model = OpenVinoModel.load(models_dir / f"{reader_name}.xml", runtime, core)
-        return cls(det_model, det_spec, reader_model, reader_spec, opts, refine_model=refine_model)
+        second_model: InferenceModel | None = None
+        second_spec: sr.SecondReaderSpec | None = None
+        second_xml = models_dir / f"{second_reader_name}.xml"
+        if reader_model is not None and second_reader_name and opts.second_read_below > 0:
+            if second_xml.is_file():
+                second_spec = sr.SecondReaderSpec.from_file(second_xml.with_suffix(".json"))
+                second_model = OpenVinoModel.load(second_xml, runtime, core)
+            else:
+                log.warning(
+                    "no second reader: unsure reads are not checked",
+                    extra={"model": str(second_xml)},
+                )
+        return cls(
+            det_model,
+            det_spec,
+            reader_model,
+            reader_spec,
+            opts,
+            refine_model=refine_model,
+            second_model=second_model,
+            second_spec=second_spec,
+        )
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
         """Decode an encoded image (JPEG, PNG, ...) and recognise its plates."""
@@ -376,6 +418,22 @@ class PlateRecognizer:
         reading = rdr.postprocess(probs, self._reader_spec, region=region, top_n=self.options.top_n)
         return reading, probs
 
+    def _read_second(
+        self,
+        image: npt.NDArray[np.uint8],
+        box: tuple[float, float, float, float],
+        mx: float,
+        my: float,
+    ) -> sr.SecondReading | None:
+        """The second reader's reading of the same crop; None when the crop is degenerate."""
+        assert self._second_model is not None and self._second_spec is not None
+        crop = crop_box(image, box, mx, my)
+        if crop is None:
+            return None
+        x = sr.preprocess(crop, self._second_spec)
+        out = self._second_model.infer({self._second_model.input_names[0]: x})
+        return sr.decode(out[self._second_model.output_names[0]], self._second_spec)
+
     def _read_variants(
         self,
         image: npt.NDArray[np.uint8],
@@ -411,6 +469,14 @@ class PlateRecognizer:
             reading = read[0]
             if not crops and opts.read_variants and reading.confidence < opts.variants_below:
                 reading = self._read_variants(image, detection.box, region, read)
+            if (
+                self._second_model is not None
+                and reading.confidence < opts.second_read_below
+                and detection.score >= opts.second_min_detector
+            ):
+                second = self._read_second(image, detection.box, mx, my)
+                if second is not None:
+                    reading = sr.choose(reading, second, region, self._second_rule)
             if len(reading.text) < opts.min_text_length:
                 continue
             if reading.confidence < opts.min_read_confidence and not crops:

@@ -221,7 +221,12 @@ def main(argv: list[str]) -> int:
             rc = int(reader_train.main(stage_args))
         if rc:
             return rc
-    return 0
+    # the second-opinion reader is imported, not trained (PP-OCRv4 rec, docs/models.md)
+    from services.edge.training import second_reader_import
+
+    folder = args.out or ("work-data/quick" if args.quick else "work-data/stages")
+    print(f"== second reader import --out {folder}", flush=True)
+    return int(second_reader_import.main(["--out", folder]))
 
 
 if __name__ == "__main__":

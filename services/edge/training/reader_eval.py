@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import time
@@ -21,7 +20,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import openvino as ov
 
@@ -74,52 +72,41 @@ class OurReader:
 
 
 class PPOCRv4Reader:
-    """rapidocr-openvino's PP-OCRv4 text recogniser, run with OpenVINO on one thread."""
+    """rapidocr-openvino's PP-OCRv4 text recogniser (its ONNX file), run with OpenVINO on one
+    thread through the runtime's second-reader pre/post-processing."""
 
     def __init__(self, core: ov.Core) -> None:
-        import importlib.util
+        from services.edge.recognition.second_reader import SecondReaderSpec
+        from services.edge.training.second_reader_import import ONNX_NAME, package_dir, spec_dict
 
-        # locate the package without importing it (its __init__ needs openvino.runtime)
-        spec = importlib.util.find_spec("rapidocr_openvino")
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("rapidocr_openvino: package not installed")
-        pkg = Path(next(iter(spec.submodule_search_locations)))
-        self.model_path = pkg / "models" / "ch_PP-OCRv4_rec_infer.onnx"
-        keys = (pkg / "ch_ppocr_rec" / "ppocr_keys_v1.txt").read_text(encoding="utf-8")
-        # same character table as rapidocr's CTCLabelDecode: blank, the keys, then a space
-        self.chars = ["", *keys.splitlines(), " "]
+        pkg = package_dir()
+        self.model_path = pkg / ONNX_NAME
+        self.spec = SecondReaderSpec.from_dict(spec_dict(pkg))
         self.compiled = compile_1thread(core, str(self.model_path))
         self.req = self.compiled.create_infer_request()
         self.infer_s: list[float] = []
         self.total_s: list[float] = []
 
     def __call__(self, crop: np.ndarray, region: str | None) -> str:
-        text, _ = self.read(crop)
-        return "".join(c for c in text.upper() if c.isascii() and c.isalnum())
+        return self.read(crop)[0]
 
     def read(self, crop: np.ndarray) -> tuple[str, float]:
-        """Raw text and its confidence (mean peak probability of the kept steps, as rapidocr)."""
+        """Text (A-Z0-9) and its confidence (mean peak probability of the kept steps, as
+        rapidocr)."""
+        from services.edge.recognition.second_reader import decode
+        from services.edge.recognition.second_reader import preprocess as second_preprocess
+
         t0 = time.perf_counter()
-        h, w = crop.shape[:2]
-        ratio = max(320 / 48, w / h)
-        img_w = int(48 * ratio)
-        rw = min(img_w, math.ceil(48 * w / h))
-        x = cv2.resize(crop, (rw, 48)).astype(np.float32).transpose(2, 0, 1) / 255
-        x = (x - 0.5) / 0.5
-        pad = np.zeros((1, 3, 48, img_w), np.float32)
-        pad[0, :, :, :rw] = x
+        x = second_preprocess(crop, self.spec)
         t1 = time.perf_counter()
-        self.req.infer({0: pad})
+        self.req.infer({0: x})
         out = self.req.get_output_tensor(0).data.copy()
         t2 = time.perf_counter()
-        best = out[0].argmax(axis=1)
-        keep = np.r_[True, best[1:] != best[:-1]] & (best != 0)
-        text = "".join(self.chars[int(k)] for k in best[keep])
-        conf = float(out[0].max(axis=1)[keep].mean()) if keep.any() else 0.0
+        reading = decode(out, self.spec)
         t3 = time.perf_counter()
         self.infer_s.append(t2 - t1)
         self.total_s.append(t3 - t0)
-        return text, conf
+        return reading.text, reading.confidence
 
 
 def make_int8(core: ov.Core, xml: Path, spec: ReaderSpec, train: list[RealItem], out: Path) -> Path:
