@@ -184,6 +184,16 @@ def git_sha() -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, the high-water mark of this program's
+    own memory; `ru_maxrss` is not used there because a child spawned by a large process starts
+    with its parent's figure (the kernel carries the maximum over fork and exec)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
