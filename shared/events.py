@@ -72,7 +72,11 @@ assert Severity.__args__ == SEVERITIES  # type: ignore[attr-defined]  # one list
 class ContractModel(BaseModel):
     """Base of every model on the wire: frozen, strict about unknown fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+    # allow_inf_nan=False: a box or score of NaN/Infinity is refused at the edge of the system
+    # rather than stored (as null by one insert path, rejected by another)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=False, allow_inf_nan=False
+    )
 
 
 class BBox(ContractModel):

@@ -591,11 +591,12 @@ class CrossSiteCorrelator:
             )
         out: list[Alert | None] = []
         answers = self._state.admit_alerts(claims, self._incident.window_s)
-        for alert, (granted, incident_id, hits) in zip(alerts, answers, strict=True):
+        for alert, claim, (granted, incident_id, hits) in zip(alerts, claims, answers, strict=True):
             if not granted:
+                kind = claim.cooldown[0] if claim.cooldown else alert.kind
                 log.debug(
                     "alert in cooldown",
-                    extra={"kind": alert.kind, "plate": alert.plate, "site": alert.site},
+                    extra={"kind": kind, "plate": alert.plate, "site": alert.site},
                 )
                 out.append(None)
             elif alert.historical:

@@ -128,3 +128,12 @@ def test_signed_event_verifies_and_tampering_fails() -> None:
         verify_event(plate_read(), key.public_key())
     with pytest.raises(SignatureError):
         verify_event(signed, generate_private_key().public_key())
+
+
+@pytest.mark.parametrize("value", ["1e999", "Infinity", "NaN"])
+def test_decode_rejects_non_finite_numbers_naming_the_field(value: str) -> None:
+    payload = plate_read().model_dump_json().replace('"x2":220.0', f'"x2":{value}')
+    assert value in payload
+    with pytest.raises(PayloadError) as err:
+        decode_event(payload.encode(), PlateRead)
+    assert err.value.field == "box.x2"

@@ -23,6 +23,7 @@ SPEC_DICT: dict[str, Any] = {
     "num_classes": 6,
     "blank_index": 0,
     "chars": {"1": "A", "2": "B", "3": "7"},  # class 4 stands for '-', 5 for a CJK character
+    "separators": [4],
 }
 SPEC = SecondReaderSpec.from_dict(SPEC_DICT)
 
@@ -39,6 +40,7 @@ SPEC = SecondReaderSpec.from_dict(SPEC_DICT)
         (("chars",), {"0": "A"}, "chars.0"),
         (("chars",), {"2": "a"}, "chars.2"),
         (("chars",), {"9": "A"}, "chars.9"),
+        (("separators",), [0], "separators.0"),
     ],
 )
 def test_spec_errors_name_the_field(path: tuple[str, ...], value: Any, field: str) -> None:
@@ -89,6 +91,23 @@ def test_decode_collapses_repeats_drops_blanks_and_non_plate_characters() -> Non
     assert reading.char_confidences == pytest.approx((0.9, 0.8, 0.7, 1.0))
     # the confidence is the mean peak over every kept step, '-' included
     assert reading.confidence == pytest.approx(np.mean([0.9, 0.5, 0.8, 0.7, 1.0]))
+
+
+def test_decode_counts_characters_that_are_neither_plate_nor_separator() -> None:
+    reading = decode(_probs([(1, 0.99), (0, 0.9), (5, 0.95), (2, 0.99)]), SPEC)
+    assert (reading.text, reading.foreign) == ("AB", 1)
+    assert decode(_probs([(1, 0.99), (4, 0.9), (2, 0.99)]), SPEC).foreign == 0
+
+
+def test_a_reading_with_a_foreign_character_never_wins() -> None:
+    first = PlateReading("ABC1234", 0.5, (), ())
+    second = SecondReading("ABC234", 0.99, (0.99,) * 6, foreign=1)  # '1' read as a look-alike
+    assert choose(first, second, None, RULE) is first
+
+
+def test_the_winner_keeps_as_many_candidates_as_the_first_reading() -> None:
+    got = choose(FIRST, SecondReading("XYZ1234", 0.99, (0.99,) * 7), None, RULE)
+    assert got.candidates == (("XYZ1234", 0.99), ("ABC1234", 0.6))
 
 
 def test_decode_of_blanks_only_is_empty() -> None:

@@ -48,9 +48,11 @@ class SecondReaderSpec:
     std: float
     num_classes: int
     blank_index: int
-    #: class index -> the plate character it stands for (ASCII letters upper-cased, digits);
-    #: every other class (punctuation, CJK...) is decoded and scored but left out of the text
+    #: class index -> the plate character it stands for (letters upper-cased, digits; full-width
+    #: forms too); the `separators` classes (space, dash, dot...) are left out of the text; any
+    #: other class read (CJK, other symbols) makes the reading `foreign`
     chars: dict[int, str]
+    separators: frozenset[int] = frozenset()
 
     @classmethod
     def from_dict(
@@ -73,6 +75,7 @@ class SecondReaderSpec:
             num_classes=int(need(data, "num_classes", "")),
             blank_index=int(need(data, "blank_index", "")),
             chars={int(k): str(v) for k, v in dict(need(data, "chars", "")).items()},
+            separators=frozenset(int(i) for i in data.get("separators", [])),
         )
         if spec.input_height < 8 or spec.min_width < spec.input_height:
             raise SecondReaderSpecError(source, "input", "height >= 8 and min_width >= height")
@@ -82,6 +85,9 @@ class SecondReaderSpec:
             raise SecondReaderSpecError(source, "input.std", "must be > 0")
         if not 0 <= spec.blank_index < spec.num_classes:
             raise SecondReaderSpecError(source, "blank_index", "must be a class index")
+        for index in spec.separators:
+            if not (0 <= index < spec.num_classes and index != spec.blank_index):
+                raise SecondReaderSpecError(source, f"separators.{index}", "not a non-blank class")
         for index, char in spec.chars.items():
             if not (0 <= index < spec.num_classes and index != spec.blank_index):
                 raise SecondReaderSpecError(source, f"chars.{index}", "not a non-blank class")
@@ -105,6 +111,9 @@ class SecondReading:
     text: str
     confidence: float
     char_confidences: tuple[float, ...]
+    #: characters read that are neither plate characters nor separators (left out of `text`):
+    #: the text may be missing a character the model took for a look-alike symbol
+    foreign: int = 0
 
 
 def preprocess(crop_bgr: npt.NDArray[Any], spec: SecondReaderSpec) -> FloatArray:
@@ -138,12 +147,15 @@ def decode(probs: npt.NDArray[Any], spec: SecondReaderSpec) -> SecondReading:
     kept_peak = peak[keep]
     text: list[str] = []
     chars: list[float] = []
+    foreign = 0
     for cls, prob in zip(kept, kept_peak.tolist(), strict=True):
         ch = spec.chars.get(int(cls))
         if ch is not None:
             text.append(ch)
             chars.append(float(prob))
-    return SecondReading("".join(text), float(kept_peak.mean()), tuple(chars))
+        elif int(cls) not in spec.separators:
+            foreign += 1
+    return SecondReading("".join(text), float(kept_peak.mean()), tuple(chars), foreign)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +171,15 @@ def choose(
     first: PlateReading, second: SecondReading, region: str | None, rule: SecondReadRule
 ) -> PlateReading:
     """The second reading, when it is at least `rule.min_confidence` sure, more sure than the
-    first, `min_length`..`max_length` characters long, and does not break a region format that
-    the first reading fits (the same text: the first reading with the second's confidence);
-    otherwise the first reading unchanged. Pure."""
+    first, `min_length`..`max_length` characters long, has no foreign character, and does not
+    break a region format that the first reading fits (the same text: the first reading with the
+    second's confidence); otherwise the first reading unchanged. Pure.
+
+    The two confidences are on different scales (ours: the text's CTC probability; the second:
+    a mean of per-step peaks, which runs higher). The thresholds were chosen on held-out data
+    with that as it is (docs/models.md, session 5)."""
     text = second.text
-    if not (rule.min_length <= len(text) <= rule.max_length):
+    if second.foreign or not (rule.min_length <= len(text) <= rule.max_length):
         return first
     if second.confidence < rule.min_confidence or second.confidence <= first.confidence:
         return first
@@ -176,5 +192,5 @@ def choose(
         text=text,
         confidence=second.confidence,
         char_confidences=second.char_confidences,
-        candidates=((text, second.confidence), *others),
+        candidates=((text, second.confidence), *others)[: max(1, len(first.candidates))],
     )

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ SOURCE_PACKAGE = "rapidocr-openvino"
 SOURCE_VERSION = "1.4.4"
 ONNX_NAME = "models/ch_PP-OCRv4_rec_infer.onnx"
 KEYS_NAME = "ch_ppocr_rec/ppocr_keys_v1.txt"
+SEPARATORS = frozenset(" -.·•:")  # read between plate characters, left out of the text
 MAX_CONF_DIFF = 0.02  # FP16-stored weights against the ONNX file: reading confidence
 
 
@@ -42,11 +44,13 @@ def spec_dict(pkg: Path) -> dict[str, Any]:
     """The sidecar: rapidocr's CTC table is blank, the keys file's lines, then a space."""
     keys = (pkg / KEYS_NAME).read_text(encoding="utf-8").splitlines()
     table = ["", *keys, " "]
+    plain = [unicodedata.normalize("NFKC", c) for c in table]  # full-width forms to ASCII
     chars = {
         str(i): c.upper()
-        for i, c in enumerate(table)
+        for i, c in enumerate(plain)
         if len(c) == 1 and c.isascii() and c.isalnum()
     }
+    separators = [i for i, c in enumerate(table) if c in SEPARATORS]
     onnx = pkg / ONNX_NAME
     return {
         "schema_version": 1,
@@ -71,6 +75,7 @@ def spec_dict(pkg: Path) -> dict[str, Any]:
         "num_classes": len(table),
         "blank_index": 0,
         "chars": chars,
+        "separators": separators,
     }
 
 
