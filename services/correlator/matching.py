@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -432,21 +433,40 @@ def _wildcard_key(pattern: str) -> tuple[_Shape, str]:
     return best
 
 
-def _wildcard_query_keys(shapes: Iterable[_Shape], plate: str) -> list[int]:
+def _shape_key(shape_hash: int, chars: str) -> int:
+    """The table key of a wildcard entry (or query) of one shape."""
+    return hash((shape_hash, chars))
+
+
+#: A shape compiled for queries: (anchor, character getter or substring length, the smallest
+#: plate length it fits, hash of the shape).
+_ShapePlan = tuple[str, Any, int, int]
+
+
+def _compile_shapes(shapes: Iterable[_Shape]) -> list[_ShapePlan]:
+    plan: list[_ShapePlan] = []
+    for shape in shapes:
+        anchor, where = shape
+        if anchor == "H":  # characters at these positions from the start
+            plan.append(("H", operator.itemgetter(*where), where[-1] + 1, hash(shape)))
+        elif anchor == "T":  # at these offsets from the end
+            plan.append(("T", operator.itemgetter(*(-o for o in where)), where[-1], hash(shape)))
+        else:  # every substring of this length
+            plan.append(("M", where[0], where[0], hash(shape)))
+    return plan
+
+
+def _wildcard_query_keys(plan: Sequence[_ShapePlan], plate: str) -> list[int]:
     """The keys a plate looks up: one per head/tail shape that fits, every substring for M."""
     keys: list[int] = []
     size = len(plate)
-    for shape in shapes:
-        anchor, where = shape
-        if anchor == "H":
-            if where[-1] < size:
-                keys.append(hash((shape, "".join([plate[i] for i in where]))))
-        elif anchor == "T":
-            if where[-1] <= size:
-                keys.append(hash((shape, "".join([plate[size - o] for o in where]))))
+    for anchor, how, min_size, shape_hash in plan:
+        if size < min_size:
+            continue
+        if anchor == "M":
+            keys.extend({_shape_key(shape_hash, plate[i : i + how]) for i in range(size - how + 1)})
         else:
-            n = where[0]
-            keys.extend({hash((shape, plate[i : i + n])) for i in range(size - n + 1)})
+            keys.append(_shape_key(shape_hash, "".join(how(plate))))
     return keys
 
 
@@ -694,6 +714,7 @@ class WatchIndex:
         self._keys = _KeyTable(pending_limit)
         self._ids = _KeyTable(pending_limit)
         self._shapes: dict[_Shape, int] = {}
+        self._plan: list[_ShapePlan] | None = []  # compiled `_shapes`; None: to recompile
         self._fuzzy_k = [0] * (int(MAX_FUZZY_COST) + 1)
         self._n_live = 0
         self._n_dead = 0
@@ -760,8 +781,10 @@ class WatchIndex:
                     key_slots.append(slot)
             else:
                 shape, chars = _wildcard_key(entry.pattern)
+                if shape not in self._shapes:
+                    self._plan = None
                 self._shapes[shape] = self._shapes.get(shape, 0) + 1
-                keys.append(hash((shape, chars)))
+                keys.append(_shape_key(hash(shape), chars))
                 key_slots.append(slot)
         self._keys.extend(keys, key_slots)
         self._ids.extend(ids.tolist(), list(slots))
@@ -784,6 +807,7 @@ class WatchIndex:
                 self._shapes[shape] = left
             else:
                 del self._shapes[shape]
+                self._plan = None
         self._n_live -= 1
         self._n_dead += 1
         if self._n_dead > max(self._pending_limit, self._n_live // 4):
@@ -814,7 +838,10 @@ class WatchIndex:
         if max_k >= 0:
             variants = deletion_variants(canonical(plate), max_k)
             keys.extend([hash(v) ^ _FUZZY_SALT for v in variants])
-        keys.extend(_wildcard_query_keys(self._shapes, plate))
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = _compile_shapes(self._shapes)
+        keys.extend(_wildcard_query_keys(plan, plate))
         slots = self._keys.lookup(keys)
         if not slots:
             return []

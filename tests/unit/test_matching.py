@@ -274,6 +274,20 @@ def test_removed_entry_no_longer_matches() -> None:
     assert len(index) == 1
 
 
+def test_wildcard_shapes_added_or_removed_between_queries_are_seen() -> None:
+    """The compiled wildcard shapes follow adds and removes made after a query."""
+    index = index_of(entry(1, "AB12*", MatchMode.WILDCARD))
+    assert ids(index.match("AB123CD", NOW)) == [1]
+    index.add(entry(2, "*3CD", MatchMode.WILDCARD))  # a new tail shape
+    index.add(entry(3, "?B1?3CD", MatchMode.WILDCARD))  # a new head shape
+    index.add(entry(4, "*B12*", MatchMode.WILDCARD))  # a new middle shape
+    assert ids(index.match("AB123CD", NOW)) == [1, 2, 3, 4]
+    assert index.remove(2) and index.remove(4)
+    assert ids(index.match("AB123CD", NOW)) == [1, 3]
+    index.add(entry(5, "*23CD", MatchMode.WILDCARD))
+    assert ids(index.match("AB123CD", NOW)) == [1, 3, 5]
+
+
 def test_add_with_known_id_replaces_the_entry() -> None:
     index = index_of(entry(1, "AB123CD"))
     index.add(entry(1, "ZZ999", priority=5))
