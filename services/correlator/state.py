@@ -563,6 +563,9 @@ class CrossSiteCorrelator:
             current, self._state.record_sightings(current, self.window_s), strict=True
         ):
             alerts: list[Alert] = []
+            if all(h.event_id == sighting.event_id for h in history):
+                results.append(alerts)  # the plate's only sighting: both rules need another
+                continue
             travel = impossible_travel(sighting, history, self._locations, self._travel)
             if travel is not None:
                 alerts.append(travel_alert(travel, sighting, now, self._travel_severity))
