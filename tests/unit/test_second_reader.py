@@ -76,6 +76,13 @@ def test_preprocess_keeps_the_aspect_ratio_and_pads_right(
     assert np.all(x[..., filled:] == 0.0)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 500, 3), (300, 2, 3)])
+def test_preprocess_of_degenerate_crops_gives_a_valid_input(shape: tuple[int, ...]) -> None:
+    x = preprocess(np.zeros(shape, np.uint8), SPEC)
+    assert x.shape[:3] == (1, 3, 48) and 320 <= x.shape[3] <= 1280
+    assert np.isfinite(x).all()
+
+
 def _probs(steps: list[tuple[int, float]]) -> np.ndarray:
     p = np.full((1, len(steps), 6), 0.0, np.float32)
     for t, (cls, prob) in enumerate(steps):
