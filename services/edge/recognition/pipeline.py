@@ -406,30 +406,24 @@ class PlateRecognizer:
         my: float,
         region: str | None,
     ) -> tuple[rdr.PlateReading, npt.NDArray[np.float32]] | None:
-        """Read one crop of `box` widened by mx/my: the reading and the per-step class
-        probabilities; None when the crop is degenerate."""
-        assert self._reader_model is not None and self._reader_spec is not None
+        """Read one crop of `box` widened by mx/my; None when the crop is degenerate."""
         crop = crop_box(image, box, mx, my)
-        if crop is None:
-            return None
+        return None if crop is None else self._read_crop(crop, region)
+
+    def _read_crop(
+        self, crop: npt.NDArray[np.uint8], region: str | None
+    ) -> tuple[rdr.PlateReading, npt.NDArray[np.float32]]:
+        """Our reader on one crop: the reading and the per-step class probabilities."""
+        assert self._reader_model is not None and self._reader_spec is not None
         x = rdr.preprocess(crop, self._reader_spec)
         out = self._reader_model.infer({self._reader_model.input_names[0]: x})
         probs = rdr.probabilities(out[self._reader_model.output_names[0]], self._reader_spec)
         reading = rdr.postprocess(probs, self._reader_spec, region=region, top_n=self.options.top_n)
         return reading, probs
 
-    def _read_second(
-        self,
-        image: npt.NDArray[np.uint8],
-        box: tuple[float, float, float, float],
-        mx: float,
-        my: float,
-    ) -> sr.SecondReading | None:
-        """The second reader's reading of the same crop; None when the crop is degenerate."""
+    def _read_second(self, crop: npt.NDArray[np.uint8]) -> sr.SecondReading:
+        """The second reader's reading of the crop our reader read."""
         assert self._second_model is not None and self._second_spec is not None
-        crop = crop_box(image, box, mx, my)
-        if crop is None:
-            return None
         x = sr.preprocess(crop, self._second_spec)
         out = self._second_model.infer({self._second_model.input_names[0]: x})
         return sr.decode(out[self._second_model.output_names[0]], self._second_spec)
@@ -463,9 +457,10 @@ class PlateRecognizer:
                 plates.append(RecognizedPlate("", 0.0, (), (), detection.box, detection.score))
                 continue
             mx, my = (0.0, 0.0) if crops else (opts.crop_margin_x, opts.crop_margin_y)
-            read = self._read_box(image, detection.box, mx, my, region)
-            if read is None:
+            crop = crop_box(image, detection.box, mx, my)
+            if crop is None:
                 continue
+            read = self._read_crop(crop, region)
             reading = read[0]
             if not crops and opts.read_variants and reading.confidence < opts.variants_below:
                 reading = self._read_variants(image, detection.box, region, read)
@@ -474,9 +469,8 @@ class PlateRecognizer:
                 and reading.confidence < opts.second_read_below
                 and detection.score >= opts.second_min_detector
             ):
-                second = self._read_second(image, detection.box, mx, my)
-                if second is not None:
-                    reading = sr.choose(reading, second, region, self._second_rule)
+                second = self._read_second(crop)
+                reading = sr.choose(reading, second, region, self._second_rule)
             if len(reading.text) < opts.min_text_length:
                 continue
             if reading.confidence < opts.min_read_confidence and not crops:

@@ -25,18 +25,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from services.edge.recognition.reader import PlateReading, fits_region
+from services.edge.recognition.reader import PlateReading, ReaderSpecError, fits_region
 
 FloatArray = npt.NDArray[np.float32]
 
 
-class SecondReaderSpecError(ValueError):
+class SecondReaderSpecError(ReaderSpecError):
     """The second reader's sidecar is missing a field or has a bad value (named)."""
-
-    def __init__(self, source: str, field: str, reason: str) -> None:
-        super().__init__(f"{source}: {field}: {reason}")
-        self.source = source
-        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +51,7 @@ class SecondReaderSpec:
 
     @classmethod
     def from_dict(
-        cls, data: dict[str, Any], source: str = "second reader spec"
+        cls, data: dict[str, Any], source: Path = Path("second_reader.json")
     ) -> SecondReaderSpec:
         def need(section: dict[str, Any], key: str, where: str) -> Any:
             if key not in section:
@@ -100,10 +95,10 @@ class SecondReaderSpec:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise SecondReaderSpecError(str(path), "file", str(exc)) from exc
+            raise SecondReaderSpecError(path, "file", str(exc)) from exc
         if not isinstance(data, dict):
-            raise SecondReaderSpecError(str(path), "file", "must hold a JSON object")
-        return cls.from_dict(data, str(path))
+            raise SecondReaderSpecError(path, "file", "must hold a JSON object")
+        return cls.from_dict(data, path)
 
 
 @dataclass(frozen=True, slots=True)
