@@ -321,6 +321,7 @@ class CrossSiteState:
         keys: list[str] = []
         args: list[str | int] = [incident_window_s]
         for c in claims:
+            # no cooldown claim (ttl 0): the script never touches this placeholder key
             owner, ttl_s, cooldown_key = "", 0, self.keys.incident(c.plate) + ":-"
             if c.cooldown is not None:
                 kind, site, ttl_s, owner = c.cooldown
