@@ -57,7 +57,7 @@ train: $(STAMP)
 	  apt-get install -y -qq fonts-liberation fonts-freefont-ttf fonts-roboto-unhinted \
 	    fonts-open-sans >/dev/null || echo "fonts not installed: synthetic plates use OpenCV's font"; fi
 	$(BIN)/python -m pip install -q -e '.[train]'
-	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4  # reader's teacher (pseudo-labels)
+	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4  # teacher (pseudo-labels) + second reader's weights
 	$(BIN)/python -m services.edge.training all --data ../shared/data --out services/edge/models
 
 baseline: $(STAMP)
