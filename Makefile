@@ -4,13 +4,18 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# The second-opinion reader (PP-OCRv4's recogniser) is built from its pinned PyPI package, not
+# committed: docs/decisions.md, "a second-opinion reader".
+SECOND_READER := services/edge/models/second_reader.bin
+RAPIDOCR := rapidocr-openvino==1.4.4
 PYTEST_ARGS ?=
 
-.PHONY: help venv services check lint format test unit integration e2e demo train baseline docs clean
+.PHONY: help venv models services check lint format test unit integration e2e demo train baseline docs clean
 
 help:
 	@echo "make demo         set up .venv and run the single-machine demo (Ctrl-C stops it)"
 	@echo "make test         install and start what the tests need, lint, type-check, run all tests"
+	@echo "make models       build the second-opinion reader's IR from its pinned PyPI package"
 	@echo "make check        ruff, ruff format --check, mypy --strict, import contracts"
 	@echo "make unit         fast tests without services"
 	@echo "make services     install/start PostgreSQL, Redis and Mosquitto (root: via apt)"
@@ -28,6 +33,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(SECOND_READER): $(STAMP) services/edge/training/second_reader_import.py
+	$(BIN)/python -m pip install -q --no-deps $(RAPIDOCR)
+	$(BIN)/python -m services.edge.training.second_reader_import --out services/edge/models
+
+models: $(SECOND_READER)
+
 services:
 	@bash deploy/dev/services.sh
 
@@ -43,13 +54,13 @@ check: lint
 	$(BIN)/mypy shared services
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+unit: $(STAMP) $(SECOND_READER)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-test: $(STAMP) services check
+test: $(STAMP) $(SECOND_READER) services check
 	$(BIN)/pytest tests -q $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: $(STAMP) $(SECOND_READER)
 	$(BIN)/platewatch demo
 
 train: $(STAMP)
@@ -57,11 +68,11 @@ train: $(STAMP)
 	  apt-get install -y -qq fonts-liberation fonts-freefont-ttf fonts-roboto-unhinted \
 	    fonts-open-sans >/dev/null || echo "fonts not installed: synthetic plates use OpenCV's font"; fi
 	$(BIN)/python -m pip install -q -e '.[train]'
-	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4  # teacher (pseudo-labels) + second reader's weights
+	$(BIN)/python -m pip install -q --no-deps $(RAPIDOCR)  # teacher (pseudo-labels) + second reader
 	$(BIN)/python -m services.edge.training all --data ../shared/data --out services/edge/models
 
 baseline: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps rapidocr-openvino==1.4.4 pyclipper shapely
+	$(BIN)/python -m pip install -q --no-deps $(RAPIDOCR) pyclipper shapely
 	@echo "PP-OCRv4 baseline installed: platewatch eval DIR --engine rapidocr"
 
 docs: $(STAMP)

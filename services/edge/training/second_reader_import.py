@@ -3,6 +3,10 @@ rapidocr-openvino (Apache-2.0 weights), converted to OpenVINO IR for the runtime
 
     python -m services.edge.training.second_reader_import --out services/edge/models
 
+`make models` (and `make test`, `make demo`, `make train`) runs it: the IR is built at install
+time from the pinned package, not committed (5.4 MB). The source file must have the pinned
+SHA-256, so every install converts the same weights; the conversion is deterministic.
+
 Writes second_reader.xml/.bin (weights stored as FP16, computed in f32 at run time; INT8
 weight compression measured 3 of 81 held-out plates worse, docs/models.md) and the sidecar
 second_reader.json (input geometry, the class -> character table of A-Z0-9, the source file's
@@ -23,6 +27,7 @@ from typing import Any
 SOURCE_PACKAGE = "rapidocr-openvino"
 SOURCE_VERSION = "1.4.4"
 ONNX_NAME = "models/ch_PP-OCRv4_rec_infer.onnx"
+ONNX_SHA256 = "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"
 KEYS_NAME = "ch_ppocr_rec/ppocr_keys_v1.txt"
 SEPARATORS = frozenset(" -.·•:")  # read between plate characters, left out of the text
 MAX_CONF_DIFF = 0.02  # FP16-stored weights against the ONNX file: reading confidence
@@ -94,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"second_reader_import: {exc}", file=sys.stderr)
         return 2
     data = spec_dict(pkg)
+    source = data["source"]
+    if source["sha256"] != ONNX_SHA256:
+        print(
+            f"second_reader_import: {pkg / ONNX_NAME}: SHA-256 {source['sha256']}, "
+            f"expected {ONNX_SHA256} ({SOURCE_PACKAGE}=={SOURCE_VERSION})",
+            file=sys.stderr,
+        )
+        return 1
     spec = SecondReaderSpec.from_dict(data)
     core = ov.Core()
     model = core.read_model(str(pkg / ONNX_NAME))
