@@ -109,7 +109,9 @@ _BUFFERED_READS = all(
 FastPublish = Callable[[str, bytes, int, bool, int], None]
 
 
-def parse_publish(command: int, packet: bytes) -> tuple[str, bytes, int, bool, int] | None:
+def parse_publish(
+    command: int, packet: bytes | bytearray
+) -> tuple[str, bytes, int, bool, int] | None:
     """(topic, payload, qos, retain, mid) of an MQTT 5 PUBLISH packet (the bytes after its
     fixed header), or None for anything but a well-formed QoS 0/1 packet with a UTF-8 topic
     name and no properties: QoS 2, properties (user properties, topic aliases, expiry...) and
@@ -134,7 +136,7 @@ def parse_publish(command: int, packet: bytes) -> tuple[str, bytes, int, bool, i
         end += 2
     if packet[end] != 0:  # the property length: properties present
         return None
-    return topic, packet[end + 1 :], qos, bool(command & 0x01), mid
+    return topic, bytes(packet[end + 1 :]), qos, bool(command & 0x01), mid
 
 
 class _BufferedClient(paho.Client):
@@ -179,7 +181,7 @@ class _BufferedClient(paho.Client):
         if fast is None or self._protocol != paho.MQTTv5:
             return super()._handle_publish()
         command = self._in_packet["command"]
-        parsed = parse_publish(command, bytes(self._in_packet["packet"]))
+        parsed = parse_publish(command, self._in_packet["packet"])
         if parsed is None:
             return super()._handle_publish()
         fast(*parsed)
@@ -271,7 +273,7 @@ class MqttClient:
         self._client.on_message = self._on_message
         self._client.on_unsubscribe = self._on_unsubscribe
         if isinstance(self._client, _BufferedClient) and self._v5:
-            self._client.fast_publish = self._on_publish_fast
+            self._client.fast_publish = self._deliver
 
     @property
     def client_id(self) -> str:
@@ -463,11 +465,6 @@ class MqttClient:
             msg.topic, bytes(msg.payload), int(msg.qos), bool(msg.retain), int(msg.mid), user_props
         )
 
-    def _on_publish_fast(
-        self, topic: str, payload: bytes, qos: int, retain: bool, mid: int
-    ) -> None:
-        self._deliver(topic, payload, qos, retain, mid, ())
-
     def _deliver(
         self,
         topic: str,
@@ -475,7 +472,7 @@ class MqttClient:
         qos: int,
         retain: bool,
         mid: int,
-        user_props: tuple[tuple[str, str], ...],
+        user_props: tuple[tuple[str, str], ...] = (),
     ) -> None:
         handler = self._handler_for(topic)
         client = self._client

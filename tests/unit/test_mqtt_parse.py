@@ -33,6 +33,7 @@ def test_matches_paho_for_plain_qos0_and_qos1(
 ) -> None:
     command, packet = _publish(topic.encode(), payload, qos, retain, mid)
     ours = parse_publish(command, packet)
+    assert parse_publish(command, bytearray(packet)) == ours  # paho's read buffer type
     paho = _packet.decode_publish(command, packet, MQTTProtocolVersion.MQTTv5)
     assert ours == (
         paho.topic.decode(),
