@@ -125,11 +125,12 @@ def insert_sightings(
     """Insert what is new; return the event ids that were inserted (duplicates are skipped)."""
     if not events:
         return set()
-    if session.get_bind().dialect.name == "postgresql" and len(events) > _JSON_INSERT_MAX_ROWS:
-        return _copy_sightings(session, [_sighting_values(e, received_at, True) for e in events])
-    rows = [sighting_row(e, received_at) for e in events]
     if session.get_bind().dialect.name == "postgresql":
-        return _json_insert_sightings(session, rows)
+        if len(events) > _JSON_INSERT_MAX_ROWS:
+            copy_rows = [_sighting_values(e, received_at, True) for e in events]
+            return _copy_sightings(session, copy_rows)
+        return _json_insert_sightings(session, [sighting_row(e, received_at) for e in events])
+    rows = [sighting_row(e, received_at) for e in events]
     inserted: set[uuid.UUID] = set()
     for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):  # SQLite caps bound parameters
         stmt = (
