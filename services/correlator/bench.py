@@ -410,9 +410,18 @@ class Correlators:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def pause(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # in case a run stopped while they were paused
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
@@ -506,17 +515,32 @@ def throughput_run(
     events: Sequence[Outgoing],
     window: int,
     stall_s: float,
+    backlog: bool = False,
 ) -> dict[str, Any]:
+    """Publish `events` and measure how fast they are stored. `backlog`: the correlators are
+    paused (SIGSTOP) while every event is published, then resumed: the rate at which they
+    drain a backlog, with the publisher no longer competing for the CPU (the broker must
+    queue them all: max_queued_messages >= len(events))."""
     counter = RowCounter(engine, first_id(events))
     truncate(engine)
     counter.rows, counter.alerts = 0, 0
     total = len(events)
+    if backlog:
+        procs.pause()
+        try:
+            queued: PublishResult | None = None
+            for e in events:
+                queued = pub.publish(e.topic, e.payload)
+            if queued is not None:
+                queued.wait(timeout=120)
+        finally:
+            procs.resume()
     cpu0 = proc_cpu()
     counter.start()
     t0 = time.perf_counter()
     waited = 0.0
     last: PublishResult | None = None
-    for i, e in enumerate(events):
+    for i, e in enumerate([] if backlog else events):
         if i - counter.rows > window:
             w0 = time.perf_counter()
             while i - counter.rows > window:
@@ -535,6 +559,7 @@ def throughput_run(
     stored = counter.rows
     return {
         "processes": procs.count,
+        "mode": "backlog" if backlog else "live",
         "events": total,
         "stored": stored,
         "complete": complete and stored == total,
@@ -805,6 +830,14 @@ def build_parser() -> argparse.ArgumentParser:
         "drops QoS 1 messages beyond it.",
     )
     parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="Throughput as a backlog drain: the correlators are paused while all --events are "
+        "published, then resumed (the publisher no longer shares the CPU). The broker must "
+        "queue them all (deploy/mosquitto: max_queued_messages 200000; mosquitto's default "
+        "1,000 drops the rest, which the run reports as lost).",
+    )
+    parser.add_argument(
         "--rate",
         type=_rates,
         default=[1_000.0],
@@ -935,7 +968,9 @@ def main(argv: list[str]) -> int:
                     events = make_events(args.events, rng, root, exact, exact_set, args.hit_ratio)
                     log.info("throughput run", extra={"processes": k, "events": args.events})
                     pg0 = postmaster_start(engine)
-                    run = throughput_run(engine, pub, procs, events, args.window * k, args.stall_s)
+                    run = throughput_run(
+                        engine, pub, procs, events, args.window * k, args.stall_s, args.backlog
+                    )
                     run["postgres_restarted"] = postmaster_start(engine) != pg0
                     throughput.append(run)
                     save()

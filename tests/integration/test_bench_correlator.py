@@ -64,3 +64,28 @@ def test_bench_stores_every_event_and_writes_the_json(
         ).all()
     engine.dispose()
     assert left == []  # the bench dropped its schema
+
+
+def test_bench_backlog_mode_drains_what_was_published_while_paused(
+    broker: tuple[str, int], redis_url: str, tmp_path: Path
+) -> None:
+    db_url = os.environ.get("PW_TEST_PG", DEFAULT_PG)
+    out = tmp_path / "bench.json"
+    argv = [
+        "--db-url", db_url,
+        "--mqtt", f"{broker[0]}:{broker[1]}",
+        "--redis-url", redis_url,
+        "--entries", "100",
+        "--processes", "1",
+        "--events", "400",
+        "--latency-s", "0",
+        "--backlog",
+        "--json", str(out),
+    ]  # fmt: skip
+
+    assert bench.main(argv) == 0
+
+    (run,) = json.loads(out.read_text())["throughput"]
+    assert run["mode"] == "backlog"
+    assert run["stored"] == run["events"] == 400 and run["lost"] == 0
+    assert run["publisher_waited_s"] == 0  # nothing was published during the drain
