@@ -286,8 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="read a plate again with other crop margins when its confidence is below this; "
         "0 = never",
     )
+    ap.add_argument(
+        "--variants",
+        type=_margin_pairs,
+        default=None,
+        help="the crop margins of those extra reads, 'X,Y;X,Y' (negative: inside the box)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
+
+
+def _margin_pairs(text: str) -> tuple[tuple[float, float], ...]:
+    """'0.03,0.05;0.1,0.15' -> ((0.03, 0.05), (0.1, 0.15))."""
+    try:
+        pairs = tuple(
+            (float(x), float(y)) for x, y in (part.split(",") for part in text.split(";"))
+        )
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want 'X,Y;X,Y', got {text!r}") from exc
+    if any(not -0.4 <= v <= 1.0 for pair in pairs for v in pair):
+        raise argparse.ArgumentTypeError(f"margins must lie in [-0.4, 1.0], got {text!r}")
+    return pairs
 
 
 def main(argv: list[str]) -> int:
@@ -321,6 +340,8 @@ def main(argv: list[str]) -> int:
             options = replace(options, refine_below=args.refine_below)
         if args.variants_below is not None:
             options = replace(options, variants_below=args.variants_below)
+        if args.variants is not None:
+            options = replace(options, read_variants=args.variants)
         if args.second_read_below is not None:
             options = replace(options, second_read_below=args.second_read_below)
         engine = platewatch_engine(

@@ -5,6 +5,7 @@ import pytest
 from services.edge.eval import (
     ImageScore,
     Prediction,
+    build_parser,
     edit_distance,
     normalise_text,
     overlap,
@@ -68,3 +69,12 @@ def test_summarise_reports_recall_extra_reads_and_latency() -> None:
 
 def test_normalise_text_keeps_upper_ascii_alnum() -> None:
     assert normalise_text("ab-12 ç3") == "AB123"
+
+
+def test_variant_margins_parse_and_bad_ones_name_the_problem() -> None:
+    assert build_parser().parse_args(
+        ["d", "--out", "o", "--variants", "0.03,0.05;0.06,-0.1"]
+    ).variants == ((0.03, 0.05), (0.06, -0.1))
+    for bad in ("0.1", "a,b", "0.1,2.0"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["d", "--out", "o", "--variants", bad])
