@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,10 +26,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from shared.errors import PlatewatchError
 from shared.settings import MqttSettings
 from shared.topics import parse_shared_subscription
-
-#: PUBACK: fixed header byte, then remaining length 2 and the packet id
-_PUBACK_BYTE = 0x40
-_PUBACK = struct.Struct("!BBH")
 
 log = logging.getLogger(__name__)
 _ROUTE_CACHE_SIZE = 10_000
@@ -68,23 +63,10 @@ class Delivery:
     retain: bool
     mid: int
     user_properties: tuple[tuple[str, str], ...] = ()
-    #: the client that acknowledges it (None: nothing to acknowledge)
-    _owner: MqttClient | None = field(default=None, repr=False, compare=False)
+    _ack: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     def ack(self) -> None:
-        if self._owner is not None:
-            self._owner.ack_mids(((self.mid, self.qos),))
-
-
-def ack_all(deliveries: Iterable[Delivery]) -> None:
-    """Acknowledge deliveries, in order; the QoS 1 ones of one client go out as one write."""
-    by_owner: dict[int, tuple[MqttClient, list[tuple[int, int]]]] = {}
-    for d in deliveries:
-        owner = d._owner
-        if owner is not None:
-            by_owner.setdefault(id(owner), (owner, []))[1].append((d.mid, d.qos))
-    for owner, mids in by_owner.values():
-        owner.ack_mids(mids)
+        self._ack()
 
 
 class PublishResult:
@@ -353,22 +335,6 @@ class MqttClient:
         self.stop()
 
     # -- publish / subscribe -------------------------------------------------------------
-    def ack_mids(self, mids: Sequence[tuple[int, int]]) -> None:
-        """Acknowledge received messages by (packet id, QoS), in order (manual acks only).
-
-        The PUBACKs of a batch are queued as one write (4 bytes each, the MQTT 5 short form
-        for success), instead of one queued packet and one wake-up of the network thread per
-        message."""
-        if not self._manual_ack or not mids:
-            return
-        client = self._client
-        if any(qos != 1 for _, qos in mids):
-            for mid, qos in mids:
-                client.ack(mid, qos)
-            return
-        packet = b"".join(_PUBACK.pack(_PUBACK_BYTE, 2, mid) for mid, _ in mids)
-        client._packet_queue(_PUBACK_BYTE, packet, 0, 1)
-
     def publish(
         self,
         topic: str,
@@ -509,14 +475,20 @@ class MqttClient:
         user_props: tuple[tuple[str, str], ...] = (),
     ) -> None:
         handler = self._handler_for(topic)
+        client = self._client
+
+        def ack() -> None:
+            if self._manual_ack and qos > 0:
+                client.ack(mid, qos)
+
         delivery = Delivery(
-            topic,
-            payload,
-            qos,
-            retain,
-            mid,
-            user_props,
-            self if self._manual_ack and qos > 0 else None,
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=retain,
+            mid=mid,
+            user_properties=user_props,
+            _ack=ack,
         )
         if handler is None:
             log.warning("mqtt message matches no handler", extra={"topic": topic})

@@ -12,7 +12,7 @@ import pytest
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import PayloadError
 from shared.events import DeadLetter, PlateRead, decode_event, encode_event, utc_now
-from shared.mqtt import Delivery, MqttClient, Will, ack_all
+from shared.mqtt import Delivery, MqttClient, Will
 from shared.settings import MqttSettings
 from shared.topics import (
     deadletter_filter,
@@ -214,39 +214,6 @@ def test_unacked_message_is_redelivered_to_a_persistent_session(
     second.start()
     redelivered = again.get(timeout=10)
     assert decode_event(redelivered.payload, PlateRead) == event
-
-
-def test_batch_ack_acknowledges_exactly_the_given_messages(
-    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
-) -> None:
-    """`ack_all` sends the PUBACKs of a batch as one write: the broker forgets exactly those;
-    the unacknowledged rest comes back to the resumed session."""
-    seen: queue.Queue[Delivery] = queue.Queue()
-    sub = plate_filter(mqtt_settings.topic_root)
-    first = MqttClient(mqtt_settings, client_id + "-c", manual_ack=True, persistent_session=True)
-    first.subscribe(sub, seen.put)
-    first.start()
-    time.sleep(0.3)
-    pub = _client(clients, mqtt_settings, client_id + "-p")
-    pub.start()
-    events = [plate_read(track_id=f"t{i}") for i in range(30)]
-    for e in events:
-        pub.publish(plate_topic("north-gate", "cam-1", mqtt_settings.topic_root), encode_event(e))
-    got = [seen.get(timeout=5) for _ in events]
-    ack_all(got[:20])  # the first 20 only, in one write
-    time.sleep(0.5)  # let the network thread send it
-    first._client.loop_stop()  # then crash: no DISCONNECT
-    first._client.socket().close()  # type: ignore[union-attr]
-    again: queue.Queue[Delivery] = queue.Queue()
-    second = _client(
-        clients, mqtt_settings, client_id + "-c", manual_ack=True, persistent_session=True
-    )
-    second.subscribe(sub, lambda d: (again.put(d), d.ack()))
-    second.start()
-    back = [decode_event(again.get(timeout=10).payload, PlateRead).track_id for _ in range(10)]
-    assert sorted(back) == sorted(e.track_id for e in events[20:])
-    with pytest.raises(queue.Empty):
-        again.get(timeout=1.0)
 
 
 def test_last_will_publishes_retained_offline_status(
