@@ -176,6 +176,12 @@ def train(args: argparse.Namespace) -> nn.Module:
         "web-cars": 2.0,
         "in-cars": 2.0,
     }
+    for name, weight in args.dataset_weights.items():
+        if name not in ds_weight:
+            raise SystemExit(
+                f"--dataset-weights: unknown dataset {name!r}; one of {sorted(ds_weight)}"
+            )
+        ds_weight[name] = weight
     w_list = [ds_weight[r.dataset] * (3.0 if r.lines == 2 else 1.0) for r in real]
     if args.pseudo_labels:
         # teacher-read train-split boxes without human text (reader_pseudo), as extra real crops
@@ -294,6 +300,20 @@ def _channels(text: str) -> tuple[int, int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+def _weights(text: str) -> dict[str, float]:
+    """'a=2,b=0.5' -> {'a': 2.0, 'b': 0.5}."""
+    out: dict[str, float] = {}
+    for part in filter(None, text.split(",")):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or out.get(name.strip(), -1.0) < 0:
+            raise argparse.ArgumentTypeError(f"want NAME=WEIGHT,... (weights >= 0), got {part!r}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="services/edge/models")
@@ -344,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         default=70.0,
         help="time budget for the training loop; the LR schedule anneals by time or steps, "
         "whichever is further (0: steps only, so the schedule does not depend on machine speed)",
+    )
+    ap.add_argument(
+        "--dataset-weights",
+        type=_weights,
+        default={},
+        help="override sampling weights of real datasets, e.g. 'us_openalpr_benchmarks_seg_ocr=2'",
     )
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
