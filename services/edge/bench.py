@@ -169,6 +169,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: CPU features that change which OpenVINO/OpenCV kernels run (and so, slightly, the numbers)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
+
+
+def cpu_isa(cpuinfo: str | None = None) -> list[str]:
+    """Which of ISA_FLAGS the CPU has (from /proc/cpuinfo; [] where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(
@@ -284,6 +302,7 @@ def main(argv: list[str]) -> int:
         "git_sha": git_sha(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "latency": results,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from services.edge.bench import cpu_isa, cpu_model, git_sha
 from services.edge.dataset import LabelledImage, load_labels
 
 log = logging.getLogger(__name__)
@@ -394,6 +396,9 @@ def main(argv: list[str]) -> int:
         threads=args.threads,
         engine=args.engine,
         region=args.region,
+        # Reads near a threshold can change with the CPU's kernels (docs/models.md, session 6).
+        machine={"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count()},
+        git_sha=git_sha(),
     )
     print(
         f"{args.dataset.name} [{args.split}{', crops' if args.crops else ''}"
