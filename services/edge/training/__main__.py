@@ -28,7 +28,7 @@ USAGE = "usage: python -m services.edge.training {detector,reader,all} [args...]
 # plates in frames -> 4,000 more steps), reader 1.4.3 (session 4: 1.2.0 widened 1.5x, the same
 # function at first, fine-tuned 20,000 steps = 1.4.0, then 6,000 more at a lower rate = 1.4.1;
 # session 5: 8,000 more with 70% real crops = 1.4.3; 1.4.2, 12,000 more at 50%, did not pass;
-# session 6: 1.4.4, 1.4.3 with --loose-p 0.4, did not pass either),
+# session 6: 1.4.4 (--loose-p 0.4) and 1.4.5 (--dataset-weights, US/EU/BR up) did not pass),
 # and the imported second-opinion reader (not trained, see `main`). The
 # session-3 reader candidate 1.3.0 (--init the 1.2.0 weights --lr 5e-4 --warmup 200
 # --max-minutes 38 --loose-p 0.25) tied on the held-out scenes and was not shipped.
