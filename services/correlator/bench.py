@@ -884,6 +884,11 @@ def main(argv: list[str]) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rng = random.Random(args.seed)
+    overrides = dict(args.set)
+    if args.backlog:
+        # A paused correlator sends no PINGREQ: the broker drops it (and, with the bench's
+        # session expiry of 0, its queue) after 1.5 keep-alives. Publishing must end first.
+        overrides.setdefault("MQTT__KEEPALIVE_S", "600")
     run_id = uuid.uuid4().hex[:8]
     load_start = os.getloadavg()[0]
     throughput: list[dict[str, Any]] = []
@@ -958,7 +963,7 @@ def main(argv: list[str]) -> int:
                     args.redis_url,
                     root,
                     Path(log_dir),
-                    dict(args.set),
+                    overrides,
                     args.correlator_module,
                 )
                 log.info("starting correlators", extra={"processes": k})
