@@ -18,22 +18,29 @@ from tests.conftest import DEFAULT_PG
 pytestmark = [pytest.mark.integration, pytest.mark.correlator, pytest.mark.db, pytest.mark.mqtt]
 
 
+def _argv(broker: tuple[str, int], redis_url: str, db_url: str, out: Path) -> list[str]:
+    """The bench's connection options for the test services, one process, JSON to `out`."""
+    return [
+        "--db-url", db_url,
+        "--mqtt", f"{broker[0]}:{broker[1]}",
+        "--redis-url", redis_url,
+        "--processes", "1",
+        "--json", str(out),
+    ]  # fmt: skip
+
+
 def test_bench_stores_every_event_and_writes_the_json(
     broker: tuple[str, int], redis_url: str, tmp_path: Path
 ) -> None:
     db_url = os.environ.get("PW_TEST_PG", DEFAULT_PG)
     out = tmp_path / "bench.json"
     argv = [
-        "--db-url", db_url,
-        "--mqtt", f"{broker[0]}:{broker[1]}",
-        "--redis-url", redis_url,
+        *_argv(broker, redis_url, db_url, out),
         "--entries", "200",
-        "--processes", "1",
         "--events", "300",
         "--rate", "100",
         "--latency-s", "2",
         "--hit-ratio", "0.2",
-        "--json", str(out),
     ]  # fmt: skip
 
     assert bench.main(argv) == 0
@@ -69,18 +76,13 @@ def test_bench_stores_every_event_and_writes_the_json(
 def test_bench_backlog_mode_drains_what_was_published_while_paused(
     broker: tuple[str, int], redis_url: str, tmp_path: Path
 ) -> None:
-    db_url = os.environ.get("PW_TEST_PG", DEFAULT_PG)
     out = tmp_path / "bench.json"
     argv = [
-        "--db-url", db_url,
-        "--mqtt", f"{broker[0]}:{broker[1]}",
-        "--redis-url", redis_url,
+        *_argv(broker, redis_url, os.environ.get("PW_TEST_PG", DEFAULT_PG), out),
         "--entries", "100",
-        "--processes", "1",
         "--events", "400",
         "--latency-s", "0",
         "--backlog",
-        "--json", str(out),
     ]  # fmt: skip
 
     assert bench.main(argv) == 0
