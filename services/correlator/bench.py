@@ -55,8 +55,9 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from services.correlator.bench_matching import git_sha, random_plate, random_wildcard
+from services.correlator.bench_matching import random_plate, random_wildcard
 from shared.events import PlateRead, encode_event
+from shared.machine import cpu_model, git_sha
 from shared.mqtt import Delivery, MqttClient, PublishResult
 from shared.settings import MqttSettings
 from shared.store import migrate
@@ -685,14 +686,6 @@ def uncommitted() -> list[str]:
     except OSError:
         return []
     return [line[3:] for line in out.stdout.splitlines() if line[3:]]
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def versions(engine: sa.Engine, redis_url: str, broker_version: str | None) -> dict[str, str]:

@@ -19,7 +19,6 @@ import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from services.correlator.matching import (
     WatchEntry,
     WatchIndex,
 )
+from shared.machine import git_sha
 from shared.plates import DEFAULT_FORMATS
 
 NOW: Final = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -180,16 +180,6 @@ def percentiles(values_us: list[float]) -> dict[str, float]:
         "max_us": round(ordered[-1], 1),
         "mean_us": round(statistics.fmean(ordered), 1),
     }
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        )
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ from services.edge.recognition.pipeline import (
     PlateRecognizer,
 )
 from services.edge.recognition.runtime import RuntimeOptions
+from shared.machine import cpu_isa, cpu_model, git_sha
 
 DEFAULT_IMAGES = Path("/work/shared/data/openalpr-endtoend-dev")
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -157,48 +158,6 @@ def run_streams(
         "seconds": round(elapsed, 2),
         "fps_total": round(sum(counts) / elapsed, 2),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-#: CPU features that change which OpenVINO/OpenCV kernels run (and so, slightly, the numbers)
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
-
-
-def cpu_isa(cpuinfo: str | None = None) -> list[str]:
-    """Which of ISA_FLAGS the CPU has (from /proc/cpuinfo; [] where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in ISA_FLAGS if f in have]
-    return []
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def peak_rss_mb() -> float:

@@ -29,8 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from services.edge.bench import cpu_isa, cpu_model, git_sha
 from services.edge.dataset import LabelledImage, load_labels
+from shared.machine import cpu_isa, cpu_model, git_sha
 
 log = logging.getLogger(__name__)
 

@@ -78,11 +78,3 @@ def test_variant_margins_parse_and_bad_ones_name_the_problem() -> None:
     for bad in ("0.1", "a,b", "0.1,2.0"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["d", "--out", "o", "--variants", bad])
-
-
-def test_cpu_isa_lists_the_kernel_relevant_flags_it_finds() -> None:
-    from services.edge.bench import cpu_isa
-
-    info = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n"
-    assert cpu_isa(info) == ["avx2", "avx512f", "avx512_vnni"]
-    assert cpu_isa("processor\t: 0\n") == []
