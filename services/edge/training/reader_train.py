@@ -306,11 +306,12 @@ def _weights(text: str) -> dict[str, float]:
     for part in filter(None, text.split(",")):
         name, sep, value = part.partition("=")
         try:
-            out[name.strip()] = float(value)
+            weight = float(value)
         except ValueError:
-            sep = ""
-        if not sep or out.get(name.strip(), -1.0) < 0:
+            weight = -1.0
+        if not sep or weight < 0:
             raise argparse.ArgumentTypeError(f"want NAME=WEIGHT,... (weights >= 0), got {part!r}")
+        out[name.strip()] = weight
     return out
 
 
