@@ -4,18 +4,18 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-# The second-opinion reader (PP-OCRv4's recogniser) is built from its pinned PyPI package, not
-# committed: docs/decisions.md, "a second-opinion reader".
-SECOND_READER := services/edge/models/second_reader.bin
+# PP-OCRv4 (the baseline, the teacher, and the base of the second-opinion reader) and the
+# converter the second reader's fine-tuning needs; installed without their dependencies
+# (docs/decisions.md).
 RAPIDOCR := rapidocr-openvino==1.4.4
+ONNX2TORCH := onnx2torch==1.5.15
 PYTEST_ARGS ?=
 
-.PHONY: help venv models services check lint format test unit integration e2e demo train baseline docs clean
+.PHONY: help venv services check lint format test unit integration e2e demo train baseline docs clean
 
 help:
 	@echo "make demo         set up .venv and run the single-machine demo (Ctrl-C stops it)"
 	@echo "make test         install and start what the tests need, lint, type-check, run all tests"
-	@echo "make models       build the second-opinion reader's IR from its pinned PyPI package"
 	@echo "make check        ruff, ruff format --check, mypy --strict, import contracts"
 	@echo "make unit         fast tests without services"
 	@echo "make services     install/start PostgreSQL, Redis and Mosquitto (root: via apt)"
@@ -33,12 +33,6 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(SECOND_READER): $(STAMP) services/edge/training/second_reader_import.py
-	$(BIN)/python -m pip install -q --no-deps $(RAPIDOCR)
-	$(BIN)/python -m services.edge.training.second_reader_import --out services/edge/models
-
-models: $(SECOND_READER)
-
 services:
 	@bash deploy/dev/services.sh
 
@@ -54,13 +48,13 @@ check: lint
 	$(BIN)/mypy shared services
 	$(BIN)/lint-imports
 
-unit: $(STAMP) $(SECOND_READER)
+unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-test: $(STAMP) $(SECOND_READER) services check
+test: $(STAMP) services check
 	$(BIN)/pytest tests -q $(PYTEST_ARGS)
 
-demo: $(STAMP) $(SECOND_READER)
+demo: $(STAMP)
 	$(BIN)/platewatch demo
 
 train: $(STAMP)
@@ -68,7 +62,7 @@ train: $(STAMP)
 	  apt-get install -y -qq fonts-liberation fonts-freefont-ttf fonts-roboto-unhinted \
 	    fonts-open-sans >/dev/null || echo "fonts not installed: synthetic plates use OpenCV's font"; fi
 	$(BIN)/python -m pip install -q -e '.[train]'
-	$(BIN)/python -m pip install -q --no-deps $(RAPIDOCR)  # teacher (pseudo-labels) + second reader
+	$(BIN)/python -m pip install -q --no-deps $(RAPIDOCR) $(ONNX2TORCH)  # teacher, second reader
 	$(BIN)/python -m services.edge.training all --data ../shared/data --out services/edge/models
 
 baseline: $(STAMP)

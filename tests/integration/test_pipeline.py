@@ -7,6 +7,7 @@ folder because they run the real OpenVINO models committed under services/edge/m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,8 +36,11 @@ def recognizer() -> PlateRecognizer:
     return PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), reader_name="reader")
 
 
-def compose_scene(seed: int = 3) -> tuple[np.ndarray, tuple[int, int, int, int], str]:
-    """A 1280x720 frame: textured road/background, a car-like body and a rendered plate."""
+def compose_scene(
+    seed: int = 3, format_name: str | None = None
+) -> tuple[np.ndarray, tuple[int, int, int, int], str]:
+    """A 1280x720 frame: textured road/background, a car-like body and a rendered plate (of
+    `format_name` when given)."""
     from services.edge.training.synth import PlateSynth
 
     rng = np.random.default_rng(seed)
@@ -48,7 +52,7 @@ def compose_scene(seed: int = 3) -> tuple[np.ndarray, tuple[int, int, int, int],
     cv2.rectangle(frame, (430, 250), (850, 380), (40, 40, 40), -1)  # rear window
     cv2.circle(frame, (450, 470), 28, (30, 30, 220), -1)  # lights
     cv2.circle(frame, (830, 470), 28, (30, 30, 220), -1)
-    plate = PlateSynth(seed=seed).sample(0, degrade=False)
+    plate = PlateSynth(seed=seed).sample(0, degrade=False, format_name=format_name)
     image = plate.image
     width = 190
     height = max(20, round(image.shape[0] * width / image.shape[1]))
@@ -259,6 +263,37 @@ def test_second_reader_is_loaded_only_when_enabled() -> None:
         MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(second_read_below=0.0)
     )
     assert on._second_model is not None and off._second_model is None
+
+
+class _CountingModel:
+    """An InferenceModel that counts its calls (the real second reader underneath)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.input_names = model.input_names
+        self.output_names = model.output_names
+        self.calls = 0
+
+    def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.calls += 1
+        return dict(self.model.infer(inputs))
+
+
+@pytest.mark.parametrize(("format_name", "second_reads"), [("us_2line", 0), ("eu_de", 1)])
+def test_only_one_line_plates_are_read_a_second_time(format_name: str, second_reads: int) -> None:
+    """The second reader reads one text line: a plate our reader sees on two lines keeps our
+    reading; a one-line plate is read again (threshold above 1 forces it)."""
+    frame, box, _ = compose_scene(seed=11, format_name=format_name)
+    forced = PlateRecognizer.from_dir(
+        MODELS_DIR,
+        RuntimeOptions(threads=1),
+        PipelineOptions(second_read_below=1.01, second_min_detector=0.0),
+    )
+    counting = _CountingModel(forced._second_model)
+    forced._second_model = counting
+    result = forced.recognize(frame)
+    assert [p for p in result.plates if _overlap(p.box, box) > 0.5], "the plate is read"
+    assert counting.calls == second_reads
 
 
 def test_forced_second_reads_keep_the_plate_right() -> None:

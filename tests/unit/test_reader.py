@@ -395,3 +395,23 @@ def test_layout_reading_over_multi_frame_segments_scores_its_true_ctc_probabilit
     exact = ctc_label_probability(probs, _cls("ADI9371"), SPEC.blank_index)
     assert scores["ADI9371"] == pytest.approx(exact, rel=1e-4)
     assert reading.text == "AD19371"  # 0.01 x the misfit still beats a 500x weaker fit
+
+
+@pytest.mark.parametrize(
+    ("top", "bottom", "lines"),
+    [
+        ("-A-B-C--", "--------", 1),  # one line: the top row only
+        ("--KA04--", "-ME9869-", 2),  # a two-line plate: both rows
+        ("--------", "--------", 1),  # nothing read
+        ("-------A", "B-------", 2),  # a character at each side of the row boundary
+    ],
+)
+def test_postprocess_counts_the_feature_rows_the_best_path_uses(
+    top: str, bottom: str, lines: int
+) -> None:
+    assert postprocess(_probs(top + bottom), SPEC).lines == lines
+
+
+def test_a_one_row_model_always_reads_one_line() -> None:
+    spec = ReaderSpec.from_dict(_sidecar(sequence_rows=1))
+    assert postprocess(_probs("--KA04---ME9869-"), spec).lines == 1

@@ -55,12 +55,13 @@ class PipelineOptions:
     # sets 0.9.
     read_variants: tuple[tuple[float, float], ...] = ((0.03, 0.05), (0.10, 0.15))
     variants_below: float = 0.0
-    # Second opinion (docs/models.md, "Second-opinion reader"): a plate our reader reads with
+    # Second opinion (docs/models.md, sessions 5 and 7): a one-line plate our reader reads with
     # confidence below `second_read_below`, in a box the detector scores at least
-    # `second_min_detector`, is read again by the generic recogniser in
-    # `models/second_reader.xml`; its reading wins under `second_reader.choose`'s rules when at
-    # least `second_min_confidence` sure. 0 turns it off (and skips loading the model).
-    second_read_below: float = 0.9
+    # `second_min_detector`, is read again by the second reader in `models/second_reader.xml`
+    # (PP-OCRv4's recogniser fine-tuned for plates); its reading wins under
+    # `second_reader.choose`'s rules when at least `second_min_confidence` sure. 0 turns it off
+    # (and skips loading the model).
+    second_read_below: float = 0.95
     second_min_detector: float = 0.6
     second_min_confidence: float = 0.9
     second_max_length: int = 10
@@ -468,6 +469,7 @@ class PlateRecognizer:
                 self._second_model is not None
                 and reading.confidence < opts.second_read_below
                 and detection.score >= opts.second_min_detector
+                and reading.lines == 1  # the second reader reads one text line
             ):
                 second = self._read_second(crop)
                 reading = sr.choose(reading, second, region, self._second_rule)
@@ -505,7 +507,7 @@ def _combine(
     if not ranked:
         return reads[0][0]
     text, prob = ranked[0]
-    _, probs = max(reads, key=lambda r: dict(r[0].candidates).get(text, 0.0))
+    source, probs = max(reads, key=lambda r: dict(r[0].candidates).get(text, 0.0))
     labels = [rdr.class_index(c, spec) for c in text]
     chars = rdr.forced_alignment_confidences(probs, labels, spec.blank_index)
     return rdr.PlateReading(
@@ -513,6 +515,7 @@ def _combine(
         confidence=float(min(1.0, prob)),
         char_confidences=tuple(float(c) for c in chars),
         candidates=tuple(ranked[:top_n]),
+        lines=source.lines,
     )
 
 

@@ -179,6 +179,9 @@ class PlateReading:
     confidence: float
     char_confidences: tuple[float, ...]
     candidates: tuple[tuple[str, float], ...]
+    #: text lines the model saw: 2 when its best path has characters in both feature rows of a
+    #: two-row model (`sequence_rows` 2), else 1
+    lines: int = 1
 
 
 # ------------------------------------------------------------------------- preprocess
@@ -238,7 +241,19 @@ def postprocess(
         confidence=float(min(1.0, max(0.0, best_prob))),
         char_confidences=tuple(float(c) for c in char_conf),
         candidates=tuple((t, float(min(1.0, s))) for t, s in ranked[:top_n]),
+        lines=text_lines(probs, spec),
     )
+
+
+def text_lines(probs: FloatArray, spec: ReaderSpec) -> int:
+    """How many of the model's feature rows hold characters on the best path (1 or more;
+    a one-row model always gives 1). Row r covers steps [r*T/rows, (r+1)*T/rows)."""
+    rows = spec.sequence_rows
+    if rows < 2:
+        return 1
+    steps = probs.shape[0]
+    used = {ts[0] * rows // max(1, steps) for _, ts in _best_path(probs, spec.blank_index)}
+    return max(1, len(used))
 
 
 def greedy_decode(logits: npt.NDArray[Any], spec: ReaderSpec) -> tuple[str, tuple[float, ...]]:

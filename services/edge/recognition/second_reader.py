@@ -1,11 +1,13 @@
-"""The second-opinion reader: pre/post-processing of a generic text recogniser (numpy + OpenCV).
+"""The second-opinion reader: pre/post-processing of a CTC text-line recogniser (numpy + OpenCV).
 
 platewatch's own reader reads every plate. When it is unsure (confidence below
-`PipelineOptions.second_read_below`) and the detector is sure there is a plate, the crop is read
-again by a generic CTC text-line recogniser, PP-OCRv4's (Apache-2.0 weights from the PyPI package
-rapidocr-openvino, converted to OpenVINO IR by `services.edge.training.second_reader_import`;
-nothing is downloaded at run time). `choose` keeps whichever reading is more confident, within
-the rules below. Measured and decided in docs/models.md ("Second-opinion reader").
+`PipelineOptions.second_read_below`), the detector is sure there is a plate and the plate has
+one text line, the crop is read again by a larger one-line CTC recogniser: PP-OCRv4's
+(Apache-2.0 weights from the PyPI package rapidocr-openvino), fine-tuned for plates with a
+37-class head by `services.edge.training.second_reader_train` and committed as OpenVINO IR
+(session 7; sessions 5-6 used the generic model, which `second_reader_import` still converts
+for comparisons). Nothing is downloaded at run time. `choose` keeps whichever reading is more
+confident, within the rules below. Measured and decided in docs/models.md (sessions 5 and 7).
 
 The model's sidecar (`models/second_reader.json`) is loaded into a `SecondReaderSpec`:
 `preprocess` resizes a BGR crop to the model's height (keeping its aspect ratio, padded right to

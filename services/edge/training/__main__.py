@@ -1,13 +1,15 @@
-"""`python -m services.edge.training {detector,reader,all} [args...]`: reproduce the models.
+"""`python -m services.edge.training {detector,reader,second_reader,all} [args...]`: reproduce
+the models.
 
-`detector ARGS` and `reader ARGS` pass ARGS to that trainer. `all [--data DIR] [--out DIR]`
-reproduces the shipped models stage by stage, each from the previous one's weights, with the
-recorded seeds and settings (RECIPE; docs/models.md and docs/models-reader.md say why each stage
-exists). Its stage budgets add up to about 4.5 hours of one CPU core, plus data preparation;
-stages stopped by their time budget depend on the machine's speed. Before the reader, `all`
-regenerates the teacher pseudo-labels (reader_pseudo, needs `rapidocr-openvino`). `--data` goes
-to the detector stages (the reader reads /work/shared/data, see reader_data.DATA_ROOT), `--out`
-receives the final models.
+`detector ARGS`, `reader ARGS` and `second_reader ARGS` pass ARGS to that trainer.
+`all [--data DIR] [--out DIR]` reproduces the shipped models stage by stage, each from the
+previous one's weights, with the recorded seeds and settings (RECIPE; docs/models.md and
+docs/models-reader.md say why each stage exists). Its stage budgets add up to about 4.5 hours of
+one CPU core and 40 minutes of two (the second reader), plus data preparation; stages stopped by
+their time budget depend on the machine's speed. Before the reader, `all` regenerates the
+teacher pseudo-labels (reader_pseudo, needs `rapidocr-openvino`). `--data` goes to the detector
+stages (the readers read /work/shared/data, see reader_data.DATA_ROOT), `--out` receives the
+final models.
 `all --quick` runs every stage for a few steps into work-data/quick/ (a smoke test of the chain,
 never the shipped models).
 """
@@ -22,14 +24,15 @@ PSEUDO_LABELS = "work-data/reader/pseudo.jsonl"
 # the 39 teacher labels readers 1.4.x were trained with (a bf16 teacher run; the f32 teacher
 # gives the 37 of PSEUDO_LABELS that 1.2.0 used)
 PSEUDO_LABELS_140 = "services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl"
-USAGE = "usage: python -m services.edge.training {detector,reader,all} [args...]"
+USAGE = "usage: python -m services.edge.training {detector,reader,second_reader,all} [args...]"
 
 # The shipped models: detector 1.3.0 (session 4: 1.1.0 -> the session-3 candidate 1.2.0 with
 # plates in frames -> 4,000 more steps), reader 1.4.3 (session 4: 1.2.0 widened 1.5x, the same
 # function at first, fine-tuned 20,000 steps = 1.4.0, then 6,000 more at a lower rate = 1.4.1;
 # session 5: 8,000 more with 70% real crops = 1.4.3; 1.4.2, 12,000 more at 50%, did not pass;
 # session 6: 1.4.4 (--loose-p 0.4) and 1.4.5 (--dataset-weights, US/EU/BR up) did not pass),
-# and the imported second-opinion reader (not trained, see `main`). The
+# and the second-opinion reader 2.0.0 (session 7: PP-OCRv4's recogniser with a plate head,
+# fine-tuned by second_reader_train from the pinned rapidocr-openvino file, not from {prev}). The
 # session-3 reader candidate 1.3.0 (--init the 1.2.0 weights --lr 5e-4 --warmup 200
 # --max-minutes 38 --loose-p 0.25) tied on the held-out scenes and was not shipped.
 # (trainer, version, arguments); "{prev}" is the previous stage's weights of the same trainer,
@@ -165,10 +168,35 @@ RECIPE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             PSEUDO_LABELS_140,
         ),
     ),
+    (
+        "second_reader",
+        "2.0.0",
+        (
+            "--steps",
+            "1000",
+            "--lr",
+            "2e-4",
+            "--warmup",
+            "50",
+            "--real-frac",
+            "0.7",
+            "--loose-p",
+            "0.2",
+            "--seed",
+            "20261126",
+            "--synth-seed",
+            "20261126",
+            "--threads",
+            "2",
+            "--pseudo-labels",
+            PSEUDO_LABELS_140,
+        ),
+    ),
 )
 QUICK = {
     "detector": ("--steps", "2", "--max-minutes", "1", "--eval-every", "1000"),
     "reader": ("--steps", "3", "--max-minutes", "1", "--synth", "64"),
+    "second_reader": ("--steps", "2"),
 }
 
 
@@ -186,7 +214,7 @@ def _override(args: list[str], extra: tuple[str, ...]) -> list[str]:
 def plan(data: str | None, out: str | None, quick: bool) -> list[tuple[str, list[str]]]:
     """The command line of every stage of `all`, in order."""
     root = Path("work-data/quick" if quick else "work-data/stages")
-    final = {"detector": out, "reader": out}
+    final = {"detector": out, "reader": out, "second_reader": out}
     last = {trainer: version for trainer, version, _ in RECIPE}
     prev: dict[str, str] = {}
     stages: list[tuple[str, list[str]]] = []
@@ -199,6 +227,9 @@ def plan(data: str | None, out: str | None, quick: bool) -> list[tuple[str, list
             weights = str(stage_dir / "detector.pt")
             args += ["--out", target, "--checkpoint", weights, "--version", version]
             args += ["--data", data] if data else []
+        elif trainer == "second_reader":  # fine-tuned from PP-OCRv4's recogniser, not {prev}
+            weights = str(stage_dir / "work" / f"second_reader-{version}.pt")
+            args += ["--out", target, "--work", str(stage_dir / "work"), "--version", version]
         else:
             weights = str(stage_dir / "work" / "reader.pt")
             args += ["--out", target, "--work", str(stage_dir / "work")]
@@ -213,7 +244,7 @@ def plan(data: str | None, out: str | None, quick: bool) -> list[tuple[str, list
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"detector", "reader", "all"}:
+    if not argv or argv[0] not in {"detector", "reader", "second_reader", "all"}:
         print(USAGE, file=sys.stderr)
         return 2
     what, rest = argv[0], argv[1:]
@@ -225,6 +256,10 @@ def main(argv: list[str]) -> int:
         from services.edge.training import reader_train  # the reader's trainer (R)
 
         return int(reader_train.main(rest))
+    if what == "second_reader":
+        from services.edge.training import second_reader_train
+
+        return int(second_reader_train.main(rest))
     ap = argparse.ArgumentParser(prog="python -m services.edge.training all")
     ap.add_argument("--data", default=None, help="shared data folder (detector)")
     ap.add_argument("--out", default=None, help="models folder (both)")
@@ -237,6 +272,11 @@ def main(argv: list[str]) -> int:
             from services.edge.training import detector_train
 
             rc = int(detector_train.main(stage_args))
+        elif trainer == "second_reader":
+            from services.edge.training import second_reader_train
+
+            Path(stage_args[stage_args.index("--work") + 1]).mkdir(parents=True, exist_ok=True)
+            rc = int(second_reader_train.main(stage_args))
         else:
             if not pseudo_done:
                 from services.edge.training import reader_pseudo  # teacher labels
@@ -250,12 +290,7 @@ def main(argv: list[str]) -> int:
             rc = int(reader_train.main(stage_args))
         if rc:
             return rc
-    # the second-opinion reader is imported, not trained (PP-OCRv4 rec, docs/models.md)
-    from services.edge.training import second_reader_import
-
-    folder = args.out or ("work-data/quick" if args.quick else "work-data/stages")
-    print(f"== second reader import --out {folder}", flush=True)
-    return int(second_reader_import.main(["--out", folder]))
+    return 0
 
 
 if __name__ == "__main__":

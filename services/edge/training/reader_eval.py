@@ -72,16 +72,21 @@ class OurReader:
 
 
 class PPOCRv4Reader:
-    """rapidocr-openvino's PP-OCRv4 text recogniser (its ONNX file), run with OpenVINO on one
+    """rapidocr-openvino's PP-OCRv4 text recogniser (its ONNX file), or a second reader's IR
+    (`xml`, with its sidecar beside it, e.g. the fine-tuned one), run with OpenVINO on one
     thread through the runtime's second-reader pre/post-processing."""
 
-    def __init__(self, core: ov.Core) -> None:
+    def __init__(self, core: ov.Core, xml: Path | None = None) -> None:
         from services.edge.recognition.second_reader import SecondReaderSpec
         from services.edge.training.second_reader_import import ONNX_NAME, package_dir, spec_dict
 
-        pkg = package_dir()
-        self.model_path = pkg / ONNX_NAME
-        self.spec = SecondReaderSpec.from_dict(spec_dict(pkg))
+        if xml is None:
+            pkg = package_dir()
+            self.model_path = pkg / ONNX_NAME
+            self.spec = SecondReaderSpec.from_dict(spec_dict(pkg))
+        else:
+            self.model_path = xml
+            self.spec = SecondReaderSpec.from_file(xml.with_suffix(".json"))
         self.compiled = compile_1thread(core, str(self.model_path))
         self.req = self.compiled.create_infer_request()
         self.infer_s: list[float] = []
@@ -216,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         "boxes); '' to skip",
     )
     ap.add_argument("--reader-xml", default="", help="evaluate this IR instead of MODELS/reader")
+    ap.add_argument(
+        "--second-reader-xml",
+        action="append",
+        default=[],
+        help="also evaluate this second-reader IR (sidecar beside it); repeatable",
+    )
     args = ap.parse_args(argv)
 
     models = Path(args.models)
@@ -231,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         readers["ours_int8"] = OurReader(core, int8_xml, spec)
     if not args.no_ppocr:
         readers["ppocr_v4_rec"] = PPOCRv4Reader(core)
+    for extra in args.second_reader_xml:
+        readers[f"second:{extra}"] = PPOCRv4Reader(core, Path(extra))
     for reader in readers.values():  # warm-up
         reader(exact_crop(test[0]), None)
     for reader in readers.values():

@@ -1,11 +1,13 @@
-"""Import the second-opinion reader: PP-OCRv4's text recogniser from the PyPI package
-rapidocr-openvino (Apache-2.0 weights), converted to OpenVINO IR for the runtime.
+"""Import the generic PP-OCRv4 text recogniser from the PyPI package rapidocr-openvino
+(Apache-2.0 weights) as a second reader, converted to OpenVINO IR.
 
-    python -m services.edge.training.second_reader_import --out services/edge/models
+    python -m services.edge.training.second_reader_import --out work-data/generic-second-reader
 
-`make models` (and `make test`, `make demo`, `make train`) runs it: the IR is built at install
-time from the pinned package, not committed (5.4 MB). The source file must have the pinned
-SHA-256, so every install converts the same weights; the conversion is deterministic.
+Sessions 5-6 ran this generic model as the second-opinion reader (built by `make models`).
+Since session 7 the runtime's second reader is this model fine-tuned for plates
+(`second_reader_train`, committed IR); this import remains for comparisons (copy its output
+over `models/second_reader.*` in a scratch models folder) and supplies the pinned source file,
+its SHA-256 and its class table to the fine-tuning.
 
 Writes second_reader.xml/.bin (weights stored as FP16, computed in f32 at run time; INT8
 weight compression measured 3 of 81 held-out plates worse, docs/models.md) and the sidecar
