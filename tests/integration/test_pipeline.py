@@ -299,11 +299,14 @@ def test_only_one_line_plates_are_read_a_second_time(format_name: str, second_re
 def test_forced_second_reads_keep_the_plate_right() -> None:
     """Every plate read a second time (threshold above 1): the pipeline's second-read path runs
     on the real models and the clean rendered plate still reads right."""
-    frame, box, text = compose_scene(seed=5)
+    frame, box, text = compose_scene(seed=5, format_name="eu_de")  # one line: read again
     forced = PlateRecognizer.from_dir(
         MODELS_DIR,
         RuntimeOptions(threads=1),
         PipelineOptions(second_read_below=1.01, second_min_detector=0.0),
     )
+    counting = _CountingModel(forced._second_model)
+    forced._second_model = counting
     result = forced.recognize(frame)
+    assert counting.calls >= 1
     assert [p.text for p in result.plates if _overlap(p.box, box) > 0.5] == [text]

@@ -402,8 +402,9 @@ def test_layout_reading_over_multi_frame_segments_scores_its_true_ctc_probabilit
     [
         ("-A-B-C--", "--------", 1),  # one line: the top row only
         ("--KA04--", "-ME9869-", 2),  # a two-line plate: both rows
-        ("--------", "--------", 1),  # nothing read
+        ("--------", "-AB-----", 1),  # the bottom row only
         ("-------A", "B-------", 2),  # a character at each side of the row boundary
+        ("-------A", "A-------", 2),  # one run of steps across the boundary
     ],
 )
 def test_postprocess_counts_the_feature_rows_the_best_path_uses(

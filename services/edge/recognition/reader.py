@@ -247,12 +247,13 @@ def postprocess(
 
 def text_lines(probs: FloatArray, spec: ReaderSpec) -> int:
     """How many of the model's feature rows hold characters on the best path (1 or more;
-    a one-row model always gives 1). Row r covers steps [r*T/rows, (r+1)*T/rows)."""
+    a one-row model always gives 1). Row r covers steps [r*T/rows, (r+1)*T/rows); a character
+    whose run of steps crosses a row boundary counts in both rows."""
     rows = spec.sequence_rows
     if rows < 2:
         return 1
-    steps = probs.shape[0]
-    used = {ts[0] * rows // max(1, steps) for _, ts in _best_path(probs, spec.blank_index)}
+    steps = max(1, probs.shape[0])
+    used = {t * rows // steps for _, ts in _best_path(probs, spec.blank_index) for t in ts}
     return max(1, len(used))
 
 

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from services.edge.recognition.second_reader import SecondReaderSpec, preprocess
 
     ap = argparse.ArgumentParser(prog="python -m services.edge.training.second_reader_import")
-    ap.add_argument("--out", type=Path, default=Path("services/edge/models"))
+    # never the models folder by default: that holds the fine-tuned second reader
+    ap.add_argument("--out", type=Path, default=Path("work-data/generic-second-reader"))
     args = ap.parse_args(argv)
     try:
         pkg = package_dir()

@@ -21,7 +21,8 @@ SHA-256) reads 6,625 classes of Chinese and Latin text. Here it becomes a plate 
    checked against torch, plus the sidecar `second_reader.json` that
    `second_reader.SecondReaderSpec` reads.
 
-CPU only, fixed seed; --threads 1 reproduces the schedule of `make train`.
+CPU only, fixed seed; the defaults are the 2.0.0 run that `make train` repeats (its `all`
+recipe passes the same values).
 """
 
 from __future__ import annotations
@@ -208,6 +209,11 @@ class Batches:
         from services.edge.training.synth import PlateSynth
 
         self.real = [r for r in real if r.lines == 1 and all(c in CHARSET for c in r.text)]
+        if real_frac > 0 and not self.real:
+            raise ValueError(
+                "second reader training: no one-line real plates with text (is the data folder "
+                "reader_data.DATA_ROOT there?); or pass --real-frac 0"
+            )
         self.synth = PlateSynth(seed=synth_seed)
         self.real_frac = real_frac
         self.loose_p = loose_p
@@ -326,8 +332,8 @@ def train(args: argparse.Namespace, keys: list[str]) -> tuple[PlateOCR, dict[str
 
 def export(model: PlateOCR, out: Path, meta: dict[str, Any], fp16: bool) -> float:
     """ONNX -> OpenVINO IR (FP16 or FP32 weights) + sidecar, checked against torch on the
-    synthetic plates of 16 that torch reads at least 0.9 sure: same texts, and confidences
-    within 0.1 (FP16) or 0.001 (FP32). Returns the largest confidence difference."""
+    16 synthetic plates: class probabilities within 0.2 (FP16) or 0.001 (FP32) at every step,
+    and the same text wherever torch is at least 0.9 sure. Returns the largest difference."""
     import openvino as ov
 
     from services.edge.recognition.runtime import RuntimeOptions
@@ -357,15 +363,14 @@ def export(model: PlateOCR, out: Path, meta: dict[str, Any], fp16: bool) -> floa
     with torch.no_grad():
         for i in range(16):
             x = preprocess(synth.sample(i).image, SPEC)
-            a = decode(wrapped(torch.from_numpy(x)).numpy(), SPEC)
-            b = decode(compiled(x)[0], SPEC)
-            if a.confidence < 0.9:  # FP16 weights may flip a doubtful reading; not a fault
-                continue
-            worst = max(worst, abs(a.confidence - b.confidence))
-            if a.text != b.text:
+            expected = wrapped(torch.from_numpy(x)).numpy()
+            got = compiled(x)[0]
+            worst = max(worst, float(np.abs(expected - got).max()))  # every plate, every step
+            a, b = decode(expected, SPEC), decode(got, SPEC)
+            if a.confidence >= 0.9 and a.text != b.text:  # a doubtful reading may flip in FP16
                 raise RuntimeError(f"IR reads {b.text!r} where torch reads {a.text!r}")
-    if worst > (0.1 if fp16 else 1e-3):
-        raise RuntimeError(f"IR confidence differs from torch by {worst:.3g}")
+    if worst > (0.2 if fp16 else 1e-3):
+        raise RuntimeError(f"IR probabilities differ from torch by up to {worst:.3g}")
     return worst
 
 
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.edge.training.second_reader_train")
     ap.add_argument("--out", type=Path, default=Path("work-data/second-reader"))
     ap.add_argument("--work", default="work-data/reader")
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--max-minutes", type=float, default=0.0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -385,8 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loose-p", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=20261126)
     ap.add_argument("--synth-seed", type=int, default=20261126)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--pseudo-labels", default="")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--pseudo-labels", default="services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl"
+    )
     ap.add_argument("--init", default="", help="start from these fine-tuned weights (.pt)")
     ap.add_argument("--fp32", action="store_true", help="store FP32 weights (default FP16)")
     ap.add_argument("--version", default="2.0.0")
@@ -412,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": facts,
     }
     worst = export(model, args.out, meta, fp16=not args.fp32)
-    print(json.dumps({"saved": str(args.out / "second_reader.xml"), "max_conf_diff": worst}))
+    print(json.dumps({"saved": str(args.out / "second_reader.xml"), "max_prob_diff": worst}))
     return 0
 
 

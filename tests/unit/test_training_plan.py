@@ -1,0 +1,32 @@
+"""The training recipe's stage plan (pure: no training is run)."""
+
+from __future__ import annotations
+
+from services.edge.training.__main__ import RECIPE, plan
+
+
+def _flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_the_last_stage_of_each_trainer_writes_the_models_folder() -> None:
+    stages = plan(None, "services/edge/models", quick=False)
+    assert [t for t, _ in stages] == [t for t, _, _ in RECIPE]
+    last = {trainer: args for trainer, args in stages}  # the last stage of each trainer wins
+    assert set(last) == {"detector", "reader", "second_reader"}
+    for args in last.values():
+        assert _flag(args, "--out") == "services/edge/models"
+
+
+def test_the_second_reader_stage_has_its_own_work_folder_and_version() -> None:
+    (args,) = [a for t, a in plan(None, "out", quick=False) if t == "second_reader"]
+    assert _flag(args, "--work") == "work-data/stages/second_reader-2.0.0/work"
+    assert _flag(args, "--version") == "2.0.0"
+    assert "{prev}" not in " ".join(args)  # fine-tuned from PP-OCRv4, not from a stage
+
+
+def test_quick_mode_runs_every_stage_briefly_into_its_own_folder() -> None:
+    stages = plan(None, "services/edge/models", quick=True)
+    for trainer, args in stages:
+        assert _flag(args, "--out").startswith("work-data/quick/"), trainer
+        assert int(_flag(args, "--steps")) <= 3, trainer
