@@ -279,11 +279,9 @@ class _CountingModel:
         return dict(self.model.infer(inputs))
 
 
-@pytest.mark.parametrize(("format_name", "second_reads"), [("us_2line", 0), ("eu_de", 1)])
-def test_only_one_line_plates_are_read_a_second_time(format_name: str, second_reads: int) -> None:
-    """The second reader reads one text line: a plate our reader sees on two lines keeps our
-    reading; a one-line plate is read again (threshold above 1 forces it)."""
-    frame, box, _ = compose_scene(seed=11, format_name=format_name)
+def _forced_second_reads() -> tuple[PlateRecognizer, _CountingModel]:
+    """A recogniser that asks the second reader about every plate (threshold above 1), and the
+    counter of its second reads."""
     forced = PlateRecognizer.from_dir(
         MODELS_DIR,
         RuntimeOptions(threads=1),
@@ -291,6 +289,15 @@ def test_only_one_line_plates_are_read_a_second_time(format_name: str, second_re
     )
     counting = _CountingModel(forced._second_model)
     forced._second_model = counting
+    return forced, counting
+
+
+@pytest.mark.parametrize(("format_name", "second_reads"), [("us_2line", 0), ("eu_de", 1)])
+def test_only_one_line_plates_are_read_a_second_time(format_name: str, second_reads: int) -> None:
+    """The second reader reads one text line: a plate our reader sees on two lines keeps our
+    reading; a one-line plate is read again (threshold above 1 forces it)."""
+    frame, box, _ = compose_scene(seed=11, format_name=format_name)
+    forced, counting = _forced_second_reads()
     result = forced.recognize(frame)
     assert [p for p in result.plates if _overlap(p.box, box) > 0.5], "the plate is read"
     assert counting.calls == second_reads
@@ -300,13 +307,7 @@ def test_forced_second_reads_keep_the_plate_right() -> None:
     """Every plate read a second time (threshold above 1): the pipeline's second-read path runs
     on the real models and the clean rendered plate still reads right."""
     frame, box, text = compose_scene(seed=5, format_name="eu_de")  # one line: read again
-    forced = PlateRecognizer.from_dir(
-        MODELS_DIR,
-        RuntimeOptions(threads=1),
-        PipelineOptions(second_read_below=1.01, second_min_detector=0.0),
-    )
-    counting = _CountingModel(forced._second_model)
-    forced._second_model = counting
+    forced, counting = _forced_second_reads()
     result = forced.recognize(frame)
     assert counting.calls >= 1
     assert [p.text for p in result.plates if _overlap(p.box, box) > 0.5] == [text]
