@@ -230,7 +230,8 @@ def postprocess(
     if not ranked:
         return PlateReading(text="", confidence=0.0, char_confidences=(), candidates=())
     best_text, best_prob = ranked[0]
-    greedy_text, greedy_conf = _greedy(probs, spec)
+    segments = _best_path(probs, spec.blank_index)  # the greedy reading and its lines
+    greedy_text, greedy_conf = _greedy_of(segments, probs, spec)
     if greedy_text == best_text:
         char_conf = list(greedy_conf)
     else:
@@ -241,19 +242,17 @@ def postprocess(
         confidence=float(min(1.0, max(0.0, best_prob))),
         char_confidences=tuple(float(c) for c in char_conf),
         candidates=tuple((t, float(min(1.0, s))) for t, s in ranked[:top_n]),
-        lines=text_lines(probs, spec),
+        lines=_rows_used(segments, probs.shape[0], spec.sequence_rows),
     )
 
 
-def text_lines(probs: FloatArray, spec: ReaderSpec) -> int:
-    """How many of the model's feature rows hold characters on the best path (1 or more;
-    a one-row model always gives 1). Row r covers steps [r*T/rows, (r+1)*T/rows); a character
-    whose run of steps crosses a row boundary counts in both rows."""
-    rows = spec.sequence_rows
+def _rows_used(segments: list[tuple[int, list[int]]], steps: int, rows: int) -> int:
+    """How many of the model's feature rows hold characters of the best path `segments` (1 or
+    more; a one-row model always gives 1). Row r covers steps [r*T/rows, (r+1)*T/rows); a
+    character whose run of steps crosses a row boundary counts in both rows."""
     if rows < 2:
         return 1
-    steps = max(1, probs.shape[0])
-    used = {t * rows // steps for _, ts in _best_path(probs, spec.blank_index) for t in ts}
+    used = {t * rows // max(1, steps) for _, ts in segments for t in ts}
     return max(1, len(used))
 
 
@@ -278,7 +277,12 @@ def _best_path(probs: FloatArray, blank: int) -> list[tuple[int, list[int]]]:
 
 
 def _greedy(probs: FloatArray, spec: ReaderSpec) -> tuple[str, tuple[float, ...]]:
-    segments = _best_path(probs, spec.blank_index)
+    return _greedy_of(_best_path(probs, spec.blank_index), probs, spec)
+
+
+def _greedy_of(
+    segments: list[tuple[int, list[int]]], probs: FloatArray, spec: ReaderSpec
+) -> tuple[str, tuple[float, ...]]:
     text = "".join(spec.char_of(k) for k, _ in segments)
     return text, tuple(float(probs[ts, k].max()) for k, ts in segments)
 

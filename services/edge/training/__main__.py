@@ -275,7 +275,6 @@ def main(argv: list[str]) -> int:
         elif trainer == "second_reader":
             from services.edge.training import second_reader_train
 
-            Path(stage_args[stage_args.index("--work") + 1]).mkdir(parents=True, exist_ok=True)
             rc = int(second_reader_train.main(stage_args))
         else:
             if not pseudo_done:

@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         facts["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         weights = Path(args.work) / f"second_reader-{args.version}.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"state": model.state_dict(), "facts": facts}, weights)
         print(json.dumps({"weights": str(weights)}))
     meta = {
