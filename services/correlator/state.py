@@ -441,7 +441,7 @@ class ListChangeListener:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
             try:
                 self._listen(pubsub)
             except (redis.RedisError, OSError) as exc:
