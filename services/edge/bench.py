@@ -14,6 +14,7 @@ command, not a test: nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -93,14 +94,19 @@ def model_names(models: Path, precision: str) -> tuple[str, str]:
     return "detector", "reader"
 
 
-def load(models: Path, precision: str, threads: int) -> PlateRecognizer:
+def load(
+    models: Path, precision: str, threads: int, detect_fit: str | None = None
+) -> PlateRecognizer:
     det, rdr = model_names(models, precision)
     # INT8 IRs share the FP32 sidecar
     det_json = det if (models / f"{det}.json").is_file() else "detector"
+    options = PipelineOptions()
+    if detect_fit is not None:
+        options = dataclasses.replace(options, detect_fit=detect_fit)
     recognizer = PlateRecognizer.from_dir(
         models,
         RuntimeOptions(threads=threads),
-        PipelineOptions(),
+        options,
         detector_name=det,
         reader_name=rdr,
         detector_spec_name=det_json,
@@ -129,11 +135,16 @@ def run_latency(recognizer: PlateRecognizer, frames: list[bytes], warmup: int) -
 
 
 def run_streams(
-    models: Path, precision: str, frames: list[bytes], streams: int, seconds: float
+    models: Path,
+    precision: str,
+    frames: list[bytes],
+    streams: int,
+    seconds: float,
+    detect_fit: str | None = None,
 ) -> dict[str, Any]:
     """`streams` threads, each its own 1-thread recogniser, decoding+recognising frames for
     `seconds`; total frames/s over all streams."""
-    recognizers = [load(models, precision, 1) for _ in range(streams)]
+    recognizers = [load(models, precision, 1, detect_fit) for _ in range(streams)]
     counts = [0] * streams
     stop = threading.Event()
 
@@ -174,13 +185,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def rss_probe(models: Path, images: Path, frames: int, precision: str = "fp32") -> float:
+def rss_probe(
+    models: Path,
+    images: Path,
+    frames: int,
+    precision: str = "fp32",
+    detect_fit: str | None = None,
+) -> float:
     """Peak RSS (MB) of a fresh process running one 1-thread recogniser of `precision` on 720p
     frames (the edge node's footprint, without this benchmark's other recognisers)."""
     code = (
         "import sys;from pathlib import Path;from services.edge import bench as b;"
         f"fr=b.make_frames(Path({str(images)!r}),{frames},1280,720);"
-        f"r=b.load(Path({str(models)!r}),{precision!r},1);"
+        f"r=b.load(Path({str(models)!r}),{precision!r},1,{detect_fit!r});"
         "[r.recognize_bytes(f) for f in fr];print(b.peak_rss_mb())"
     )
     out = subprocess.run(
@@ -215,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resolutions", default="720p,1080p")
     ap.add_argument("--streams", type=int, default=2, help="concurrent streams for fps")
     ap.add_argument("--stream-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--detect-fit",
+        choices=("aspect", "square"),
+        default=None,
+        help="detector input (default: the pipeline's, 'square')",
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     return ap
 
@@ -234,7 +257,7 @@ def main(argv: list[str]) -> int:
     print(f"{'res':6} {'thr':>3} {'prec':5} " + " ".join(f"{s:>15}" for s in STAGES))
     for precision in precisions:
         for thr in threads:
-            recognizer = load(args.models, precision, thr)
+            recognizer = load(args.models, precision, thr, args.detect_fit)
             for res in resolutions:
                 row = run_latency(recognizer, frames[res], args.warmup)
                 row.update(
@@ -250,13 +273,21 @@ def main(argv: list[str]) -> int:
                 )
                 print(f"{res:6} {row['threads']:>3} {precision:5} {cells}")
     streams = run_streams(
-        args.models, precisions[0], frames[resolutions[0]], args.streams, args.stream_seconds
+        args.models,
+        precisions[0],
+        frames[resolutions[0]],
+        args.streams,
+        args.stream_seconds,
+        args.detect_fit,
     )
     print(
         f"streams={streams['streams']} {resolutions[0]} {precisions[0]}: "
         f"{streams['fps_total']} frames/s total"
     )
-    probes = {p: rss_probe(args.models, args.images, min(args.frames, 20), p) for p in precisions}
+    probes = {
+        p: rss_probe(args.models, args.images, min(args.frames, 20), p, args.detect_fit)
+        for p in precisions
+    }
     report = {
         "git_sha": git_sha(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -264,6 +295,7 @@ def main(argv: list[str]) -> int:
         "cpu_isa": cpu_isa(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
+        "detect_fit": args.detect_fit or PipelineOptions().detect_fit,
         "latency": results,
         "throughput": streams,
         "peak_rss_mb_this_process": round(peak_rss_mb(), 1),

@@ -282,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
     )
     ap.add_argument(
+        "--detect-fit",
+        choices=("aspect", "square"),
+        default=None,
+        help="detector input: the frame's aspect in the model's pixel budget, or the square",
+    )
+    ap.add_argument(
         "--variants-below",
         type=float,
         default=None,
@@ -340,6 +346,8 @@ def main(argv: list[str]) -> int:
             options = replace(options, min_read_confidence=args.min_confidence)
         if args.refine_below is not None:
             options = replace(options, refine_below=args.refine_below)
+        if args.detect_fit is not None:
+            options = replace(options, detect_fit=args.detect_fit)
         if args.variants_below is not None:
             options = replace(options, variants_below=args.variants_below)
         if args.variants is not None:

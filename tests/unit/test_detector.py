@@ -15,6 +15,7 @@ from services.edge.recognition.detector import (
     LetterboxMeta,
     box_iou,
     decode,
+    fit_input,
     letterbox,
     nms,
     pick_refined,
@@ -197,3 +198,35 @@ def test_pick_refined_without_candidate_inside_is_none() -> None:
     far = [Detection(box=(300.0, 300.0, 340.0, 310.0), score=0.9)]
     assert pick_refined((100.0, 100.0, 200.0, 140.0), far, (0, 0)) is None
     assert pick_refined((100.0, 100.0, 200.0, 140.0), [], (0, 0)) is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "want"),
+    [
+        ((1280, 720), (512, 288)),  # 16:9: scale 0.40 instead of the square's 0.30
+        ((720, 1280), (288, 512)),
+        ((1280, 1280), (384, 384)),  # square frames keep the square input
+        ((1280, 960), (448, 320)),
+        ((400, 300), (416, 320)),  # smaller than the budget: never magnified, rounded up
+    ],
+)
+def test_fit_input_keeps_the_frame_aspect_in_the_pixel_budget(
+    frame: tuple[int, int], want: tuple[int, int]
+) -> None:
+    assert fit_input(*frame, 384 * 384) == want
+
+
+@pytest.mark.parametrize("frame", [(1280, 720), (1920, 1080), (1024, 640), (10000, 100), (3, 7)])
+def test_fit_input_is_within_budget_and_at_least_the_square_scale(frame: tuple[int, int]) -> None:
+    width, height = fit_input(*frame, 384 * 384)
+    assert width % 32 == 0 and height % 32 == 0
+    assert width * height <= 384 * 384
+    scale = min(width / frame[0], height / frame[1], 1.0)
+    assert scale >= min(384 / frame[0], 384 / frame[1], 1.0)
+
+
+def test_fit_input_refuses_what_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="frame size"):
+        fit_input(0, 720, 384 * 384)
+    with pytest.raises(ValueError, match="no input fits"):
+        fit_input(1280, 720, 16 * 16)

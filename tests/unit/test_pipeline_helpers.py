@@ -6,6 +6,7 @@ import pytest
 
 from services.edge.recognition.detector import Detection
 from services.edge.recognition.pipeline import (
+    PipelineOptions,
     PlateRecognizer,
     as_bgr,
     crop_box,
@@ -110,6 +111,70 @@ def test_recognizer_without_reader_returns_boxes_and_times_each_stage() -> None:
         "read": 1000.0,
         "total": 3000.0,
     }
+
+
+def test_aspect_fit_compiles_one_detector_per_frame_shape() -> None:
+    from dataclasses import replace
+
+    from services.edge.recognition.detector import DetectorSpec
+
+    spec = DetectorSpec(input_width=128, input_height=128, stride=8, score_threshold=0.5)
+    square = FakeModel(("image",), {})
+    built: dict[tuple[int, int], FakeModel] = {}
+
+    def detector_at(width: int, height: int) -> FakeModel:
+        heat = np.zeros((1, 1, height // 8, width // 8), np.float32)
+        heat[0, 0, 1, 2] = 0.9  # a plate centred at (20, 12) in input pixels
+        ltrb = np.full((1, 4, height // 8, width // 8), 4.0, np.float32)
+        built[(width, height)] = FakeModel(("image",), {"heat": heat, "ltrb": ltrb})
+        return built[(width, height)]
+
+    options = replace(PipelineOptions(), detect_fit="aspect", refine_below=0.0, detect_shapes=2)
+    recognizer = PlateRecognizer(square, spec, None, None, options, detector_at=detector_at)
+    wide = recognizer.recognize(np.zeros((180, 320, 3), np.uint8))  # 16:9 -> 160x96 input
+    recognizer.recognize(np.zeros((180, 320, 3), np.uint8))
+    assert list(built) == [(160, 96)] and built[(160, 96)].calls == 2 and square.calls == 0
+    scale = 0.5  # min(160 / 320, 96 / 180): the box comes back in frame pixels
+    assert wide.plates[0].box == pytest.approx((16 / scale, 8 / scale, 24 / scale, 16 / scale))
+    recognizer.recognize(np.zeros((320, 180, 3), np.uint8))  # a second shape, then a third
+    recognizer.recognize(np.zeros((200, 600, 3), np.uint8))
+    assert list(built) == [(160, 96), (96, 160), (192, 64)]
+    assert len(recognizer._detectors) <= 2  # at most `detect_shapes` compiled copies kept
+
+
+def test_square_fit_never_compiles_another_detector() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+
+    square = FakeModel(
+        ("image",),
+        {
+            "heat": np.zeros((1, 1, 8, 8), np.float32),
+            "ltrb": np.zeros((1, 4, 8, 8), np.float32),
+        },
+    )
+
+    def detector_at(width: int, height: int) -> FakeModel:
+        raise AssertionError("square fit compiled a detector")
+
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    recognizer = PlateRecognizer(square, spec, None, None, detector_at=detector_at)
+    assert recognizer.recognize(np.zeros((90, 160, 3), np.uint8)).plates == ()
+    assert square.calls == 1
+
+
+def test_unknown_detect_fit_is_refused() -> None:
+    from dataclasses import replace
+
+    from services.edge.recognition.detector import DetectorSpec
+
+    with pytest.raises(ValueError, match="detect_fit"):
+        PlateRecognizer(
+            FakeModel(("image",), {}),
+            DetectorSpec(),
+            None,
+            None,
+            replace(PipelineOptions(), detect_fit="round"),
+        )
 
 
 def test_recognizer_crops_mode_skips_detector() -> None:

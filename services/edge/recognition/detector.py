@@ -13,6 +13,7 @@ NMS and maps boxes back to frame pixels.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,39 @@ def letterbox(image: UInt8Array, width: int, height: int) -> tuple[UInt8Array, L
     canvas = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
     canvas[:new_h, :new_w] = resized
     return canvas, LetterboxMeta(scale=scale, frame_width=frame_w, frame_height=frame_h)
+
+
+def fit_input(
+    frame_width: int, frame_height: int, pixels: int, multiple: int = 32, max_side: int = 1024
+) -> tuple[int, int]:
+    """The detector input (width, height) that shows a frame largest within a pixel budget.
+
+    Both sides are multiples of `multiple` (the network's coarsest stride) and at most
+    `max_side`, their product at most `pixels`; among those, the size whose letterbox scale
+    (capped at 1: a frame is never magnified) is largest wins, then the smallest. A 1280x720
+    frame in the budget of 384x384 gets 512x288 (scale 0.40 instead of 0.30); a square frame
+    keeps 384x384; a frame smaller than the budget gets its own size rounded up."""
+    if frame_width <= 0 or frame_height <= 0:
+        raise ValueError(f"frame size must be positive, got {frame_width}x{frame_height}")
+    if multiple <= 0 or pixels < multiple * multiple or max_side < multiple:
+        raise ValueError(f"no input fits: pixels={pixels}, multiple={multiple}, max={max_side}")
+    best: tuple[float, int, int, int] | None = None  # (-scale, area, w, h)
+    for w in range(multiple, max_side + 1, multiple):
+        h = min(max_side, (pixels // w) // multiple * multiple)
+        if h < multiple:
+            break
+        scale = min(w / frame_width, h / frame_height, 1.0)
+        h = min(h, _round_up(frame_height * scale, multiple))  # no rows the frame cannot fill
+        key = (-scale, w * h, w, h)
+        if best is None or key < best:
+            best = key
+    assert best is not None
+    return best[2], best[3]
+
+
+def _round_up(value: float, multiple: int) -> int:
+    """`value` rounded up to a multiple of `multiple` (at least one `multiple`)."""
+    return max(multiple, math.ceil(value / multiple - 1e-9) * multiple)
 
 
 def to_input(canvas: UInt8Array) -> FloatArray:

@@ -42,6 +42,13 @@ class PipelineOptions:
     # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
     # box narrower than `refine_below` model-input pixels is detected again in a square window
     # `refine_context` times its size, at `refine_input` px; 0 turns it off.
+    # The detector's main pass: "square" letterboxes every frame into the sidecar's input size;
+    # "aspect" fits the frame's aspect ratio into the same pixel budget (1280x720 -> 512x288,
+    # plates a third larger at the same inference cost; one compiled copy per frame shape, at
+    # most `detect_shapes`). "aspect" failed its rule in session 8 (more boxes: +2 wrong reads
+    # on held-out scenes, +40% detect time with their refinements; docs/models.md).
+    detect_fit: str = "square"
+    detect_shapes: int = 4
     refine_below: float = 64.0
     refine_context: float = 3.0
     refine_input: int = 192
@@ -208,10 +215,18 @@ class PlateRecognizer:
         refine_model: InferenceModel | None = None,
         second_model: InferenceModel | None = None,
         second_spec: sr.SecondReaderSpec | None = None,
+        detector_at: Callable[[int, int], InferenceModel] | None = None,
     ) -> None:
         self._det_model = detector_model
         self._det_spec = detector_spec
         self.options = options or PipelineOptions()
+        if self.options.detect_fit not in ("aspect", "square"):
+            raise ValueError(f"detect_fit={self.options.detect_fit!r}: 'aspect' or 'square'")
+        # detector_at(width, height): the detector compiled for that input (None: square only)
+        self._detector_at = detector_at
+        self._detectors: dict[tuple[int, int], tuple[det.DetectorSpec, InferenceModel]] = {
+            (detector_spec.input_width, detector_spec.input_height): (detector_spec, detector_model)
+        }
         self._refine_model = refine_model
         size = self.options.refine_input
         self._refine_spec = dataclasses.replace(
@@ -253,8 +268,13 @@ class PlateRecognizer:
             detector_name = detector_name.removesuffix("_int8")
         det_json = models_dir / f"{detector_spec_name or detector_name.removesuffix('_int8')}.json"
         det_spec = det.DetectorSpec.from_file(det_json)
-        det_model = OpenVinoModel.load(models_dir / f"{detector_name}.xml", runtime, core)
+        det_xml = models_dir / f"{detector_name}.xml"
+        det_model = OpenVinoModel.load(det_xml, runtime, core)
         opts = options or PipelineOptions()
+
+        def detector_at(width: int, height: int) -> InferenceModel:
+            return OpenVinoModel.load(det_xml, runtime, core, input_shape=(1, 3, height, width))
+
         refine_model: InferenceModel | None = None
         if opts.refine_below > 0:
             size = opts.refine_input
@@ -290,6 +310,7 @@ class PlateRecognizer:
             refine_model=refine_model,
             second_model=second_model,
             second_spec=second_spec,
+            detector_at=detector_at,
         )
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
@@ -318,9 +339,28 @@ class PlateRecognizer:
 
     def detect(self, frame: npt.NDArray[np.uint8]) -> list[det.Detection]:
         """Detections only, refined like `recognize` does (frame must be HxWx3 uint8 BGR)."""
-        inputs, meta = det.preprocess(frame, self._det_spec)
-        outputs = self._det_model.infer({self._det_spec.input_name: inputs})
-        return self._refine(frame, det.postprocess(outputs, meta, self._det_spec), meta.scale)
+        spec, model = self._detector_for(frame.shape[1], frame.shape[0])
+        inputs, meta = det.preprocess(frame, spec)
+        outputs = model.infer({spec.input_name: inputs})
+        return self._refine(frame, det.postprocess(outputs, meta, spec))
+
+    def _detector_for(self, width: int, height: int) -> tuple[det.DetectorSpec, InferenceModel]:
+        """The detector (spec and compiled model) for a frame of this size: the square one, or
+        with `detect_fit="aspect"` one compiled for the frame's aspect (cached per shape)."""
+        base = self._det_spec
+        if self.options.detect_fit != "aspect" or self._detector_at is None:
+            return base, self._det_model
+        shape = det.fit_input(width, height, base.input_width * base.input_height)
+        found = self._detectors.get(shape)
+        if found is None:
+            if len(self._detectors) >= max(1, self.options.detect_shapes):
+                square = (base.input_width, base.input_height)
+                self._detectors = {square: self._detectors[square]}
+            spec = dataclasses.replace(base, input_width=shape[0], input_height=shape[1])
+            found = (spec, self._detector_at(*shape))
+            self._detectors[shape] = found
+            log.info("detector compiled for a frame shape", extra={"input": list(shape)})
+        return found
 
     def recognize(
         self,
@@ -351,11 +391,12 @@ class PlateRecognizer:
             timings["resize"] = timings["detect"] = 0.0
             t2 = clock()
         else:
-            inputs, meta = det.preprocess(image, self._det_spec)
+            spec, model = self._detector_for(width, height)
+            inputs, meta = det.preprocess(image, spec)
             t1 = clock()
-            outputs = self._det_model.infer({self._det_spec.input_name: inputs})
-            detections = det.postprocess(outputs, meta, self._det_spec)
-            detections = self._refine(image, detections, meta.scale)
+            outputs = model.infer({spec.input_name: inputs})
+            detections = det.postprocess(outputs, meta, spec)
+            detections = self._refine(image, detections)
             t2 = clock()
             timings["resize"] = (t1 - t0) * 1000.0
             timings["detect"] = (t2 - t1) * 1000.0
@@ -366,7 +407,7 @@ class PlateRecognizer:
         return RecognitionResult(plates=plates, timings_ms=timings, width=width, height=height)
 
     def _refine(
-        self, image: npt.NDArray[np.uint8], detections: list[det.Detection], scale: float
+        self, image: npt.NDArray[np.uint8], detections: list[det.Detection]
     ) -> list[det.Detection]:
         """Replace the boxes of small detections by those of a zoomed second pass; a detection
         the zoomed pass does not confirm keeps its coarse box."""
@@ -374,6 +415,10 @@ class PlateRecognizer:
         if self._refine_model is None or opts.refine_below <= 0:
             return detections
         height, width = image.shape[:2]
+        # `refine_below` counts pixels of the square letterbox whatever `detect_fit` is, so a
+        # plate is refined the same way at either input (it was chosen at that scale).
+        spec = self._det_spec
+        scale = min(spec.input_width / width, spec.input_height / height)
         refined: list[det.Detection] = []
         for detection in detections[: opts.max_plates]:
             x1, y1, x2, y2 = detection.box
