@@ -95,18 +95,15 @@ def model_names(models: Path, precision: str) -> tuple[str, str]:
 
 
 def load(
-    models: Path, precision: str, threads: int, detect_fit: str | None = None
+    models: Path, precision: str, threads: int, options: PipelineOptions | None = None
 ) -> PlateRecognizer:
     det, rdr = model_names(models, precision)
     # INT8 IRs share the FP32 sidecar
     det_json = det if (models / f"{det}.json").is_file() else "detector"
-    options = PipelineOptions()
-    if detect_fit is not None:
-        options = dataclasses.replace(options, detect_fit=detect_fit)
     recognizer = PlateRecognizer.from_dir(
         models,
         RuntimeOptions(threads=threads),
-        options,
+        options or PipelineOptions(),
         detector_name=det,
         reader_name=rdr,
         detector_spec_name=det_json,
@@ -140,11 +137,11 @@ def run_streams(
     frames: list[bytes],
     streams: int,
     seconds: float,
-    detect_fit: str | None = None,
+    options: PipelineOptions | None = None,
 ) -> dict[str, Any]:
     """`streams` threads, each its own 1-thread recogniser, decoding+recognising frames for
     `seconds`; total frames/s over all streams."""
-    recognizers = [load(models, precision, 1, detect_fit) for _ in range(streams)]
+    recognizers = [load(models, precision, 1, options) for _ in range(streams)]
     counts = [0] * streams
     stop = threading.Event()
 
@@ -190,14 +187,16 @@ def rss_probe(
     images: Path,
     frames: int,
     precision: str = "fp32",
-    detect_fit: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> float:
     """Peak RSS (MB) of a fresh process running one 1-thread recogniser of `precision` on 720p
     frames (the edge node's footprint, without this benchmark's other recognisers)."""
     code = (
         "import sys;from pathlib import Path;from services.edge import bench as b;"
         f"fr=b.make_frames(Path({str(images)!r}),{frames},1280,720);"
-        f"r=b.load(Path({str(models)!r}),{precision!r},1,{detect_fit!r});"
+        "import dataclasses;from services.edge.recognition.pipeline import PipelineOptions;"
+        f"o=dataclasses.replace(PipelineOptions(),**{overrides or {}!r});"
+        f"r=b.load(Path({str(models)!r}),{precision!r},1,o);"
         "[r.recognize_bytes(f) for f in fr];print(b.peak_rss_mb())"
     )
     out = subprocess.run(
@@ -238,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="detector input (default: the pipeline's, 'square')",
     )
+    ap.add_argument(
+        "--candidate-threshold",
+        type=float,
+        default=None,
+        help="detection cascade's lowest score (default: the pipeline's; 0 = off)",
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     return ap
 
@@ -252,12 +257,18 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"platewatch bench: unknown resolution {unknown[0]}", file=sys.stderr)
         return 2
+    overrides: dict[str, Any] = {}
+    if args.detect_fit is not None:
+        overrides["detect_fit"] = args.detect_fit
+    if args.candidate_threshold is not None:
+        overrides["candidate_threshold"] = args.candidate_threshold
+    options = dataclasses.replace(PipelineOptions(), **overrides)
     frames = {r: make_frames(args.images, args.frames, *RESOLUTIONS[r]) for r in resolutions}
     results: list[dict[str, Any]] = []
     print(f"{'res':6} {'thr':>3} {'prec':5} " + " ".join(f"{s:>15}" for s in STAGES))
     for precision in precisions:
         for thr in threads:
-            recognizer = load(args.models, precision, thr, args.detect_fit)
+            recognizer = load(args.models, precision, thr, options)
             for res in resolutions:
                 row = run_latency(recognizer, frames[res], args.warmup)
                 row.update(
@@ -278,14 +289,14 @@ def main(argv: list[str]) -> int:
         frames[resolutions[0]],
         args.streams,
         args.stream_seconds,
-        args.detect_fit,
+        options,
     )
     print(
         f"streams={streams['streams']} {resolutions[0]} {precisions[0]}: "
         f"{streams['fps_total']} frames/s total"
     )
     probes = {
-        p: rss_probe(args.models, args.images, min(args.frames, 20), p, args.detect_fit)
+        p: rss_probe(args.models, args.images, min(args.frames, 20), p, overrides)
         for p in precisions
     }
     report = {
@@ -295,7 +306,10 @@ def main(argv: list[str]) -> int:
         "cpu_isa": cpu_isa(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
-        "detect_fit": args.detect_fit or PipelineOptions().detect_fit,
+        "pipeline_options": {
+            "detect_fit": options.detect_fit,
+            "candidate_threshold": options.candidate_threshold,
+        },
         "latency": results,
         "throughput": streams,
         "peak_rss_mb_this_process": round(peak_rss_mb(), 1),

@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
     )
     ap.add_argument(
+        "--candidate-threshold",
+        type=float,
+        default=None,
+        help="detection cascade: boxes scored from this up to the detector's threshold are "
+        "confirmed by the zoomed pass or dropped (0 = off)",
+    )
+    ap.add_argument(
         "--detect-fit",
         choices=("aspect", "square"),
         default=None,
@@ -346,6 +353,8 @@ def main(argv: list[str]) -> int:
             options = replace(options, min_read_confidence=args.min_confidence)
         if args.refine_below is not None:
             options = replace(options, refine_below=args.refine_below)
+        if args.candidate_threshold is not None:
+            options = replace(options, candidate_threshold=args.candidate_threshold)
         if args.detect_fit is not None:
             options = replace(options, detect_fit=args.detect_fit)
         if args.variants_below is not None:

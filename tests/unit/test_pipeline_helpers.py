@@ -142,6 +142,49 @@ def test_aspect_fit_compiles_one_detector_per_frame_shape() -> None:
     assert len(recognizer._detectors) <= 2  # at most `detect_shapes` compiled copies kept
 
 
+def _cascade(refine_peak: float, candidate_threshold: float) -> list[Detection]:
+    """A 64x64 frame with a plate scored 0.9 at (20, 20) and a candidate scored 0.3 at (44, 44);
+    the zoomed pass (48 px window, scale 1) scores a box centred on the candidate `refine_peak`."""
+    from dataclasses import replace
+
+    from services.edge.recognition.detector import DetectorSpec
+
+    heat = np.zeros((1, 1, 8, 8), np.float32)
+    heat[0, 0, 2, 2], heat[0, 0, 5, 5] = 0.9, 0.3
+    detector = FakeModel(("image",), {"heat": heat, "ltrb": np.full((1, 4, 8, 8), 4.0, np.float32)})
+    zoom_heat = np.zeros((1, 1, 6, 6), np.float32)
+    zoom_heat[0, 0, 3, 3] = refine_peak  # window (16, 16)-(64, 64): frame centre (44, 44)
+    zoom = FakeModel(
+        ("image",), {"heat": zoom_heat, "ltrb": np.full((1, 4, 6, 6), 3.0, np.float32)}
+    )
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    options = replace(
+        PipelineOptions(),
+        refine_input=48,
+        candidate_threshold=candidate_threshold,
+        candidate_confirm=0.5,
+    )
+    recognizer = PlateRecognizer(detector, spec, None, None, options, refine_model=zoom)
+    return recognizer.detect(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_cascade_keeps_a_candidate_the_zoomed_pass_confirms_with_its_box() -> None:
+    found = _cascade(refine_peak=0.8, candidate_threshold=0.2)
+    assert [d.score for d in found] == pytest.approx([0.9, 0.3])
+    assert found[0].box == pytest.approx((16.0, 16.0, 24.0, 24.0))  # not confirmed: coarse box
+    assert found[1].box == pytest.approx((41.0, 41.0, 47.0, 47.0))  # the zoomed pass's box
+
+
+def test_cascade_drops_a_candidate_the_zoomed_pass_scores_too_low() -> None:
+    found = _cascade(refine_peak=0.4, candidate_threshold=0.2)
+    assert [d.score for d in found] == pytest.approx([0.9])
+
+
+def test_cascade_off_ignores_boxes_under_the_detector_threshold() -> None:
+    found = _cascade(refine_peak=0.8, candidate_threshold=0.0)
+    assert [d.score for d in found] == pytest.approx([0.9])
+
+
 def test_square_fit_never_compiles_another_detector() -> None:
     from services.edge.recognition.detector import DetectorSpec
 

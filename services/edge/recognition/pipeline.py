@@ -53,6 +53,14 @@ class PipelineOptions:
     refine_context: float = 3.0
     refine_input: int = 192
     refine_min_score: float = 0.3
+    # Detection cascade (docs/models.md, session 8): boxes scored from `candidate_threshold` up
+    # to the detector's own threshold, at most `max_candidates` a frame and small enough to be
+    # refined, are kept only when the zoomed pass confirms them (score >= `candidate_confirm`)
+    # and their reading is at least `candidate_min_read` sure. 0 turns it off.
+    candidate_threshold: float = 0.0
+    max_candidates: int = 3
+    candidate_confirm: float = 0.5
+    candidate_min_read: float = 0.5
     crop_margin_x: float = 0.06
     crop_margin_y: float = 0.10
     # Test-time variants: when a reading's confidence is below `variants_below`, the plate is
@@ -339,10 +347,19 @@ class PlateRecognizer:
 
     def detect(self, frame: npt.NDArray[np.uint8]) -> list[det.Detection]:
         """Detections only, refined like `recognize` does (frame must be HxWx3 uint8 BGR)."""
-        spec, model = self._detector_for(frame.shape[1], frame.shape[0])
-        inputs, meta = det.preprocess(frame, spec)
+        return self._detect(frame)[0]
+
+    def _detect(self, image: npt.NDArray[np.uint8]) -> tuple[list[det.Detection], float]:
+        """Detect, then refine small boxes and confirm or drop the cascade's candidates; also
+        returns the clock when the model input was ready (the end of the resize stage)."""
+        spec, model = self._detector_for(image.shape[1], image.shape[0])
+        inputs, meta = det.preprocess(image, spec)
+        ready = self._clock()
         outputs = model.infer({spec.input_name: inputs})
-        return self._refine(frame, det.postprocess(outputs, meta, spec))
+        low = self.options.candidate_threshold
+        if 0 < low < spec.score_threshold and self._refine_model is not None:
+            spec = dataclasses.replace(spec, score_threshold=low)
+        return self._refine(image, det.postprocess(outputs, meta, spec)), ready
 
     def _detector_for(self, width: int, height: int) -> tuple[det.DetectorSpec, InferenceModel]:
         """The detector (spec and compiled model) for a frame of this size: the square one, or
@@ -391,12 +408,7 @@ class PlateRecognizer:
             timings["resize"] = timings["detect"] = 0.0
             t2 = clock()
         else:
-            spec, model = self._detector_for(width, height)
-            inputs, meta = det.preprocess(image, spec)
-            t1 = clock()
-            outputs = model.infer({spec.input_name: inputs})
-            detections = det.postprocess(outputs, meta, spec)
-            detections = self._refine(image, detections)
+            detections, t1 = self._detect(image)
             t2 = clock()
             timings["resize"] = (t1 - t0) * 1000.0
             timings["detect"] = (t2 - t1) * 1000.0
@@ -410,30 +422,39 @@ class PlateRecognizer:
         self, image: npt.NDArray[np.uint8], detections: list[det.Detection]
     ) -> list[det.Detection]:
         """Replace the boxes of small detections by those of a zoomed second pass; a detection
-        the zoomed pass does not confirm keeps its coarse box."""
+        the zoomed pass does not confirm keeps its coarse box. Detections scored below the
+        detector's threshold are the cascade's candidates: kept only when the zoomed pass
+        confirms them with `candidate_confirm`, with its box."""
         opts = self.options
+        threshold = self._det_spec.score_threshold
+        main = [d for d in detections if d.score >= threshold]
         if self._refine_model is None or opts.refine_below <= 0:
-            return detections
+            return main
+        candidates = [d for d in detections if d.score < threshold][: opts.max_candidates]
         height, width = image.shape[:2]
         # `refine_below` counts pixels of the square letterbox whatever `detect_fit` is, so a
         # plate is refined the same way at either input (it was chosen at that scale).
         spec = self._det_spec
         scale = min(spec.input_width / width, spec.input_height / height)
         refined: list[det.Detection] = []
-        for detection in detections[: opts.max_plates]:
+        for detection in main[: opts.max_plates] + candidates:
+            candidate = detection.score < threshold
             x1, y1, x2, y2 = detection.box
             window = None
             # plate-shaped extent in model pixels: below refine_below the window is magnified
             if max(x2 - x1, 2.0 * (y2 - y1)) * scale < opts.refine_below:
                 window = det.refine_window(detection.box, width, height, opts.refine_context)
             if window is None:
-                refined.append(detection)
+                if not candidate:
+                    refined.append(detection)
                 continue
             wx1, wy1, wx2, wy2 = window
             inputs, meta = det.preprocess(image[wy1:wy2, wx1:wx2], self._refine_spec)
             outputs = self._refine_model.infer({self._refine_spec.input_name: inputs})
-            candidates = det.postprocess(outputs, meta, self._refine_spec)
-            best = det.pick_refined(detection.box, candidates, (wx1, wy1))
+            zoomed = det.postprocess(outputs, meta, self._refine_spec)
+            best = det.pick_refined(detection.box, zoomed, (wx1, wy1))
+            if candidate and (best is None or best.score < opts.candidate_confirm):
+                continue
             refined.append(
                 detection if best is None else det.Detection(box=best.box, score=detection.score)
             )
@@ -442,7 +463,7 @@ class PlateRecognizer:
             scores = np.asarray([d.score for d in refined], np.float32)
             keep = det.nms(boxes, scores, self._det_spec.nms_iou, len(refined))
             refined = [refined[i] for i in sorted(keep)]
-        return refined + detections[opts.max_plates :]
+        return refined + main[opts.max_plates :]
 
     def _read_box(
         self,
@@ -522,6 +543,10 @@ class PlateRecognizer:
                 continue
             if reading.confidence < opts.min_read_confidence and not crops:
                 continue
+            if detection.score < self._det_spec.score_threshold and (
+                reading.confidence < opts.candidate_min_read
+            ):
+                continue  # a cascade candidate needs a surer reading
             plates.append(
                 RecognizedPlate(
                     text=reading.text,
