@@ -321,10 +321,19 @@ def _paste_plate(
 
 
 def make_sample(
-    rng: random.Random, scenes: list[Scene], crops: list[Crop], frame_p: float = 0.0
+    rng: random.Random,
+    scenes: list[Scene],
+    crops: list[Crop],
+    frame_p: float = 0.0,
+    small_p: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented training canvas (SIZE x SIZE x 3 uint8) and its boxes in canvas pixels.
-    `frame_p`: share of pasted plates put inside a frame or recess (plate_frame)."""
+    `frame_p`: share of pasted plates put inside a frame or recess (plate_frame).
+    `small_p`: share of samples made like a high-resolution photo seen whole (detector 1.4.0):
+    the whole scene, no zoom, and 1-3 pasted plates 2.5-9% of its width (10-35 px at 384), the
+    size that 1280 px photos' plates shrink to and that 1.3.0 scored under its threshold."""
+    # drawn only when asked for, so the recipes of earlier versions keep their random streams
+    small = small_p > 0 and rng.random() < small_p
     # ro-dashcam is 58% of the scenes but one camera: sample it at 35%
     ro = [s for s in scenes if s.dataset == "ro-dashcam"]
     other = [s for s in scenes if s.dataset != "ro-dashcam"]
@@ -342,11 +351,14 @@ def make_sample(
             q = _jitter_quad(rng, *b)
             boxes[i] = _paste_plate(rng, img, crop, q, frame_p)
     # extra pasted plates at random places
-    if crops and rng.random() < 0.5:
+    if crops and (small or rng.random() < 0.5):
         for _ in range(rng.randint(1, 3)):
             crop = crops[rng.randrange(len(crops))]
             ch, cw = crop.image.shape[:2]
-            pw = rng.uniform(0.04, 0.35) * W
+            if small:
+                pw = math.exp(rng.uniform(math.log(0.025), math.log(0.09))) * W
+            else:
+                pw = rng.uniform(0.04, 0.35) * W
             ph = pw * ch / cw * rng.uniform(0.8, 1.2)
             if pw < 10 or ph < 5 or pw >= W - 2 or ph >= H - 2:
                 continue
@@ -361,7 +373,7 @@ def make_sample(
             boxes.append(_paste_plate(rng, img, crop, q, frame_p))
     bx = np.array(boxes, np.float32).reshape(-1, 4)
     # random crop / zoom
-    s = rng.uniform(0.45, 1.0) if rng.random() < 0.6 else 1.0
+    s = 1.0 if small else (rng.uniform(0.45, 1.0) if rng.random() < 0.6 else 1.0)
     cw, chh = int(W * s * rng.uniform(0.85, 1.15)), int(H * s * rng.uniform(0.85, 1.15))
     cw, chh = max(32, min(W, cw)), max(32, min(H, chh))
     ox, oy = rng.randint(0, W - cw), rng.randint(0, H - chh)
@@ -373,7 +385,7 @@ def make_sample(
     # zoom-out: shrink into the canvas sometimes
     canvas, meta = letterbox(np.ascontiguousarray(img), SIZE, SIZE)
     scale = meta.scale
-    if rng.random() < 0.3:
+    if not small and rng.random() < 0.3:
         f = rng.uniform(0.4, 1.0)
         small = cv2.resize(canvas, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         canvas = np.full_like(canvas, PAD_VALUE)
@@ -603,6 +615,7 @@ def export(
             "init": str(args.init) if args.init is not None else None,
             "lr": args.lr,
             "frame_p": args.frame_p,
+            "small_p": args.small_p,
             "crop_box_margins": {} if args.no_crop_margins else CROP_MARGINS,
             "torch": torch.__version__,
         },
@@ -712,6 +725,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of pasted plates put inside a plate frame or recess (detector 1.2.0)",
     )
     ap.add_argument(
+        "--small-p",
+        type=float,
+        default=0.0,
+        help="share of samples seen whole with small pasted plates (detector 1.4.0)",
+    )
+    ap.add_argument(
         "--no-crop-margins", action="store_true", help="box targets = whole crop images"
     )
     ap.add_argument(
@@ -776,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         imgs, heats, regs, wts = [], [], [], []
         for _ in range(args.batch):
-            canvas, boxes = make_sample(rng, train, crops, args.frame_p)
+            canvas, boxes = make_sample(rng, train, crops, args.frame_p, args.small_p)
             h, r, w = build_targets(boxes)
             imgs.append(to_input(canvas)[0])
             heats.append(h)
