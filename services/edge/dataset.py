@@ -17,6 +17,15 @@ from typing import Any
 LABELS_FILE = "labels.jsonl"
 
 
+# Fraction of each side of a crop image that is plate frame / surroundings rather than plate
+# (left, top, right, bottom), per crop set, estimated by looking at crops: where a crop is pasted
+# into a scene (detector training, the HD proxy) the box target is the inner rectangle, so the
+# detector is not taught boxes wider than the plate. Sets not listed: the whole crop.
+CROP_MARGINS: dict[str, tuple[float, float, float, float]] = {
+    "us_openalpr_benchmarks_seg_ocr": (0.03, 0.04, 0.03, 0.04),
+}
+
+
 class LabelsError(ValueError):
     """A labels.jsonl file or one of its lines is malformed."""
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.edge.dataset import LabelledImage, load_labels
+from services.edge.dataset import CROP_MARGINS, LabelledImage, load_labels
 from services.edge.recognition.detector import PAD_VALUE, DetectorSpec, letterbox, to_input
 from services.edge.training.splits import split_of
 
@@ -170,14 +170,6 @@ def load_scenes(split: str, guard: DevGuard | None, root: Path = DATA) -> list[S
             boxes = np.array([p.box for p in item.plates], np.float32)
             scenes.append(Scene(img, boxes, ds))
     return scenes
-
-
-# Fraction of each side of a crop image that is plate frame / surroundings rather than plate
-# (left, top, right, bottom), estimated by looking at crops: the pasted box target is the inner
-# rectangle, so the detector is not taught boxes wider than the plate.
-CROP_MARGINS: dict[str, tuple[float, float, float, float]] = {
-    "us_openalpr_benchmarks_seg_ocr": (0.03, 0.04, 0.03, 0.04),
-}
 
 
 class Crop(NamedTuple):

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from services.edge.dataset import LabelledImage, load_labels
+from services.edge.dataset import CROP_MARGINS, LabelledImage, load_labels
 from services.edge.training.splits import split_of
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,6 @@ CROP_SETS: dict[str, str] = {
     "us_openalpr_benchmarks_seg_ocr": "us",
     "br_openalpr_train_detector": "br",
     "eu_openalpr_train_detector": "eu",
-}
-# Same values as detector_train.CROP_MARGINS (not imported: that module needs torch): the share of
-# each side (left, top, right, bottom) of a crop that is surroundings rather than plate.
-CROP_MARGINS: dict[str, tuple[float, float, float, float]] = {
-    "us_openalpr_benchmarks_seg_ocr": (0.03, 0.04, 0.03, 0.04),
 }
 FULL: Box = (0.0, 0.0, 1.0, 1.0)
 
