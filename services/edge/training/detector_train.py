@@ -403,6 +403,31 @@ def make_sample(
     return crop_window(rng, canvas, bx, content, TRAIN_CROP)
 
 
+def mosaic(
+    tiles: list[tuple[np.ndarray, np.ndarray]], min_width: float = 3.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Four samples (TRAIN_CROP windows and their boxes) shrunk to half size and tiled 2x2
+    (detector 1.4.1): plates half as large, in the scenes they came from. A box under
+    `min_width` px once shrunk is greyed out (neither positive nor negative)."""
+    if len(tiles) != 4:
+        raise ValueError(f"a mosaic needs 4 tiles, got {len(tiles)}")
+    half = TRAIN_CROP // 2
+    canvas = np.full((TRAIN_CROP, TRAIN_CROP, 3), PAD_VALUE, np.uint8)
+    boxes: list[np.ndarray] = []
+    for k, (image, bx) in enumerate(tiles):
+        ox, oy = (k % 2) * half, (k // 2) * half
+        small = cv2.resize(image, (half, half), interpolation=cv2.INTER_AREA)
+        canvas[oy : oy + half, ox : ox + half] = small
+        shrunk = bx.reshape(-1, 4) * 0.5 + np.array([ox, oy, ox, oy], np.float32)
+        for b in shrunk:
+            if b[2] - b[0] >= min_width:
+                boxes.append(b)
+            else:
+                x1, y1, x2, y2 = (int(v) for v in b)
+                canvas[y1 : y2 + 1, x1 : x2 + 1] = PAD_VALUE
+    return canvas, np.array(boxes, np.float32).reshape(-1, 4)
+
+
 def crop_window(
     rng: random.Random, canvas: np.ndarray, bx: np.ndarray, content: tuple[int, int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -608,6 +633,7 @@ def export(
             "lr": args.lr,
             "frame_p": args.frame_p,
             "small_p": args.small_p,
+            "mosaic_p": args.mosaic_p,
             "crop_box_margins": {} if args.no_crop_margins else CROP_MARGINS,
             "torch": torch.__version__,
         },
@@ -717,6 +743,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of pasted plates put inside a plate frame or recess (detector 1.2.0)",
     )
     ap.add_argument(
+        "--mosaic-p",
+        type=float,
+        default=0.0,
+        help="share of samples that are a 2x2 mosaic of four half-size samples (detector 1.4.1)",
+    )
+    ap.add_argument(
         "--small-p",
         type=float,
         default=0.0,
@@ -787,7 +819,12 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         imgs, heats, regs, wts = [], [], [], []
         for _ in range(args.batch):
-            canvas, boxes = make_sample(rng, train, crops, args.frame_p, args.small_p)
+            if args.mosaic_p > 0 and rng.random() < args.mosaic_p:
+                canvas, boxes = mosaic(
+                    [make_sample(rng, train, crops, args.frame_p, args.small_p) for _ in range(4)]
+                )
+            else:
+                canvas, boxes = make_sample(rng, train, crops, args.frame_p, args.small_p)
             h, r, w = build_targets(boxes)
             imgs.append(to_input(canvas)[0])
             heats.append(h)
