@@ -39,9 +39,6 @@ DEFAULT_DETECTOR = "detector_int8"
 class PipelineOptions:
     """Tunables of the composed pipeline (not of either model)."""
 
-    # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
-    # box narrower than `refine_below` model-input pixels is detected again in a square window
-    # `refine_context` times its size, at `refine_input` px; 0 turns it off.
     # The detector's main pass: "square" letterboxes every frame into the sidecar's input size;
     # "aspect" fits the frame's aspect ratio into the same pixel budget (1280x720 -> 512x288,
     # plates a third larger at the same inference cost; one compiled copy per frame shape, at
@@ -49,6 +46,10 @@ class PipelineOptions:
     # on held-out scenes, +40% detect time with their refinements; docs/models.md).
     detect_fit: str = "square"
     detect_shapes: int = 4
+    # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
+    # box narrower than `refine_below` model-input pixels (of the square letterbox) is detected
+    # again in a square window `refine_context` times its size, at `refine_input` px; 0 turns
+    # it off.
     refine_below: float = 64.0
     refine_context: float = 3.0
     refine_input: int = 192
