@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.edge.dataset import load_labels
+from services.edge.eval import score_arg
 from services.edge.recognition.pipeline import (
     MODELS_DIR,
     STAGES,
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--candidate-threshold",
-        type=float,
+        type=score_arg,
         default=None,
         help="detection cascade's lowest score (default: the pipeline's; 0 = off)",
     )

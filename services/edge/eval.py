@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--candidate-threshold",
-        type=float,
+        type=score_arg,
         default=None,
         help="detection cascade: boxes scored from this up to the detector's threshold are "
         "confirmed by the zoomed pass or dropped (0 = off)",
@@ -309,6 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
+
+
+def score_arg(text: str) -> float:
+    """A score or confidence flag: a number in [0, 1) (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want a number in [0, 1), got {text!r}") from exc
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"want a number in [0, 1), got {text!r}")
+    return value
 
 
 def _margin_pairs(text: str) -> tuple[tuple[float, float], ...]:

@@ -9,6 +9,7 @@ from services.edge.eval import (
     edit_distance,
     normalise_text,
     overlap,
+    score_arg,
     score_image,
     summarise,
 )
@@ -78,3 +79,15 @@ def test_variant_margins_parse_and_bad_ones_name_the_problem() -> None:
     for bad in ("0.1", "a,b", "0.1,2.0"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["d", "--out", "o", "--variants", bad])
+
+
+@pytest.mark.parametrize("text", ["nan", "1", "1.5", "-0.1", "inf", "half"])
+def test_score_flags_refuse_what_is_not_in_the_unit_interval(text: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "--out", "p.jsonl", "--candidate-threshold", text])
+
+
+def test_score_flags_take_a_number_in_the_unit_interval() -> None:
+    assert score_arg("0") == 0.0 and score_arg("0.2") == pytest.approx(0.2)
+    args = build_parser().parse_args(["data", "--out", "p.jsonl", "--candidate-threshold", "0.2"])
+    assert args.candidate_threshold == pytest.approx(0.2)

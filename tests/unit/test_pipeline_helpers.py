@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -113,41 +115,91 @@ def test_recognizer_without_reader_returns_boxes_and_times_each_stage() -> None:
     }
 
 
-def test_aspect_fit_compiles_one_detector_per_frame_shape() -> None:
+def _aspect_recognizer(
+    detect_shapes: int, fail: bool = False
+) -> tuple[PlateRecognizer, FakeModel, list[tuple[int, int]]]:
+    """A 128x128 detector with `detect_fit="aspect"`; returns it, the square model and the
+    list of shapes compiled (each fitted detector sees a plate centred at (20, 12))."""
     from dataclasses import replace
 
     from services.edge.recognition.detector import DetectorSpec
+    from services.edge.recognition.runtime import ModelLoadError
 
     spec = DetectorSpec(input_width=128, input_height=128, stride=8, score_threshold=0.5)
-    square = FakeModel(("image",), {})
-    built: dict[tuple[int, int], FakeModel] = {}
+    square = FakeModel(
+        ("image",),
+        {
+            "heat": np.zeros((1, 1, 16, 16), np.float32),
+            "ltrb": np.zeros((1, 4, 16, 16), np.float32),
+        },
+    )
+    compiled: list[tuple[int, int]] = []
 
     def detector_at(width: int, height: int) -> FakeModel:
+        if fail:
+            raise ModelLoadError(Path("detector.xml"), "OpenVINO failed: no memory")
+        compiled.append((width, height))
         heat = np.zeros((1, 1, height // 8, width // 8), np.float32)
-        heat[0, 0, 1, 2] = 0.9  # a plate centred at (20, 12) in input pixels
+        heat[0, 0, 1, 2] = 0.9
         ltrb = np.full((1, 4, height // 8, width // 8), 4.0, np.float32)
-        built[(width, height)] = FakeModel(("image",), {"heat": heat, "ltrb": ltrb})
-        return built[(width, height)]
+        return FakeModel(("image",), {"heat": heat, "ltrb": ltrb})
 
-    options = replace(PipelineOptions(), detect_fit="aspect", refine_below=0.0, detect_shapes=2)
+    options = replace(
+        PipelineOptions(), detect_fit="aspect", refine_below=0.0, detect_shapes=detect_shapes
+    )
     recognizer = PlateRecognizer(square, spec, None, None, options, detector_at=detector_at)
+    return recognizer, square, compiled
+
+
+def test_aspect_fit_compiles_one_detector_per_frame_shape() -> None:
+    recognizer, square, compiled = _aspect_recognizer(detect_shapes=2)
     wide = recognizer.recognize(np.zeros((180, 320, 3), np.uint8))  # 16:9 -> 160x96 input
     recognizer.recognize(np.zeros((180, 320, 3), np.uint8))
-    assert list(built) == [(160, 96)] and built[(160, 96)].calls == 2 and square.calls == 0
+    assert compiled == [(160, 96)] and square.calls == 0
     scale = 0.5  # min(160 / 320, 96 / 180): the box comes back in frame pixels
     assert wide.plates[0].box == pytest.approx((16 / scale, 8 / scale, 24 / scale, 16 / scale))
-    recognizer.recognize(np.zeros((320, 180, 3), np.uint8))  # a second shape, then a third
-    recognizer.recognize(np.zeros((200, 600, 3), np.uint8))
-    assert list(built) == [(160, 96), (96, 160), (192, 64)]
-    assert len(recognizer._detectors) <= 2  # at most `detect_shapes` compiled copies kept
+    recognizer.recognize(np.zeros((128, 128, 3), np.uint8))  # square frames: the square model
+    assert square.calls == 1 and compiled == [(160, 96)]
 
 
-def _cascade(refine_peak: float, candidate_threshold: float) -> list[Detection]:
+def test_aspect_fit_keeps_the_most_recently_used_shapes() -> None:
+    recognizer, _, compiled = _aspect_recognizer(detect_shapes=2)
+    for frame in [(180, 320), (320, 180), (180, 320), (200, 600), (180, 320), (320, 180)]:
+        recognizer.recognize(np.zeros((*frame, 3), np.uint8))
+    # 160x96 stays (used again before 192x64 came); 96x160 was the least recent and went
+    assert compiled == [(160, 96), (96, 160), (192, 64), (96, 160)]
+
+
+def test_aspect_fit_falls_back_to_the_square_detector_when_a_shape_fails_to_compile() -> None:
+    recognizer, square, _ = _aspect_recognizer(detect_shapes=2, fail=True)
+    result = recognizer.recognize(np.zeros((180, 320, 3), np.uint8))
+    assert result.error is None and square.calls == 1
+
+
+def test_detection_scored_exactly_at_the_threshold_is_kept() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+
+    heat = np.zeros((1, 1, 8, 8), np.float32)
+    heat[0, 0, 4, 4] = np.float32(0.35)  # float32(0.35) < 0.35 as Python floats
+    detector = FakeModel(("image",), {"heat": heat, "ltrb": np.full((1, 4, 8, 8), 8.0, np.float32)})
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.35)
+    options = PipelineOptions(refine_below=0.0)
+    recognizer = PlateRecognizer(detector, spec, None, None, options)
+    assert len(recognizer.detect(np.zeros((64, 64, 3), np.uint8))) == 1
+
+
+def _cascade_recognizer(
+    refine_peak: float, candidate_threshold: float, **overrides: object
+) -> PlateRecognizer:
     """A 64x64 frame with a plate scored 0.9 at (20, 20) and a candidate scored 0.3 at (44, 44);
-    the zoomed pass (48 px window, scale 1) scores a box centred on the candidate `refine_peak`."""
+    the zoomed pass (48 px window, scale 1) scores a box centred on the candidate `refine_peak`.
+    `overrides`: more PipelineOptions fields, `reader`/`reader_spec` a reader."""
     from dataclasses import replace
 
     from services.edge.recognition.detector import DetectorSpec
+
+    reader = overrides.pop("reader", None)
+    reader_spec = overrides.pop("reader_spec", None)
 
     heat = np.zeros((1, 1, 8, 8), np.float32)
     heat[0, 0, 2, 2], heat[0, 0, 5, 5] = 0.9, 0.3
@@ -163,8 +215,20 @@ def _cascade(refine_peak: float, candidate_threshold: float) -> list[Detection]:
         refine_input=48,
         candidate_threshold=candidate_threshold,
         candidate_confirm=0.5,
+        **overrides,  # type: ignore[arg-type]
     )
-    recognizer = PlateRecognizer(detector, spec, None, None, options, refine_model=zoom)
+    return PlateRecognizer(
+        detector,
+        spec,
+        reader,  # type: ignore[arg-type]
+        reader_spec,  # type: ignore[arg-type]
+        options,
+        refine_model=zoom,
+    )
+
+
+def _cascade(refine_peak: float, candidate_threshold: float) -> list[Detection]:
+    recognizer = _cascade_recognizer(refine_peak, candidate_threshold)
     return recognizer.detect(np.zeros((64, 64, 3), np.uint8))
 
 
@@ -183,6 +247,35 @@ def test_cascade_drops_a_candidate_the_zoomed_pass_scores_too_low() -> None:
 def test_cascade_off_ignores_boxes_under_the_detector_threshold() -> None:
     found = _cascade(refine_peak=0.8, candidate_threshold=0.0)
     assert [d.score for d in found] == pytest.approx([0.9])
+
+
+@pytest.mark.parametrize(
+    ("candidate_read", "texts"),
+    [
+        # 0.45 sure: enough for a detected plate (0.3), not for a candidate (0.5)
+        ({"C": 0.45, "0": 0.35, "O": 0.2}, ["AB"]),
+        ({"C": 0.99}, ["AB", "CD"]),
+    ],
+)
+def test_cascade_candidate_needs_a_surer_reading_than_a_detected_plate(
+    candidate_read: dict[str, float], texts: list[str]
+) -> None:
+    _, spec = _reader_fake("A")
+    plate = _probs_for(spec, [{"-": 1}, {"A": 0.99}, {"-": 1}, {"B": 0.99}, {"-": 1}])
+    candidate = _probs_for(spec, [{"-": 1}, candidate_read, {"-": 1}, {"D": 1}, {"-": 1}])
+    reader = SequenceModel(("crop",), [{"logits": plate[None]}, {"logits": candidate[None]}])
+    recognizer = _cascade_recognizer(0.8, 0.2, reader=reader, reader_spec=spec)
+    result = recognizer.recognize(np.zeros((64, 64, 3), np.uint8))
+    assert reader.calls == 2
+    assert [p.text for p in result.plates] == texts
+
+
+def test_cascade_spends_no_zoomed_pass_on_candidates_that_could_not_be_read() -> None:
+    recognizer = _cascade_recognizer(0.8, 0.2, max_plates=1)
+    found = recognizer.detect(np.zeros((64, 64, 3), np.uint8))
+    assert [d.score for d in found] == pytest.approx([0.9])
+    assert recognizer._refine_model is not None
+    assert recognizer._refine_model.calls == 1  # type: ignore[attr-defined]  # the plate only
 
 
 def test_square_fit_never_compiles_another_detector() -> None:

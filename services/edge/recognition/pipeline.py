@@ -12,10 +12,11 @@ import dataclasses
 import logging
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -24,7 +25,12 @@ import numpy.typing as npt
 from services.edge.recognition import detector as det
 from services.edge.recognition import reader as rdr
 from services.edge.recognition import second_reader as sr
-from services.edge.recognition.runtime import InferenceModel, OpenVinoModel, RuntimeOptions
+from services.edge.recognition.runtime import (
+    InferenceModel,
+    ModelLoadError,
+    OpenVinoModel,
+    RuntimeOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +48,10 @@ class PipelineOptions:
     # The detector's main pass: "square" letterboxes every frame into the sidecar's input size;
     # "aspect" fits the frame's aspect ratio into the same pixel budget (1280x720 -> 512x288,
     # plates a third larger at the same inference cost; one compiled copy per frame shape, at
-    # most `detect_shapes`). "aspect" failed its rule in session 8 (more boxes: +2 wrong reads
-    # on held-out scenes, +40% detect time with their refinements; docs/models.md).
-    detect_fit: str = "square"
+    # most `detect_shapes` besides the square one, the least recently used dropped first).
+    # "aspect" failed its rule in session 8 (more boxes: +2 wrong reads on held-out scenes, +40%
+    # detect time with their refinements; docs/models.md).
+    detect_fit: Literal["square", "aspect"] = "square"
     detect_shapes: int = 4
     # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
     # box narrower than `refine_below` model-input pixels (of the square letterbox) is detected
@@ -209,6 +216,14 @@ def crop_box(
     return frame[cy1:cy2, cx1:cx2]
 
 
+class PipelineOptionError(ValueError):
+    """A `PipelineOptions` field with a value the pipeline cannot use."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"PipelineOptions.{field}={value!r}: {reason}")
+        self.field = field
+
+
 # ----------------------------------------------------------------------------- recogniser
 class PlateRecognizer:
     """Detect and read plates in one frame at a time (not thread-safe: one per thread)."""
@@ -230,12 +245,14 @@ class PlateRecognizer:
         self._det_spec = detector_spec
         self.options = options or PipelineOptions()
         if self.options.detect_fit not in ("aspect", "square"):
-            raise ValueError(f"detect_fit={self.options.detect_fit!r}: 'aspect' or 'square'")
+            raise PipelineOptionError("detect_fit", self.options.detect_fit, "'aspect' or 'square'")
         # detector_at(width, height): the detector compiled for that input (None: square only)
         self._detector_at = detector_at
-        self._detectors: dict[tuple[int, int], tuple[det.DetectorSpec, InferenceModel]] = {
-            (detector_spec.input_width, detector_spec.input_height): (detector_spec, detector_model)
-        }
+        # aspect-fitted detectors by input (width, height), least recently used first
+        self._detectors: OrderedDict[tuple[int, int], tuple[det.DetectorSpec, InferenceModel]]
+        self._detectors = OrderedDict()
+        # the detector's threshold as its float32 scores compare to it (0.35 -> 0.34999999)
+        self._threshold = float(np.float32(detector_spec.score_threshold))
         self._refine_model = refine_model
         size = self.options.refine_input
         self._refine_spec = dataclasses.replace(
@@ -350,6 +367,19 @@ class PlateRecognizer:
         """Detections only, refined like `recognize` does (frame must be HxWx3 uint8 BGR)."""
         return self._detect(frame)[0]
 
+    def _cascade_on(self) -> bool:
+        opts = self.options
+        return (
+            0 < opts.candidate_threshold < self._threshold
+            and self._refine_model is not None
+            and opts.refine_below > 0
+        )
+
+    def _is_candidate(self, detection: det.Detection) -> bool:
+        """Scored under the detector's threshold: a cascade candidate (only the cascade decodes
+        such boxes; label boxes and crops score 1.0)."""
+        return detection.score < self._threshold
+
     def _detect(self, image: npt.NDArray[np.uint8]) -> tuple[list[det.Detection], float]:
         """Detect, then refine small boxes and confirm or drop the cascade's candidates; also
         returns the clock when the model input was ready (the end of the resize stage)."""
@@ -357,27 +387,38 @@ class PlateRecognizer:
         inputs, meta = det.preprocess(image, spec)
         ready = self._clock()
         outputs = model.infer({spec.input_name: inputs})
-        low = self.options.candidate_threshold
-        if 0 < low < spec.score_threshold and self._refine_model is not None:
-            spec = dataclasses.replace(spec, score_threshold=low)
+        if self._cascade_on():
+            spec = dataclasses.replace(spec, score_threshold=self.options.candidate_threshold)
         return self._refine(image, det.postprocess(outputs, meta, spec)), ready
 
     def _detector_for(self, width: int, height: int) -> tuple[det.DetectorSpec, InferenceModel]:
         """The detector (spec and compiled model) for a frame of this size: the square one, or
-        with `detect_fit="aspect"` one compiled for the frame's aspect (cached per shape)."""
+        with `detect_fit="aspect"` one compiled for the frame's aspect (kept per shape, at most
+        `detect_shapes`, least recently used dropped). A shape that fails to compile falls back
+        to the square detector (logged), so a frame is never refused for it."""
         base = self._det_spec
         if self.options.detect_fit != "aspect" or self._detector_at is None:
             return base, self._det_model
         shape = det.fit_input(width, height, base.input_width * base.input_height)
+        if shape == (base.input_width, base.input_height):
+            return base, self._det_model
         found = self._detectors.get(shape)
-        if found is None:
-            if len(self._detectors) >= max(1, self.options.detect_shapes):
-                square = (base.input_width, base.input_height)
-                self._detectors = {square: self._detectors[square]}
-            spec = dataclasses.replace(base, input_width=shape[0], input_height=shape[1])
-            found = (spec, self._detector_at(*shape))
-            self._detectors[shape] = found
-            log.info("detector compiled for a frame shape", extra={"input": list(shape)})
+        if found is not None:
+            self._detectors.move_to_end(shape)
+            return found
+        try:
+            model = self._detector_at(*shape)
+        except ModelLoadError as exc:
+            log.error(
+                "detector not compiled for a frame shape; using the square input",
+                extra={"input": list(shape), "error": str(exc)},
+            )
+            return base, self._det_model
+        while self._detectors and len(self._detectors) >= max(1, self.options.detect_shapes):
+            self._detectors.popitem(last=False)
+        spec = dataclasses.replace(base, input_width=shape[0], input_height=shape[1])
+        self._detectors[shape] = found = (spec, model)
+        log.info("detector compiled for a frame shape", extra={"input": list(shape)})
         return found
 
     def recognize(
@@ -427,23 +468,27 @@ class PlateRecognizer:
         detector's threshold are the cascade's candidates: kept only when the zoomed pass
         confirms them with `candidate_confirm`, with its box."""
         opts = self.options
-        threshold = self._det_spec.score_threshold
-        main = [d for d in detections if d.score >= threshold]
+        main = [d for d in detections if not self._is_candidate(d)]
         if self._refine_model is None or opts.refine_below <= 0:
             return main
-        candidates = [d for d in detections if d.score < threshold][: opts.max_candidates]
         height, width = image.shape[:2]
         # `refine_below` counts pixels of the square letterbox whatever `detect_fit` is, so a
         # plate is refined the same way at either input (it was chosen at that scale).
         spec = self._det_spec
         scale = min(spec.input_width / width, spec.input_height / height)
+
+        def small(d: det.Detection) -> bool:  # plate-shaped extent in model pixels
+            x1, y1, x2, y2 = d.box
+            return bool(max(x2 - x1, 2.0 * (y2 - y1)) * scale < opts.refine_below)
+
+        candidates = [d for d in detections if self._is_candidate(d) and small(d)]
+        # only as many as can still be read, after the detector's own boxes
+        candidates = candidates[: min(opts.max_candidates, max(0, opts.max_plates - len(main)))]
         refined: list[det.Detection] = []
         for detection in main[: opts.max_plates] + candidates:
-            candidate = detection.score < threshold
-            x1, y1, x2, y2 = detection.box
+            candidate = self._is_candidate(detection)
             window = None
-            # plate-shaped extent in model pixels: below refine_below the window is magnified
-            if max(x2 - x1, 2.0 * (y2 - y1)) * scale < opts.refine_below:
+            if small(detection):  # below refine_below the window is magnified
                 window = det.refine_window(detection.box, width, height, opts.refine_context)
             if window is None:
                 if not candidate:
@@ -544,9 +589,7 @@ class PlateRecognizer:
                 continue
             if reading.confidence < opts.min_read_confidence and not crops:
                 continue
-            if detection.score < self._det_spec.score_threshold and (
-                reading.confidence < opts.candidate_min_read
-            ):
+            if self._is_candidate(detection) and reading.confidence < opts.candidate_min_read:
                 continue  # a cascade candidate needs a surer reading
             plates.append(
                 RecognizedPlate(

@@ -322,10 +322,11 @@ def make_sample(
     """One augmented training canvas (SIZE x SIZE x 3 uint8) and its boxes in canvas pixels.
     `frame_p`: share of pasted plates put inside a frame or recess (plate_frame).
     `small_p`: share of samples made like a high-resolution photo seen whole (detector 1.4.0):
-    the whole scene, no zoom, and 1-3 pasted plates 2.5-9% of its width (10-35 px at 384), the
-    size that 1280 px photos' plates shrink to and that 1.3.0 scored under its threshold."""
+    the scene not zoomed in (the crop still jitters its size by up to 15%) nor shrunk, with 1-3
+    pasted plates 2.5-9% of its width (10-35 px at 384), the size that 1280 px photos' plates
+    shrink to and that 1.3.0 scored under its threshold."""
     # drawn only when asked for, so the recipes of earlier versions keep their random streams
-    small = small_p > 0 and rng.random() < small_p
+    whole = small_p > 0 and rng.random() < small_p
     # ro-dashcam is 58% of the scenes but one camera: sample it at 35%
     ro = [s for s in scenes if s.dataset == "ro-dashcam"]
     other = [s for s in scenes if s.dataset != "ro-dashcam"]
@@ -343,11 +344,11 @@ def make_sample(
             q = _jitter_quad(rng, *b)
             boxes[i] = _paste_plate(rng, img, crop, q, frame_p)
     # extra pasted plates at random places
-    if crops and (small or rng.random() < 0.5):
+    if crops and (whole or rng.random() < 0.5):
         for _ in range(rng.randint(1, 3)):
             crop = crops[rng.randrange(len(crops))]
             ch, cw = crop.image.shape[:2]
-            if small:
+            if whole:
                 pw = math.exp(rng.uniform(math.log(0.025), math.log(0.09))) * W
             else:
                 pw = rng.uniform(0.04, 0.35) * W
@@ -365,7 +366,7 @@ def make_sample(
             boxes.append(_paste_plate(rng, img, crop, q, frame_p))
     bx = np.array(boxes, np.float32).reshape(-1, 4)
     # random crop / zoom
-    s = 1.0 if small else (rng.uniform(0.45, 1.0) if rng.random() < 0.6 else 1.0)
+    s = 1.0 if whole else (rng.uniform(0.45, 1.0) if rng.random() < 0.6 else 1.0)
     cw, chh = int(W * s * rng.uniform(0.85, 1.15)), int(H * s * rng.uniform(0.85, 1.15))
     cw, chh = max(32, min(W, cw)), max(32, min(H, chh))
     ox, oy = rng.randint(0, W - cw), rng.randint(0, H - chh)
@@ -377,7 +378,7 @@ def make_sample(
     # zoom-out: shrink into the canvas sometimes
     canvas, meta = letterbox(np.ascontiguousarray(img), SIZE, SIZE)
     scale = meta.scale
-    if not small and rng.random() < 0.3:
+    if not whole and rng.random() < 0.3:
         f = rng.uniform(0.4, 1.0)
         small = cv2.resize(canvas, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         canvas = np.full_like(canvas, PAD_VALUE)
