@@ -33,13 +33,11 @@ from torch import nn
 
 from services.edge.dataset import CROP_MARGINS, LabelledImage, load_labels
 from services.edge.recognition.detector import PAD_VALUE, DetectorSpec, letterbox, to_input
-from services.edge.training.splits import split_of
+from services.edge.training.splits import SCENE_SETS, held_out, split_of
 
 log = logging.getLogger(__name__)
 
 DATA = Path("/work/shared/data")
-SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
-SHARED_GROUP_SETS = ("web-cars", "in-cars")
 CROP_SETS = (
     "eu_openalpr_train_detector",
     "br_openalpr_train_detector",
@@ -127,9 +125,7 @@ class Scene:
 
 
 def is_held_out(dataset: str, item: LabelledImage) -> bool:
-    if dataset in SHARED_GROUP_SETS:
-        return any(split_of(d, item.split_label) == "test" for d in SHARED_GROUP_SETS)
-    return split_of(dataset, item.split_label) != "train"
+    return held_out(dataset, item.split_label)
 
 
 class DevGuard:

@@ -47,20 +47,12 @@ import numpy as np
 import numpy.typing as npt
 
 from services.edge.dataset import CROP_MARGINS, LabelledImage, load_labels
-from services.edge.training.splits import split_of
-
-log = logging.getLogger(__name__)
+from services.edge.training.splits import SCENE_SETS, held_out, split_of
 
 Box = tuple[float, float, float, float]
 Image = npt.NDArray[np.uint8]
 Quad = npt.NDArray[np.float32]
 
-SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
-# web-cars and in-cars share vehicle groups: held out when 'test' under either name
-JOINT_SPLIT: dict[str, tuple[str, ...]] = {
-    "web-cars": ("web-cars", "in-cars"),
-    "in-cars": ("web-cars", "in-cars"),
-}
 CROP_SETS: dict[str, str] = {
     "us_openalpr_benchmarks_seg_ocr": "us",
     "br_openalpr_train_detector": "br",
@@ -383,8 +375,7 @@ def scene_plate_width(scene: SceneRef, frame_width: int = FRAME_WIDTH) -> float:
 
 def scene_held_out(dataset: str, item: LabelledImage) -> bool:
     """True for a scene image no trainer uses (see the module docstring)."""
-    names = JOINT_SPLIT.get(dataset, (dataset,))
-    return any(split_of(n, item.split_label) == "test" for n in names)
+    return held_out(dataset, item.split_label)
 
 
 def load_scenes(root: Path) -> tuple[list[SceneRef], int]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from services.edge.dataset import LabelledImage, LabelledPlate, load_labels
 from services.edge.recognition.reader import ReaderSpec, preprocess
-from services.edge.training.splits import split_of
+from services.edge.training.splits import SCENE_SETS, held_out
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,8 @@ CROP_SETS = (
     "eu_openalpr_train_detector",
     "cn_lprnet_sirius_test",
 )
-SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
 EVAL_SET = "openalpr-endtoend-dev"
 # web-cars and in-cars share vehicle groups: a group trains only if it is 'train' under both names
-JOINT_SPLIT = {"web-cars": ("web-cars", "in-cars"), "in-cars": ("web-cars", "in-cars")}
 UNLABELLED_SETS = (*SCENE_SETS, "eu_openalpr_train_detector")  # sets with text-null boxes
 CONTEXT = 0.3  # context kept around scene boxes, as a fraction of box width/height
 
@@ -98,9 +96,7 @@ def load_real(root: Path = DATA_ROOT) -> list[RealItem]:
 
 
 def _split(ds: str, img: LabelledImage) -> str:
-    names = JOINT_SPLIT.get(ds, (ds,))
-    splits = {split_of(n, img.split_label) for n in names}
-    return "test" if "test" in splits else "train"
+    return "test" if held_out(ds, img.split_label) else "train"
 
 
 def _context_item(

@@ -11,6 +11,11 @@ import hashlib
 
 EVAL_ONLY_DATASETS = frozenset({"openalpr-endtoend-dev"})
 HELD_OUT_PERCENT = 10
+#: The real scene sets (whole photos or video frames with boxed plates).
+SCENE_SETS = ("ro-dashcam", "web-cars", "in-cars")
+#: Scene sets whose images share vehicle groups: a group held out under either name is held out
+#: of both, so the same car never lands on both sides.
+SHARED_GROUP_SETS = ("web-cars", "in-cars")
 
 
 def split_key(label: dict[str, object]) -> str:
@@ -32,3 +37,10 @@ def split_of(dataset: str, label: dict[str, object]) -> str:
         return "eval"
     digest = hashlib.sha1(f"{dataset}/{split_key(label)}".encode()).digest()
     return "test" if digest[0] % 100 < HELD_OUT_PERCENT else "train"
+
+
+def held_out(dataset: str, label: dict[str, object]) -> bool:
+    """True for an image no trainer may use: the held-out ~10% (under either name for the
+    SHARED_GROUP_SETS) and the evaluation-only sets."""
+    names = SHARED_GROUP_SETS if dataset in SHARED_GROUP_SETS else (dataset,)
+    return any(split_of(name, label) != "train" for name in names)
