@@ -586,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20261207, help="random seed")
     ap.add_argument("--count", type=int, default=300, help="number of images")
     args = ap.parse_args(argv)
+    if args.count < 1:
+        ap.error(f"--count must be at least 1, got {args.count}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     cv2.setNumThreads(1)
 
