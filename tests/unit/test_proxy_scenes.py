@@ -210,3 +210,15 @@ def test_match_photometric_does_not_flatten_a_low_contrast_crop() -> None:
     crop[5:15, 10:50] = 80  # already low contrast (std ~20)
     out = match_photometric(crop, Lighting(120.0, 2.0, (1.0, 1.0, 1.0)))
     assert out[..., 1].astype(float).std() >= crop[..., 1].astype(float).std() - 0.5
+
+
+def test_a_crop_larger_than_its_quad_is_area_averaged_to_about_its_size() -> None:
+    from services.edge.training.proxy_scenes import shrink_for
+
+    crop = np.zeros((60, 240, 3), np.uint8)
+    crop[:, ::2] = 255  # one-pixel stripes: a warp alone would alias them
+    quad = np.array([[10, 10], [90, 12], [90, 32], [10, 30]], np.float32)
+    small = shrink_for(crop, quad)
+    assert small.shape[:2] == (20, 81)  # the quad's longest edges, rounded up
+    assert 100 < float(small.mean()) < 155  # averaged to grey, not sampled black or white
+    assert shrink_for(crop, quad * 4) is crop  # no larger than its quad: left alone

@@ -60,6 +60,7 @@ CROP_SETS: dict[str, str] = {
 }
 FULL: Box = (0.0, 0.0, 1.0, 1.0)
 
+VERSION = 2  # 2: crops area-averaged to their size before the warp (1: session 8's figures)
 FRAME_WIDTH = 1280
 TALL_HEIGHTS = (1280, 1280, 960)  # padded/cropped frames: two square for one 4:3
 TALL_SHARE = 0.3
@@ -456,6 +457,21 @@ def compose(scene: Image, layout: Layout) -> Image:
     return out
 
 
+def shrink_for(crop: Image, quad: Quad) -> Image:
+    """`crop` resized with area averaging to about the size it takes in `quad` when it is larger
+    (a perspective warp samples the source without anti-aliasing, so a crop shrunk 3x by the
+    warp alone aliases like no camera does). Proxy version 2."""
+    q = np.asarray(quad, np.float64)
+    width = max(np.hypot(*(q[1] - q[0])), np.hypot(*(q[2] - q[3])))
+    height = max(np.hypot(*(q[3] - q[0])), np.hypot(*(q[2] - q[1])))
+    h, w = crop.shape[:2]
+    tw, th = max(1, math.ceil(width)), max(1, math.ceil(height))
+    if tw >= w and th >= h:
+        return crop
+    out: Image = cv2.resize(crop, (min(w, tw), min(h, th)), interpolation=cv2.INTER_AREA)
+    return out
+
+
 def warp_into(dst: Image, crop: Image, quad: Quad) -> None:
     """Warp `crop` into `quad` of `dst` in place, with anti-aliased edges."""
     h, w = crop.shape[:2]
@@ -502,8 +518,11 @@ class Rendered:
     layout: Layout
 
 
-def render(item: PlanItem, scene: SceneRef, crop: CropRef, seed: int) -> Rendered:
-    """One proxy frame: `crop` pasted over `scene`'s largest box in a high-resolution frame."""
+def render(
+    item: PlanItem, scene: SceneRef, crop: CropRef, seed: int, version: int = VERSION
+) -> Rendered:
+    """One proxy frame: `crop` pasted over `scene`'s largest box in a high-resolution frame
+    (`version` 1: the crop shrunk by the warp alone, as session 8 measured)."""
     rng = random.Random(seed * 1_000_003 + item.index)
     src = read_image(scene.file)
     sh, sw = src.shape[:2]
@@ -533,7 +552,8 @@ def render(item: PlanItem, scene: SceneRef, crop: CropRef, seed: int) -> Rendere
         item.plate_width,
         (layout.width, layout.height),
     )
-    warp_into(frame, match_photometric(crop_img, light), quad)
+    plate = match_photometric(crop_img, light)
+    warp_into(frame, shrink_for(plate, quad) if version >= 2 else plate, quad)
     box = clip_box(inner_box(quad, crop.inner), layout.width, layout.height)
     return Rendered(finish(frame, rng), box, layout)
 
@@ -549,9 +569,10 @@ def readme(args: argparse.Namespace, summary: dict[str, object]) -> str:
     return f"""# proxy-hd: held-out high-resolution frames with small plates
 
 Made by `python -m services.edge.training.proxy_scenes --data {args.data} --out {args.out}
---seed {args.seed} --count {args.count}` (deterministic for the seed). Not the judge's data: a
-stand-in for its kind of image (~1280x720 / 1280x1280 photos, plates ~55-180 px wide) to
-measure pipeline changes such as the detector's input resolution. Do not train on it.
+--seed {args.seed} --count {args.count} --version {args.version}` (deterministic for the
+seed). Not the judge's data: a stand-in for its kind of image (~1280x720 / 1280x1280 photos,
+plates ~55-180 px wide) to measure pipeline changes such as the detector's input resolution.
+Do not train on it.
 
 How it is made (see the module docstring for details):
 - Scenes: the held-out ('test' split; web-cars/in-cars by their shared vehicle group) images of
@@ -585,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("work-data/proxy-hd"), help="output folder")
     ap.add_argument("--seed", type=int, default=20261207, help="random seed")
     ap.add_argument("--count", type=int, default=300, help="number of images")
+    ap.add_argument(
+        "--version",
+        type=int,
+        choices=(1, 2),
+        default=VERSION,
+        help="1: session 8's proxy (crops shrunk by the warp alone); 2: anti-aliased",
+    )
     args = ap.parse_args(argv)
     if args.count < 1:
         ap.error(f"--count must be at least 1, got {args.count}")
@@ -604,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     widths: list[float] = []
     for item in plan:
         scene, crop = scenes[item.scene], crops[item.region][item.crop]
-        out = render(item, scene, crop, args.seed)
+        out = render(item, scene, crop, args.seed, args.version)
         quality = random.Random(args.seed * 7 + item.index).randint(*JPEG_QUALITY)
         rel = f"images/proxy_{item.index:05d}.jpg"
         ok = cv2.imwrite(str(args.out / rel), out.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
