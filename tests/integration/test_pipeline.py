@@ -146,6 +146,30 @@ def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
     assert refined_hits[0].score == coarse_hits[0].score
 
 
+def test_aspect_fit_detects_the_plate_with_a_detector_compiled_for_the_frame() -> None:
+    """The committed IR reshaped to 512x288 for a 1280x720 frame finds the same plate."""
+    frame, box, text = compose_scene()
+    options = PipelineOptions(detect_fit="aspect")
+    aspect = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+    result = aspect.recognize(frame)
+    assert [(w, h) for w, h in aspect._detectors] == [(512, 288)]
+    assert any(p.text == text and _overlap(p.box, box) >= 0.5 for p in result.plates), result
+
+
+def test_cascade_adds_only_confirmed_plates(recognizer: PlateRecognizer) -> None:
+    """On the composed scene the cascade keeps the plate and adds nothing the zoomed pass and
+    the reader do not confirm (the scene has no other plate)."""
+    frame, box, text = compose_scene()
+    options = PipelineOptions(candidate_threshold=0.2)
+    cascade = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), options, reader_name="reader"
+    )
+    plain = recognizer.recognize(frame)
+    with_cascade = cascade.recognize(frame)
+    assert [p.text for p in with_cascade.plates] == [p.text for p in plain.plates] == [text]
+    assert _overlap(with_cascade.plates[0].box, box) >= 0.5
+
+
 def test_recognizer_returns_plate_with_box_and_confidences(recognizer: PlateRecognizer) -> None:
     frame, box, _ = compose_scene()
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
