@@ -40,12 +40,15 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def compile_1thread(core: ov.Core, model: ov.Model | str) -> ov.CompiledModel:
+def compile_1thread(
+    core: ov.Core, model: ov.Model | str, precision: str = "f32"
+) -> ov.CompiledModel:
     return core.compile_model(
         model,
         "CPU",
         # the runtime's settings: one thread, latency, f32 maths even where the CPU has bf16
-        RuntimeOptions(threads=1).config(),
+        # (`precision` evaluates another inference precision hint, e.g. bf16)
+        RuntimeOptions(threads=1, precision=precision).config(),
     )
 
 
@@ -76,7 +79,7 @@ class PPOCRv4Reader:
     (`xml`, with its sidecar beside it, e.g. the fine-tuned one), run with OpenVINO on one
     thread through the runtime's second-reader pre/post-processing."""
 
-    def __init__(self, core: ov.Core, xml: Path | None = None) -> None:
+    def __init__(self, core: ov.Core, xml: Path | None = None, precision: str = "f32") -> None:
         from services.edge.recognition.second_reader import SecondReaderSpec
         from services.edge.training.second_reader_import import ONNX_NAME, package_dir, spec_dict
 
@@ -87,7 +90,7 @@ class PPOCRv4Reader:
         else:
             self.model_path = xml
             self.spec = SecondReaderSpec.from_file(xml.with_suffix(".json"))
-        self.compiled = compile_1thread(core, str(self.model_path))
+        self.compiled = compile_1thread(core, str(self.model_path), precision)
         self.req = self.compiled.create_infer_request()
         self.infer_s: list[float] = []
         self.total_s: list[float] = []
@@ -222,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--reader-xml", default="", help="evaluate this IR instead of MODELS/reader")
     ap.add_argument(
+        "--precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="inference precision hint of the second readers (the runtime's is f32)",
+    )
+    ap.add_argument(
         "--second-reader-xml",
         action="append",
         default=[],
@@ -243,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ppocr:
         readers["ppocr_v4_rec"] = PPOCRv4Reader(core)
     for extra in args.second_reader_xml:
-        readers[f"second:{extra}"] = PPOCRv4Reader(core, Path(extra))
+        readers[f"second:{extra}"] = PPOCRv4Reader(core, Path(extra), args.precision)
     for reader in readers.values():  # warm-up
         reader(exact_crop(test[0]), None)
     for reader in readers.values():
