@@ -24,6 +24,15 @@ LABELS_FILE = "labels.jsonl"
 CROP_MARGINS: dict[str, tuple[float, float, float, float]] = {
     "us_openalpr_benchmarks_seg_ocr": (0.03, 0.04, 0.03, 0.04),
 }
+#: The whole crop as its plate rectangle (fractions left, top, right, bottom).
+FULL_CROP = (0.0, 0.0, 1.0, 1.0)
+
+
+def crop_inner(dataset: str) -> tuple[float, float, float, float]:
+    """The plate's rectangle inside a crop of `dataset` (fractions l, t, r, b): CROP_MARGINS
+    taken off each side, or the whole crop."""
+    left, top, right, bottom = CROP_MARGINS.get(dataset, (0.0, 0.0, 0.0, 0.0))
+    return (left, top, 1.0 - right, 1.0 - bottom)
 
 
 class LabelsError(ValueError):

@@ -8,15 +8,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from services.edge.dataset import CROP_MARGINS, FULL_CROP
+from services.edge.training.paste import inner_box
 from services.edge.training.proxy_scenes import (
-    CROP_MARGINS,
-    FULL,
     Lighting,
     distinct_first,
     fallback_centre,
     fit_inside,
     frame_layout,
-    inner_box,
     largest_box,
     match_photometric,
     pair_widths,
@@ -87,7 +86,7 @@ def test_fallback_centre_lies_in_lower_two_thirds() -> None:
 
 def test_inner_box_of_full_crop_is_quad_bounding_box() -> None:
     quad = np.array([[10, 20], [110, 25], [105, 60], [12, 55]], np.float32)
-    assert inner_box(quad, FULL) == pytest.approx((10, 20, 110, 60), abs=1e-3)
+    assert inner_box(quad, FULL_CROP) == pytest.approx((10, 20, 110, 60), abs=1e-3)
 
 
 def test_inner_box_with_us_margins_drops_the_crop_border() -> None:
@@ -102,7 +101,7 @@ def test_plate_quad_without_jitter_keeps_plate_width_and_crop_aspect() -> None:
     )
     x1, y1, x2, y2 = inner_box(quad, US_INNER)
     assert x2 - x1 == pytest.approx(90.0, abs=1e-3)
-    whole = inner_box(quad, FULL)
+    whole = inner_box(quad, FULL_CROP)
     assert (whole[3] - whole[1]) / (whole[2] - whole[0]) == pytest.approx(117 / 240, abs=1e-4)
     assert ((x1 + x2) / 2, (y1 + y2) / 2) == pytest.approx((640, 360), abs=1e-3)
 
@@ -112,8 +111,10 @@ def test_plate_quad_inner_box_lies_inside_frame_even_at_the_edges() -> None:
     for _ in range(300):
         width, height = rng.choice([(1280, 720), (1280, 1280), (1280, 960)])
         centre = (rng.uniform(-50, width + 50), rng.uniform(-50, height + 50))
-        quad = plate_quad(rng, centre, (200, 50), FULL, sample_plate_width(rng), (width, height))
-        x1, y1, x2, y2 = inner_box(quad, FULL)
+        quad = plate_quad(
+            rng, centre, (200, 50), FULL_CROP, sample_plate_width(rng), (width, height)
+        )
+        x1, y1, x2, y2 = inner_box(quad, FULL_CROP)
         assert 0 <= x1 < x2 <= width
         assert 0 <= y1 < y2 <= height
 
@@ -121,8 +122,8 @@ def test_plate_quad_inner_box_lies_inside_frame_even_at_the_edges() -> None:
 def test_plate_quad_jitter_and_rotation_stay_small() -> None:
     rng = random.Random(11)
     for _ in range(200):
-        quad = plate_quad(rng, (640, 400), (200, 50), FULL, 100.0, (1280, 720))
-        x1, y1, x2, y2 = inner_box(quad, FULL)
+        quad = plate_quad(rng, (640, 400), (200, 50), FULL_CROP, 100.0, (1280, 720))
+        x1, y1, x2, y2 = inner_box(quad, FULL_CROP)
         # 8% corner jitter on each side plus 4 degrees of rotation of a 100x25 plate
         tilt = math.sin(math.radians(4))
         assert 100 * 0.84 - 1 <= x2 - x1 <= 100 * 1.16 + 25 * tilt + 1

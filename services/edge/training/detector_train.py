@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.edge.dataset import CROP_MARGINS, LabelledImage, load_labels
+from services.edge.dataset import CROP_MARGINS, FULL_CROP, LabelledImage, crop_inner, load_labels
 from services.edge.recognition.detector import PAD_VALUE, DetectorSpec, letterbox, to_input
+from services.edge.training.paste import inner_box
 from services.edge.training.splits import SCENE_SETS, held_out, split_of
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,6 @@ class Scene:
     dataset: str = ""
 
 
-def is_held_out(dataset: str, item: LabelledImage) -> bool:
-    return held_out(dataset, item.split_label)
-
-
 class DevGuard:
     """Drops any training image that duplicates the evaluation-only dev set."""
 
@@ -155,7 +152,7 @@ def load_scenes(split: str, guard: DevGuard | None, root: Path = DATA) -> list[S
     scenes = []
     for ds in SCENE_SETS:
         for item in load_labels(root / ds):
-            held = is_held_out(ds, item)
+            held = held_out(ds, item.split_label)
             if (split == "train") == held:
                 continue
             img = cv2.imread(str(item.file))
@@ -173,14 +170,10 @@ class Crop(NamedTuple):
     inner: tuple[float, float, float, float]  # box target as fractions of the crop (l, t, r, b)
 
 
-FULL = (0.0, 0.0, 1.0, 1.0)
-
-
 def load_crops(guard: DevGuard, root: Path = DATA, margins: bool = True) -> list[Crop]:
     crops = []
     for ds in CROP_SETS:
-        m = CROP_MARGINS.get(ds, (0.0, 0.0, 0.0, 0.0)) if margins else (0.0, 0.0, 0.0, 0.0)
-        inner = (m[0], m[1], 1.0 - m[2], 1.0 - m[3])
+        inner = crop_inner(ds) if margins else FULL_CROP
         for item in load_labels(root / ds):
             if split_of(ds, item.split_label) != "train":
                 continue
@@ -206,7 +199,7 @@ def synth_plates(count: int, seed: int, banned: set[str]) -> list[Crop]:
     for i in range(count):
         plate = synth.sample(i, degrade=False)
         if plate.text not in banned:
-            plates.append(Crop(plate.image, FULL))
+            plates.append(Crop(plate.image, FULL_CROP))
     return plates
 
 
@@ -234,13 +227,9 @@ def _jitter_quad(rng: random.Random, x1: float, y1: float, x2: float, y2: float)
 
 def _inner_box(q: np.ndarray, inner: tuple[float, float, float, float]) -> list[float]:
     """Box of the crop's inner rectangle (fractions) mapped through the pasted quadrilateral."""
-    if inner == FULL:
+    if inner == FULL_CROP:
         return _quad_box(q)
-    src = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
-    m = cv2.getPerspectiveTransform(src, q.astype(np.float32))
-    x0, y0, x1, y1 = inner
-    pts = np.array([[[x0, y0], [x1, y0], [x1, y1], [x0, y1]]], np.float32)
-    return _quad_box(cv2.perspectiveTransform(pts, m)[0])
+    return list(inner_box(q, inner))
 
 
 def _quad_box(q: np.ndarray) -> list[float]:

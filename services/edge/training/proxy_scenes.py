@@ -46,7 +46,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from services.edge.dataset import CROP_MARGINS, LabelledImage, load_labels
+from services.edge.dataset import LabelledImage, crop_inner, load_labels
+from services.edge.training.paste import inner_box
 from services.edge.training.splits import SCENE_SETS, held_out, split_of
 
 Box = tuple[float, float, float, float]
@@ -58,7 +59,6 @@ CROP_SETS: dict[str, str] = {
     "br_openalpr_train_detector": "br",
     "eu_openalpr_train_detector": "eu",
 }
-FULL: Box = (0.0, 0.0, 1.0, 1.0)
 
 VERSION = 2  # 2: crops area-averaged to their size before the warp (1: session 8's figures)
 FRAME_WIDTH = 1280
@@ -147,17 +147,6 @@ def frame_layout(
 def fallback_centre(rng: random.Random, width: int, height: int) -> tuple[float, float]:
     """A plausible plate centre for a scene without boxes: the lower 2/3, away from the sides."""
     return rng.uniform(0.2, 0.8) * width, rng.uniform(0.4, 0.9) * height
-
-
-def inner_box(quad: Quad, inner: Box = FULL) -> Box:
-    """Axis-aligned box of the crop's inner rectangle (fractions l, t, r, b of the crop) mapped
-    through the quadrilateral the crop is warped into (corners tl, tr, br, bl)."""
-    src = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
-    m = cv2.getPerspectiveTransform(src, np.asarray(quad, np.float32))
-    x0, y0, x1, y1 = inner
-    pts = np.array([[[x0, y0], [x1, y0], [x1, y1], [x0, y1]]], np.float32)
-    q = np.asarray(cv2.perspectiveTransform(pts, m)[0], np.float64)
-    return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
 
 
 def fit_inside(quad: Quad, width: int, height: int, margin: float = 2.0) -> Quad:
@@ -397,8 +386,7 @@ def load_scenes(root: Path) -> tuple[list[SceneRef], int]:
 def load_crops(root: Path) -> dict[str, list[CropRef]]:
     crops: dict[str, list[CropRef]] = {}
     for ds, region in CROP_SETS.items():
-        m = CROP_MARGINS.get(ds, (0.0, 0.0, 0.0, 0.0))
-        inner = (m[0], m[1], 1.0 - m[2], 1.0 - m[3])
+        inner = crop_inner(ds)
         for item in load_labels(root / ds):
             if split_of(ds, item.split_label) != "test" or len(item.plates) != 1:
                 continue

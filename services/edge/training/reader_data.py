@@ -31,7 +31,6 @@ CROP_SETS = (
     "cn_lprnet_sirius_test",
 )
 EVAL_SET = "openalpr-endtoend-dev"
-# web-cars and in-cars share vehicle groups: a group trains only if it is 'train' under both names
 UNLABELLED_SETS = (*SCENE_SETS, "eu_openalpr_train_detector")  # sets with text-null boxes
 CONTEXT = 0.3  # context kept around scene boxes, as a fraction of box width/height
 
