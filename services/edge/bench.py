@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.edge.dataset import load_labels
-from services.edge.eval import score_arg
+from services.edge.eval import add_detection_flags, detection_overrides
 from services.edge.recognition.pipeline import (
     MODELS_DIR,
     STAGES,
@@ -232,18 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resolutions", default="720p,1080p")
     ap.add_argument("--streams", type=int, default=2, help="concurrent streams for fps")
     ap.add_argument("--stream-seconds", type=float, default=10.0)
-    ap.add_argument(
-        "--detect-fit",
-        choices=("aspect", "square"),
-        default=None,
-        help="detector input (default: the pipeline's, 'square')",
-    )
-    ap.add_argument(
-        "--candidate-threshold",
-        type=score_arg,
-        default=None,
-        help="detection cascade's lowest score (default: the pipeline's; 0 = off)",
-    )
+    add_detection_flags(ap)
     ap.add_argument("--json", type=Path, help="write the results here")
     return ap
 
@@ -258,11 +247,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"platewatch bench: unknown resolution {unknown[0]}", file=sys.stderr)
         return 2
-    overrides: dict[str, Any] = {}
-    if args.detect_fit is not None:
-        overrides["detect_fit"] = args.detect_fit
-    if args.candidate_threshold is not None:
-        overrides["candidate_threshold"] = args.candidate_threshold
+    overrides = detection_overrides(args)
     options = dataclasses.replace(PipelineOptions(), **overrides)
     frames = {r: make_frames(args.images, args.frames, *RESOLUTIONS[r]) for r in resolutions}
     results: list[dict[str, Any]] = []

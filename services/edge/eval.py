@@ -281,19 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
     )
-    ap.add_argument(
-        "--candidate-threshold",
-        type=score_arg,
-        default=None,
-        help="detection cascade: boxes scored from this up to the detector's threshold are "
-        "confirmed by the zoomed pass or dropped (0 = off)",
-    )
-    ap.add_argument(
-        "--detect-fit",
-        choices=("aspect", "square"),
-        default=None,
-        help="detector input: the frame's aspect in the model's pixel budget, or the square",
-    )
+    add_detection_flags(ap)
     ap.add_argument(
         "--variants-below",
         type=float,
@@ -309,6 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
+
+
+def add_detection_flags(ap: argparse.ArgumentParser) -> None:
+    """The detector options `platewatch eval` and `platewatch bench recognition` share."""
+    ap.add_argument(
+        "--candidate-threshold",
+        type=score_arg,
+        default=None,
+        help="detection cascade: boxes scored from this up to the detector's threshold are "
+        "confirmed by the zoomed pass or dropped (0 = off; default: the pipeline's)",
+    )
+    ap.add_argument(
+        "--detect-fit",
+        choices=("aspect", "square"),
+        default=None,
+        help="detector input: the frame's aspect in the model's pixel budget, or the square "
+        "(default: the pipeline's)",
+    )
+
+
+def detection_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The PipelineOptions fields those flags set (only the ones given)."""
+    given = {"candidate_threshold": args.candidate_threshold, "detect_fit": args.detect_fit}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def score_arg(text: str) -> float:
@@ -364,10 +376,7 @@ def main(argv: list[str]) -> int:
             options = replace(options, min_read_confidence=args.min_confidence)
         if args.refine_below is not None:
             options = replace(options, refine_below=args.refine_below)
-        if args.candidate_threshold is not None:
-            options = replace(options, candidate_threshold=args.candidate_threshold)
-        if args.detect_fit is not None:
-            options = replace(options, detect_fit=args.detect_fit)
+        options = replace(options, **detection_overrides(args))
         if args.variants_below is not None:
             options = replace(options, variants_below=args.variants_below)
         if args.variants is not None:
