@@ -268,12 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--margin-x", type=float, default=None, help="reader crop margin (x)")
     ap.add_argument("--margin-y", type=float, default=None, help="reader crop margin (y)")
-    ap.add_argument(
-        "--second-read-below",
-        type=float,
-        default=None,
-        help="second-opinion read of plates below this confidence (0: off)",
-    )
     ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
     ap.add_argument(
         "--refine-below",
@@ -281,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
     )
-    add_detection_flags(ap)
+    add_pipeline_flags(ap)
     ap.add_argument(
         "--variants-below",
         type=float,
@@ -299,8 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def add_detection_flags(ap: argparse.ArgumentParser) -> None:
-    """The detector options `platewatch eval` and `platewatch bench recognition` share."""
+def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
+    """The pipeline options `platewatch eval` and `platewatch bench recognition` share."""
+    ap.add_argument(
+        "--score-threshold",
+        type=score_arg,
+        default=None,
+        help="detector score threshold (default: the detector sidecar's)",
+    )
     ap.add_argument(
         "--candidate-threshold",
         type=score_arg,
@@ -315,11 +315,40 @@ def add_detection_flags(ap: argparse.ArgumentParser) -> None:
         help="detector input: the frame's aspect in the model's pixel budget, or the square "
         "(default: the pipeline's)",
     )
+    ap.add_argument(
+        "--second-read-below",
+        type=score_arg,
+        default=None,
+        help="second-opinion read of plates below this confidence (0: off; default: the "
+        "pipeline's)",
+    )
+    ap.add_argument(
+        "--second-precision",
+        choices=("f32", "auto"),
+        default=None,
+        help="second reader's inference precision: f32, or auto (BF16 where the CPU has it "
+        "natively; default: the pipeline's)",
+    )
 
 
-def detection_overrides(args: argparse.Namespace) -> dict[str, Any]:
+#: flag destination -> the PipelineOptions field it sets
+_PIPELINE_FLAGS = {
+    "score_threshold": "score_threshold",
+    "candidate_threshold": "candidate_threshold",
+    "detect_fit": "detect_fit",
+    "second_read_below": "second_read_below",
+    "second_precision": "second_precision",
+}
+
+
+def pipeline_option_values(options: Any) -> dict[str, Any]:
+    """The PipelineOptions fields those flags can set, as `options` has them (for reports)."""
+    return {field: getattr(options, field) for field in _PIPELINE_FLAGS.values()}
+
+
+def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PipelineOptions fields those flags set (only the ones given)."""
-    given = {"candidate_threshold": args.candidate_threshold, "detect_fit": args.detect_fit}
+    given = {field: getattr(args, dest) for dest, field in _PIPELINE_FLAGS.items()}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -376,13 +405,11 @@ def main(argv: list[str]) -> int:
             options = replace(options, min_read_confidence=args.min_confidence)
         if args.refine_below is not None:
             options = replace(options, refine_below=args.refine_below)
-        options = replace(options, **detection_overrides(args))
+        options = replace(options, **pipeline_overrides(args))
         if args.variants_below is not None:
             options = replace(options, variants_below=args.variants_below)
         if args.variants is not None:
             options = replace(options, read_variants=args.variants)
-        if args.second_read_below is not None:
-            options = replace(options, second_read_below=args.second_read_below)
         engine = platewatch_engine(
             args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )
@@ -433,6 +460,7 @@ def main(argv: list[str]) -> int:
         threads=args.threads,
         engine=args.engine,
         region=args.region,
+        pipeline_options=pipeline_option_values(options) if args.engine == "platewatch" else None,
         # Reads near a threshold can change with the CPU's kernels (docs/models.md, session 6).
         machine={"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count()},
         git_sha=git_sha(),

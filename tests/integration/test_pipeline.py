@@ -6,6 +6,7 @@ folder because they run the real OpenVINO models committed under services/edge/m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,27 @@ def test_forced_second_reads_keep_the_plate_right() -> None:
     result = forced.recognize(frame)
     assert counting.calls >= 1
     assert [p.text for p in result.plates if _overlap(p.box, box) > 0.5] == [text]
+
+
+def test_second_reader_auto_precision_compiles_with_the_cpu_default() -> None:
+    """`second_precision="auto"` leaves the second reader at OpenVINO's default precision for
+    the CPU (BF16 where it is native, FP32 elsewhere); the default forces FP32. Either way the
+    clean rendered plate, read a second time, still reads right."""
+    import openvino as ov
+
+    frame, box, text = compose_scene(seed=5, format_name="eu_de")
+    forced = PipelineOptions(second_read_below=1.01, second_min_detector=0.0)
+    auto = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), replace(forced, second_precision="auto")
+    )
+    f32 = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), forced)
+    precision = {
+        name: str(r._second_model.compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[union-attr]
+        for name, r in (("auto", auto), ("f32", f32))
+    }
+    default = ov.Core().compile_model(
+        str(MODELS_DIR / "second_reader.xml"), "CPU", {"INFERENCE_NUM_THREADS": "1"}
+    )
+    assert precision["f32"] == str(ov.Type.f32)
+    assert precision["auto"] == str(default.get_property("INFERENCE_PRECISION_HINT"))
+    assert [p.text for p in auto.recognize(frame).plates if _overlap(p.box, box) > 0.5] == [text]

@@ -91,3 +91,25 @@ def test_score_flags_take_a_number_in_the_unit_interval() -> None:
     assert score_arg("0") == 0.0 and score_arg("0.2") == pytest.approx(0.2)
     args = build_parser().parse_args(["data", "--out", "p.jsonl", "--candidate-threshold", "0.2"])
     assert args.candidate_threshold == pytest.approx(0.2)
+
+
+def test_pipeline_flags_set_only_the_options_given() -> None:
+    from services.edge.eval import pipeline_option_values, pipeline_overrides
+    from services.edge.recognition.pipeline import PipelineOptions
+
+    args = build_parser().parse_args(
+        ["data", "--out", "p.jsonl", "--score-threshold", "0.3", "--second-precision", "auto"]
+    )
+    assert pipeline_overrides(args) == {"score_threshold": 0.3, "second_precision": "auto"}
+    options = PipelineOptions(second_read_below=0.0)
+    values = pipeline_option_values(options)
+    assert values["second_read_below"] == 0.0 and values["second_precision"] == "f32"
+    assert values["score_threshold"] == 0.0  # the sidecar's
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--second-precision", "bf16"), ("--second-read-below", "1.5")]
+)
+def test_bad_pipeline_flags_are_refused(flag: str, value: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "--out", "p.jsonl", flag, value])

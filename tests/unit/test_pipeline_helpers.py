@@ -298,18 +298,34 @@ def test_square_fit_never_compiles_another_detector() -> None:
     assert square.calls == 1
 
 
-def test_unknown_detect_fit_is_refused() -> None:
+def test_score_threshold_option_replaces_the_sidecar_threshold() -> None:
+    """The sidecar says 0.5; the option lowers it to 0.25 and the 0.3 box is found."""
+    recognizer = _cascade_recognizer(0.8, 0.0)
+    assert [d.score for d in recognizer.detect(np.zeros((64, 64, 3), np.uint8))] == pytest.approx(
+        [0.9]
+    )
+    lower = _cascade_recognizer(0.8, 0.0, score_threshold=0.25, refine_below=0.0)
+    found = lower.detect(np.zeros((64, 64, 3), np.uint8))
+    assert [d.score for d in found] == pytest.approx([0.9, 0.3])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("score_threshold", 1.0), ("score_threshold", -0.1), ("score_threshold", float("nan")),
+     ("second_precision", "bf16"), ("detect_fit", "round")],
+)  # fmt: skip
+def test_bad_pipeline_options_are_refused_by_name(field: str, value: object) -> None:
     from dataclasses import replace
 
     from services.edge.recognition.detector import DetectorSpec
 
-    with pytest.raises(ValueError, match="detect_fit"):
+    with pytest.raises(ValueError, match=field):
         PlateRecognizer(
             FakeModel(("image",), {}),
             DetectorSpec(),
             None,
             None,
-            replace(PipelineOptions(), detect_fit="round"),
+            replace(PipelineOptions(), **{field: value}),  # type: ignore[arg-type]
         )
 
 

@@ -53,6 +53,8 @@ class PipelineOptions:
     # detect time with their refinements; docs/models.md).
     detect_fit: Literal["square", "aspect"] = "square"
     detect_shapes: int = 4
+    # The detector's score threshold; 0 keeps the one in its sidecar (`score_threshold`).
+    score_threshold: float = 0.0
     # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
     # box narrower than `refine_below` model-input pixels (of the square letterbox) is detected
     # again in a square window `refine_context` times its size, at `refine_input` px; 0 turns
@@ -85,6 +87,10 @@ class PipelineOptions:
     # `second_reader.choose`'s rules when at least `second_min_confidence` sure. 0 turns it off
     # (and skips loading the model).
     second_read_below: float = 0.95
+    # The second reader's inference precision: "f32" everywhere, or "auto": OpenVINO's default
+    # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
+    # (docs/models.md, session 9).
+    second_precision: Literal["f32", "auto"] = "f32"
     second_min_detector: float = 0.6
     second_min_confidence: float = 0.9
     second_max_length: int = 10
@@ -241,11 +247,23 @@ class PlateRecognizer:
         second_spec: sr.SecondReaderSpec | None = None,
         detector_at: Callable[[int, int], InferenceModel] | None = None,
     ) -> None:
-        self._det_model = detector_model
-        self._det_spec = detector_spec
         self.options = options or PipelineOptions()
         if self.options.detect_fit not in ("aspect", "square"):
             raise PipelineOptionError("detect_fit", self.options.detect_fit, "'aspect' or 'square'")
+        if not 0.0 <= self.options.score_threshold < 1.0:  # also refuses nan
+            raise PipelineOptionError(
+                "score_threshold", self.options.score_threshold, "want 0 (the sidecar's) to < 1"
+            )
+        if self.options.second_precision not in ("f32", "auto"):
+            raise PipelineOptionError(
+                "second_precision", self.options.second_precision, "'f32' or 'auto'"
+            )
+        if self.options.score_threshold > 0:
+            detector_spec = dataclasses.replace(
+                detector_spec, score_threshold=self.options.score_threshold
+            )
+        self._det_model = detector_model
+        self._det_spec = detector_spec
         # detector_at(width, height): the detector compiled for that input (None: square only)
         self._detector_at = detector_at
         # aspect-fitted detectors by input (width, height), least recently used first
@@ -321,7 +339,10 @@ class PlateRecognizer:
         if reader_model is not None and second_reader_name and opts.second_read_below > 0:
             if second_xml.is_file():
                 second_spec = sr.SecondReaderSpec.from_file(second_xml.with_suffix(".json"))
-                second_model = OpenVinoModel.load(second_xml, runtime, core)
+                second_runtime = runtime or RuntimeOptions()
+                if opts.second_precision == "auto":  # the CPU's default: BF16 where native
+                    second_runtime = dataclasses.replace(second_runtime, precision=None)
+                second_model = OpenVinoModel.load(second_xml, second_runtime, core)
             else:
                 log.warning(
                     "no second reader: unsure reads are not checked",
