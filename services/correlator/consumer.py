@@ -317,8 +317,8 @@ class Ingestor:
         """Alerts and gate decisions of new sightings: lists and gates, then cross-site rules
         (one Redis round trip for the batch), then cooldown and incidents per alert (one more)."""
         results: list[Evaluation] = []
-        for event in events:
-            watch, allow = self.cache.hits(event.plate, event.site, now)
+        hits = self.cache.hits_many([(e.plate, e.site) for e in events], now)
+        for event, (watch, allow) in zip(events, hits, strict=True):
             is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
             results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
         alerts = [a for r in results for a in r.alerts]

@@ -8,7 +8,7 @@ reloads between batches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -119,11 +119,21 @@ class ListCache:
 
     def hits(self, plate: str, site: str, now: datetime) -> tuple[list[ListHit], list[ListHit]]:
         """(watch-list hits that apply at this site, allow-list hits of this site)."""
-        watch: list[ListHit] = []
-        allow: list[ListHit] = []
-        for m in self.index.match(plate, now):
-            info = self.lists.get(m.entry.list_id)
-            if info is None or (info.site_id is not None and info.site_id != site):
-                continue
-            (allow if info.kind == "allow" else watch).append(ListHit(m, info))
-        return watch, allow
+        return self.hits_many([(plate, site)], now)[0]
+
+    def hits_many(
+        self, sightings: Sequence[tuple[str, str]], now: datetime
+    ) -> list[tuple[list[ListHit], list[ListHit]]]:
+        """`hits` for each (plate, site), in order, matched as one batch."""
+        out: list[tuple[list[ListHit], list[ListHit]]] = []
+        plates = [plate for plate, _ in sightings]
+        for (_, site), matches in zip(sightings, self.index.match_many(plates, now), strict=True):
+            watch: list[ListHit] = []
+            allow: list[ListHit] = []
+            for m in matches:
+                info = self.lists.get(m.entry.list_id)
+                if info is None or (info.site_id is not None and info.site_id != site):
+                    continue
+                (allow if info.kind == "allow" else watch).append(ListHit(m, info))
+            out.append((watch, allow))
+        return out

@@ -58,6 +58,8 @@ _NO_START: Final = np.iinfo(np.int64).min
 _NO_END: Final = np.iinfo(np.int64).max
 _CHUNK: Final = 65_536
 _FILTER_BITS_PER_KEY: Final = 16
+#: queries with at least this many keys (a batch of plates) are looked up with numpy
+_VECTOR_QUERY_MIN: Final = 64
 _FUZZY_SALT: Final = 0x5BD1E9955BD1E995  # keeps fuzzy keys apart from exact keys of equal text
 
 Int64Array = npt.NDArray[np.int64]
@@ -548,26 +550,61 @@ class _KeyTable:
         self._add_to_filter(keys)
 
     def lookup(self, keys: Sequence[int]) -> list[int]:
-        out: list[int] = []
+        """Every slot stored under any of `keys` (repeats possible)."""
+        return [slot for _, slot in self.lookup_many(keys)]
+
+    def lookup_many(self, keys: Sequence[int]) -> list[tuple[int, int]]:
+        """(index in `keys`, slot) for every slot stored under each key: one vectorised filter
+        test and one binary search for the whole query (a batch of plates' keys at once)."""
+        out: list[tuple[int, int]] = []
         if self._pending:
-            for key in keys:
+            for i, key in enumerate(keys):
                 hit = self._pending.get(key)
                 if hit:
-                    out.extend(hit)
+                    out.extend((i, slot) for slot in hit)
         size = self._keys.size
-        if not size:
+        if not size or not keys:
             return out
+        if len(keys) < _VECTOR_QUERY_MIN:  # one plate: numpy's per-call costs outweigh it
+            return self._lookup_few(keys, out)
+        query = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        at = query & self._mask
+        passed = np.flatnonzero((self._filter[at >> 3] >> (at & 7)) & 1)
+        if not passed.size:
+            return out
+        table = self._keys
+        start = np.searchsorted(table, query[passed])
+        inside = start < size
+        passed, start = passed[inside], start[inside]
+        found = table[start] == query[passed]
+        passed, start = passed[found], start[found]
+        if not passed.size:
+            return out
+        slots = self._slots
+        out.extend(zip(passed.tolist(), slots[start].tolist(), strict=True))
+        # A key stored more than once (several entries share a key): the rest of its run.
+        nxt = start + 1
+        more = nxt < size
+        more[more] = table[nxt[more]] == table[start[more]]
+        for i, first in zip(passed[more].tolist(), start[more].tolist(), strict=True):
+            stop = int(np.searchsorted(table, table[first], side="right"))
+            out.extend((i, slot) for slot in slots[first + 1 : stop].tolist())
+        return out
+
+    def _lookup_few(self, keys: Sequence[int], out: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """`lookup_many` key by key in Python (a filter read per key, one binary search)."""
         bits, mask = self._filter_bytes, self._mask
-        query = [k for k in keys if bits[(k & mask) >> 3] >> (k & 7) & 1]
+        query = [(i, k) for i, k in enumerate(keys) if bits[(k & mask) >> 3] >> (k & 7) & 1]
         if not query:
             return out
-        table, slots = self._keys, self._slots
-        for key, start in zip(query, np.searchsorted(table, query).tolist(), strict=True):
+        table, slots, size = self._keys, self._slots, self._keys.size
+        starts = np.searchsorted(table, [k for _, k in query]).tolist()
+        for (i, key), start in zip(query, starts, strict=True):
             if start < size and table.item(start) == key:
                 stop = start + 1
                 if stop < size and table.item(stop) == key:
                     stop = int(np.searchsorted(table, key, side="right"))
-                out.extend(slots[start:stop].tolist())
+                out.extend((i, slot) for slot in slots[start:stop].tolist())
         return out
 
     def may_contain(self, keys: Int64Array) -> npt.NDArray[np.bool_]:
@@ -830,25 +867,43 @@ class WatchIndex:
 
     def match(self, plate: str, now: datetime) -> list[Match]:
         """Every live entry matching ``plate`` at ``now``, by priority, then cost, then id."""
-        if not _PLATE_RE.fullmatch(plate):
-            raise MatchQueryError("plate", plate, "expected a normalised plate (A-Z, 0-9)")
+        return self.match_many((plate,), now)[0]
+
+    def match_many(self, plates: Sequence[str], now: datetime) -> list[list[Match]]:
+        """`match` for each plate, in order: the keys of all the plates are looked up together
+        (one vectorised filter test and one binary search for a whole batch of sightings)."""
+        for plate in plates:
+            if not _PLATE_RE.fullmatch(plate):
+                raise MatchQueryError("plate", plate, "expected a normalised plate (A-Z, 0-9)")
         now_us = _to_us(now, "now", MatchQueryError)
-        keys = [hash(plate)]
         max_k = max((k for k, n in enumerate(self._fuzzy_k) if n), default=-1)
-        if max_k >= 0:
-            variants = deletion_variants(canonical(plate), max_k)
-            keys.extend([hash(v) ^ _FUZZY_SALT for v in variants])
         plan = self._plan
         if plan is None:
             plan = self._plan = _compile_shapes(self._shapes)
-        keys.extend(_wildcard_query_keys(plan, plate))
-        slots = self._keys.lookup(keys)
-        if not slots:
-            return []
+        keys: list[int] = []
+        owner: list[int] = []  # keys[i] belongs to plates[owner[i]]
+        for n, plate in enumerate(plates):
+            before = len(keys)
+            keys.append(hash(plate))
+            if max_k >= 0:
+                variants = deletion_variants(canonical(plate), max_k)
+                keys.extend([hash(v) ^ _FUZZY_SALT for v in variants])
+            keys.extend(_wildcard_query_keys(plan, plate))
+            owner.extend([n] * (len(keys) - before))
+        found: dict[int, set[int]] = {}
+        for i, slot in self._keys.lookup_many(keys):
+            found.setdefault(owner[i], set()).add(slot)
+        out: list[list[Match]] = [[] for _ in plates]
+        for n, slots in found.items():
+            out[n] = self._verified(plates[n], slots, now_us)
+        return out
+
+    def _verified(self, plate: str, slots: Iterable[int], now_us: int) -> list[Match]:
+        """The candidate slots' entries that are live at `now_us` and match `plate`, sorted."""
         store = self._store
         live, start, end = store.live, store.valid_from, store.valid_until
         matches: list[Match] = []
-        for slot in set(slots):
+        for slot in slots:
             if not (live.item(slot) and start.item(slot) <= now_us < end.item(slot)):
                 continue
             found = _verify(

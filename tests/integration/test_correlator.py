@@ -553,14 +553,14 @@ def test_every_sighting_field_round_trips_through_the_bulk_insert(
 def test_an_event_the_code_cannot_process_is_dead_lettered_and_its_batch_mates_stored(
     harness: Harness,
 ) -> None:
-    real_hits = harness.c.cache.hits
+    real_hits = harness.c.cache.hits_many
 
-    def hits(plate: str, site: str, now: Any) -> Any:
-        if plate == "POISON1":
+    def hits_many(sightings: Any, now: Any) -> Any:
+        if any(plate == "POISON1" for plate, _ in sightings):
             raise RuntimeError("simulated bug")
-        return real_hits(plate, site, now)
+        return real_hits(sightings, now)
 
-    harness.c.ingestor.cache.hits = hits  # type: ignore[method-assign]
+    harness.c.ingestor.cache.hits_many = hits_many  # type: ignore[method-assign]
     good, bad = plate_read(plate="GOOD001", track_id="g"), plate_read(plate="POISON1", track_id="p")
     harness.publish(bad)
     harness.publish(good)

@@ -265,6 +265,27 @@ def test_matches_sort_by_priority_then_cost() -> None:
     assert ids(index.match("AB123CD", NOW)) == [4, 3, 2, 1]
 
 
+def test_match_many_answers_a_batch_as_plate_by_plate() -> None:
+    """A batch large enough for the vectorised lookup: keys stored several times (the same
+    pattern on three lists), entries in the sorted base and in the pending dict, misses."""
+    index = WatchIndex(pending_limit=4)
+    index.add_many(
+        [entry(i, f"AB{i:03d}CD", list_id=1 + i % 3) for i in range(30)]  # base
+        + [entry(100 + k, "SAME123", list_id=k) for k in (1, 2, 3)]
+        + [entry(200, "AB0??CD", MatchMode.WILDCARD), entry(201, "XY777ZZ", MatchMode.FUZZY)]
+    )
+    index.add(entry(300, "PENDING1"))  # fewer than pending_limit: stays in the dict
+    plates = [f"AB{i:03d}CD" for i in range(0, 40, 3)] + ["SAME123", "XY777Z2", "PENDING1", "NONE"]
+    batch = plates * 5
+    got = index.match_many(batch, NOW)
+    assert got == [index.match(p, NOW) for p in batch]
+    by_plate = dict(zip(batch, got, strict=True))
+    assert sorted(ids(by_plate["SAME123"])) == [101, 102, 103]
+    assert ids(by_plate["PENDING1"]) == [300]
+    assert ids(by_plate["XY777Z2"]) == [201] and by_plate["NONE"] == []
+    assert sorted(ids(by_plate["AB006CD"])) == [6, 200]
+
+
 def test_removed_entry_no_longer_matches() -> None:
     index = index_of(entry(1, "AB123CD"), entry(2, "AB12*", MatchMode.WILDCARD))
     assert index.remove(1) is True
@@ -474,6 +495,10 @@ def test_index_agrees_with_brute_force_scan(
             for m in got:
                 assert m.entry == expected[m.entry.entry_id]
                 assert m == match_entry(m.entry, plate, now)
+    # A batch (repeated so that it takes the vectorised lookup) answers as plate by plate.
+    batch = queries * 8
+    for now in (NOW, NOW + timedelta(hours=2)):
+        assert index.match_many(batch, now) == [index.match(p, now) for p in batch]
 
 
 @given(plates, plates)
