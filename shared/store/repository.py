@@ -326,14 +326,35 @@ def insert_alerts(session: Session, alerts: Sequence[Alert]) -> set[uuid.UUID]:
     ``values([...])`` statement is compiled again for every batch size."""
     if not alerts:
         return set()
+    rows = [alert_row(a) for a in alerts]
+    if session.get_bind().dialect.name == "postgresql":
+        return _json_insert_alerts(session, rows)
     table = AlertRecord.__table__
     stmt = (
         _insert(session, table)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(table.c.id)
     )
-    result = session.connection().execute(stmt, [alert_row(a) for a in alerts])
+    result = session.connection().execute(stmt, rows)
     return {row[0] for row in result}
+
+
+def _json_insert_alerts(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
+    """PostgreSQL: a batch's alerts as one JSON parameter, expanded by the server. A fixed
+    statement, so psycopg parses it once; SQLAlchemy's multi-row VALUES differs with each
+    batch size, and psycopg splitting it again every batch was about 4% of the ingest CPU."""
+    cols = ", ".join(rows[0])  # alert_row's keys: the model's own column names, never input
+    payload = json.dumps(rows, default=str, separators=(",", ":"))
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(  # the column names are the model's own, never input
+            f"INSERT INTO alert ({cols}) SELECT {cols} "  # noqa: S608
+            "FROM json_populate_recordset(NULL::alert, %s::json) "
+            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+            (payload,),
+        )
+        return {r[0] for r in cur.fetchall()}
 
 
 def unpublished_alerts(

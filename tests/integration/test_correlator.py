@@ -293,6 +293,60 @@ def test_unpublished_alert_is_swept_out_after_a_crash(harness: Harness) -> None:
         assert s.get(m.AlertRecord, alert.event_id).published_at is not None  # type: ignore[union-attr]
 
 
+def test_alert_rows_store_every_field_once_on_both_databases(harness: Harness) -> None:
+    """The alert insert (one JSON parameter on PostgreSQL, a multi-row INSERT on SQLite) stores
+    what `alert_row` gives, JSON columns included, and skips an alert raised before."""
+    import uuid
+
+    from shared.events import AlertMatch
+
+    now = utc_now()
+    with harness.c.sessions.begin() as s:
+        s.add(m.Site(id="north-gate", name="North", created_at=now))
+    match = AlertMatch(
+        list_id=3,
+        list_name="wanted",
+        entry_id=7,
+        pattern="AB?12*",
+        mode="wildcard",
+        category="wanted",
+        cost=0.0,
+        explanation="wildcard AB?12*",
+    )
+    alerts = [
+        Alert(
+            raised_at=now,
+            site="north-gate",
+            camera="cam-1",
+            severity="high",
+            kind="watchlist",
+            plate=f"ABX12{i}",
+            seen_at=now - timedelta(seconds=i),
+            sighting_event_id=plate_read().event_id,
+            incident_id=uuid.uuid4() if i else None,
+            match=match,
+            details={"incident_hits": i + 1, "note": 'x "quoted"', "ok": True, "speed": 1.5},
+            title="Wanted plate",
+            reason="watch-list hit",
+        )
+        for i in range(3)
+    ]
+    with harness.c.sessions.begin() as s:
+        assert repo.insert_alerts(s, alerts) == {a.event_id for a in alerts}
+    with harness.c.sessions.begin() as s:
+        assert repo.insert_alerts(s, alerts[:1]) == set()  # the same alert again: skipped
+    with harness.c.sessions() as s:
+        for alert in alerts:
+            row = s.get(m.AlertRecord, alert.event_id)
+            assert row is not None
+            for column, want in repo.alert_row(alert).items():
+                got = getattr(row, column)
+                if hasattr(got, "tzinfo") and got is not None and got.tzinfo is None:
+                    got = got.replace(tzinfo=want.tzinfo)  # SQLite keeps naive UTC
+                assert got == want, column
+            assert Alert.model_validate(row.payload) == alert
+
+
 def test_bad_config_stops_startup_naming_the_field(tmp_path: Any) -> None:
     from services.correlator.__main__ import main
 
