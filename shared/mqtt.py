@@ -15,7 +15,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -96,6 +96,9 @@ class PublishResult:
 Handler = Callable[[Delivery], None]
 
 _RECV_CHUNK = 256 * 1024
+
+#: `_handler_for`: a topic not in the route cache (None there means "no handler")
+_UNROUTED: Final = object()
 
 
 #: The private paho hooks `_BufferedClient` overrides or calls (paho-mqtt 2.1-2.2); on a paho
@@ -358,7 +361,7 @@ class MqttClient:
         """Subscribe now if connected, and again after every reconnect."""
         with self._lock:
             self._subscriptions[subscription] = (qos, handler)
-            self._route_cache.clear()
+            self._route_cache = {}
         if self.connected.is_set():
             self._client.subscribe(subscription, qos=qos)
 
@@ -368,7 +371,7 @@ class MqttClient:
         `unsubscribe_at_broker`)."""
         with self._lock:
             self._routes_only[subscription] = handler
-            self._route_cache.clear()
+            self._route_cache = {}
 
     def unsubscribe_at_broker(self, subscription: str, wait_s: float = 10.0) -> None:
         """Remove the broker's subscription of this (persistent) session, keeping the local
@@ -408,7 +411,7 @@ class MqttClient:
     def unsubscribe(self, subscription: str) -> None:
         with self._lock:
             self._subscriptions.pop(subscription, None)
-            self._route_cache.clear()
+            self._route_cache = {}
         self._client.unsubscribe(subscription)
 
     # -- paho callbacks (network thread) -------------------------------------------------
@@ -504,9 +507,12 @@ class MqttClient:
     def _handler_for(self, topic: str) -> Handler | None:
         """The handler of the first subscription matching `topic` (cached per topic: there are
         as many topics as cameras, and matching every message costs a tenth of the intake)."""
+        # Read without the lock (one dict lookup is atomic): a subscription change replaces
+        # the whole dict, so a topic routed before the change is routed again after it.
+        cached = self._route_cache.get(topic, _UNROUTED)
+        if cached is not _UNROUTED:
+            return cached  # type: ignore[return-value]  # not _UNROUTED: a handler or None
         with self._lock:
-            if topic in self._route_cache:
-                return self._route_cache[topic]
             items = [(s, h) for s, (_, h) in self._subscriptions.items()]
             items += list(self._routes_only.items())
         found = None
@@ -516,6 +522,6 @@ class MqttClient:
                 break
         with self._lock:
             if len(self._route_cache) >= _ROUTE_CACHE_SIZE:
-                self._route_cache.clear()
+                self._route_cache = {}
             self._route_cache[topic] = found
         return found

@@ -53,22 +53,26 @@ _KIND: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 # One call for a whole batch. KEYS: per sighting, the plate's sorted set (member event_id,
 # score seen_at in ms) and its hash (event_id -> sighting data). ARGV: window_ms, ttl_s,
-# max_entries, then per sighting: event_id, score_ms, data. For each sighting in order: adds it
-# (a redelivered event_id overwrites itself), trims entries older than the window before the
-# newest sighting and beyond max_entries, refreshes both TTLs, and returns
-# [kept, event_id, data, ...]: kept is 1 when this sighting is still stored (not trimmed at
-# once), then the other sightings within the window either side of this one (this one's own
-# data is not sent back: the caller has it); so a sighting sees the batch's earlier ones.
+# max_entries, then per sighting one "event_id|score_ms|data" (neither the id nor the score holds
+# a "|"). For each sighting in order: adds it (a redelivered event_id overwrites itself), trims
+# entries older than the window before the newest sighting and beyond max_entries, refreshes both
+# TTLs. Returns only the sightings with something to say, as [n, kept, event_id, data, ...]: n is
+# the sighting's 1-based place in the batch, kept is 1 when it is still stored (not trimmed at
+# once), then the other sightings within the window either side of it (its own data is not sent
+# back: the caller has it); so a sighting sees the batch's earlier ones. A sighting left out was
+# kept and is its plate's only one in the window (the common case: nothing to send or parse).
 # (All keys in one script: a single Redis server or a replicated/Sentinel one, not a cluster.)
 _RECORD_LUA: Final = """
 local window, ttl, cap = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local results = {}
 for n = 1, #KEYS / 2 do
   local zkey, hkey = KEYS[2 * n - 1], KEYS[2 * n]
-  local a = 3 + 3 * (n - 1)
-  local id, score = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local arg = ARGV[3 + n]
+  local bar1 = string.find(arg, '|', 1, true)
+  local bar2 = string.find(arg, '|', bar1 + 1, true)
+  local id, score = string.sub(arg, 1, bar1 - 1), tonumber(string.sub(arg, bar1 + 1, bar2 - 1))
   redis.call('ZADD', zkey, score, id)
-  redis.call('HSET', hkey, id, ARGV[a + 3])
+  redis.call('HSET', hkey, id, string.sub(arg, bar2 + 1))
   local newest = tonumber(redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')[2])
   local horizon = string.format('%.0f', newest - window)
   local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
@@ -85,16 +89,16 @@ for n = 1, #KEYS / 2 do
   local lo = string.format('%.0f', score - window)
   local hi = string.format('%.0f', score + window)
   local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
-  local out = {0}
+  local out = {n, 0}
   for _, m in ipairs(ids) do
     if m == id then
-      out[1] = 1
+      out[2] = 1
     else
       local d = redis.call('HGET', hkey, m)
       if d then out[#out + 1] = m; out[#out + 1] = d end
     end
   end
-  results[n] = out
+  if out[2] == 0 or #out > 2 then results[#results + 1] = out end
 end
 return results
 """
@@ -270,20 +274,23 @@ class CrossSiteState:
         keys: list[str] = []
         args: list[str | int] = [window_s * 1000, 2 * window_s, self._max_history]
         for s in batch:
+            if "|" in s.event_id:  # the script's field separator
+                raise StateError("event_id", s.event_id, "must not contain '|'")
             keys += [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
-            args += [s.event_id, _ms(s.seen_at), _encode_sighting(s)]
+            args.append(f"{s.event_id}|{_ms(s.seen_at)}|{_encode_sighting(s)}")
         replies = cast(list[Any], self._record(keys=keys, args=args))
-        histories = []
-        for s, reply in zip(batch, replies, strict=True):
+        histories = [[s] for s in batch]  # kept, and alone in its window: left out of replies
+        for reply in replies:
+            s = batch[int(reply[0]) - 1]
             history = [
                 _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
-                for i in range(1, len(reply), 2)
+                for i in range(2, len(reply), 2)
             ]
-            if int(reply[0]):
+            if int(reply[1]):
                 history.append(s)
             if len(history) > 1:
                 history.sort(key=lambda h: (h.seen_at, h.event_id))
-            histories.append(history)
+            histories[int(reply[0]) - 1] = history
         return histories
 
     def cooldown(

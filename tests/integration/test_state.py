@@ -21,6 +21,7 @@ from services.correlator.state import (
     CrossSiteCorrelator,
     CrossSiteState,
     ListChangeListener,
+    StateError,
     StateKeys,
 )
 from shared.errors import PayloadError
@@ -105,6 +106,28 @@ def test_entries_older_than_the_window_are_trimmed(
     assert [s.event_id for s in history] == ["e2", "e3"]
     assert client.zrange(a.keys.sightings("ABC1234"), 0, -1) == [b"e2", b"e3"]
     assert sorted(client.hkeys(a.keys.sighting_data("ABC1234"))) == [b"e2", b"e3"]
+
+
+def test_a_batch_answers_as_its_sightings_one_by_one(
+    two: tuple[CrossSiteState, CrossSiteState], client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    """One script call for a batch: lone sightings (left out of the script's reply), a plate
+    seen twice in the batch (the second sees the first), and a sighting older than the window
+    before its plate's newest one (trimmed at once, so not in its own history)."""
+    a, _ = two
+    batch = [
+        sighting("b1", "london", 0, plate="LONE001"),
+        sighting("b2", "london", 0),
+        sighting("b3", "depot", 10),
+        sighting("b4", "paris", -120),  # 2 hours before b3: outside the 1-hour window
+        sighting("b5", "london", 0, plate="LONE002"),
+    ]
+    got = a.record_sightings(batch, 3600)
+    one_by_one = CrossSiteState(client, redis_settings.key_prefix + "one-by-one:")
+    assert got == [one_by_one.record_sighting(s, 3600) for s in batch]
+    assert [[s.event_id for s in h] for h in got] == [["b1"], ["b2"], ["b2", "b3"], [], ["b5"]]
+    with pytest.raises(StateError, match="event_id"):
+        a.record_sightings([sighting("x|y", "london", 0)], 3600)
 
 
 def test_history_is_capped_at_max_history(
