@@ -60,7 +60,27 @@ _CHUNK: Final = 65_536
 _FILTER_BITS_PER_KEY: Final = 16
 #: queries with at least this many keys (a batch of plates) are looked up with numpy
 _VECTOR_QUERY_MIN: Final = 64
-_FUZZY_SALT: Final = 0x5BD1E9955BD1E995  # keeps fuzzy keys apart from exact keys of equal text
+# Index keys: a text's hash below 2**50 (its ASCII bytes as a little-endian number modulo a prime,
+# so numpy can compute it for a whole batch of plates with one matrix product) | kind << 50. The
+# kind keeps exact (0), fuzzy (1) and each wildcard shape (2 and up) apart.
+_KEY_PRIME: Final = (1 << 50) - 27
+# Then mixed (multiplied by an odd constant, keeping the top 50 of 64 bits): short texts' bytes
+# alone would fill the low bits unevenly, and the key table's filter reads the low bits.
+_MIX: Final = 0x9E3779B97F4A7C15
+_MASK64: Final = (1 << 64) - 1
+_MIX_SHIFT: Final = 14
+_KIND_SHIFT: Final = 50
+_EXACT_KIND: Final = 0
+_FUZZY_KIND: Final = 1
+_KINDS: Final = 1 << 13  # bits 50-62: the key stays a positive int64
+#: 256**j mod the prime: the weight of a text's j-th character
+_WEIGHTS: Final = tuple(pow(256, j, _KEY_PRIME) for j in range(2 * MAX_PATTERN_LENGTH + 1))
+#: batches of at least this many plates get their keys from numpy (`_batch_keys`)
+_VECTOR_PLATES_MIN: Final = 2
+#: character code -> code of its confusion class's representative (`canonical` for numpy)
+_CANON_CODES: Final = np.array(
+    [ord(_CANON.get(chr(c), chr(c))) if c < 128 else c for c in range(256)], dtype=np.uint8
+)
 
 Int64Array = npt.NDArray[np.int64]
 SlotArray = npt.NDArray[np.int32]  # row numbers: 4 bytes each, up to 2**31 rows
@@ -435,26 +455,29 @@ def _wildcard_key(pattern: str) -> tuple[_Shape, str]:
     return best
 
 
-def _shape_key(shape_hash: int, chars: str) -> int:
-    """The table key of a wildcard entry (or query) of one shape."""
-    return hash((shape_hash, chars))
+def _text_key(kind: int, text: str) -> int:
+    """The table key of `text` (A-Z0-9) for an entry or query kind (see `_KEY_PRIME`)."""
+    h = int.from_bytes(text.encode("ascii"), "little") % _KEY_PRIME
+    return ((h * _MIX) & _MASK64) >> _MIX_SHIFT | kind << _KIND_SHIFT
 
 
 #: A shape compiled for queries: (anchor, character getter or substring length, the smallest
-#: plate length it fits, hash of the shape).
-_ShapePlan = tuple[str, Any, int, int]
+#: plate length it fits, its key kind, the shape's positions or offsets).
+_ShapePlan = tuple[str, Any, int, int, tuple[int, ...]]
 
 
-def _compile_shapes(shapes: Iterable[_Shape]) -> list[_ShapePlan]:
+def _compile_shapes(shapes: dict[_Shape, int]) -> list[_ShapePlan]:
+    """The query plan of the wildcard shapes in use (`shapes`: shape -> key kind)."""
     plan: list[_ShapePlan] = []
-    for shape in shapes:
+    for shape, kind in shapes.items():
         anchor, where = shape
         if anchor == "H":  # characters at these positions from the start
-            plan.append(("H", operator.itemgetter(*where), where[-1] + 1, hash(shape)))
+            plan.append(("H", operator.itemgetter(*where), where[-1] + 1, kind, where))
         elif anchor == "T":  # at these offsets from the end
-            plan.append(("T", operator.itemgetter(*(-o for o in where)), where[-1], hash(shape)))
+            getter = operator.itemgetter(*(-o for o in where))
+            plan.append(("T", getter, where[-1], kind, where))
         else:  # every substring of this length
-            plan.append(("M", where[0], where[0], hash(shape)))
+            plan.append(("M", where[0], where[0], kind, where))
     return plan
 
 
@@ -462,14 +485,52 @@ def _wildcard_query_keys(plan: Sequence[_ShapePlan], plate: str) -> list[int]:
     """The keys a plate looks up: one per head/tail shape that fits, every substring for M."""
     keys: list[int] = []
     size = len(plate)
-    for anchor, how, min_size, shape_hash in plan:
+    for anchor, how, min_size, kind, _ in plan:
         if size < min_size:
             continue
         if anchor == "M":
-            keys.extend({_shape_key(shape_hash, plate[i : i + how]) for i in range(size - how + 1)})
+            keys.extend({_text_key(kind, plate[i : i + how]) for i in range(size - how + 1)})
         else:
-            keys.append(_shape_key(shape_hash, "".join(how(plate))))
+            keys.append(_text_key(kind, "".join(how(plate))))
     return keys
+
+
+def _plate_keys(plate: str, max_k: int, plan: Sequence[_ShapePlan]) -> list[int]:
+    """Every key one plate looks up: exact, fuzzy (its canonical deletion neighbourhood up to
+    `max_k` deletions; none when negative) and wildcard."""
+    keys = [_text_key(_EXACT_KIND, plate)]
+    if max_k >= 0:
+        keys.extend(_text_key(_FUZZY_KIND, v) for v in deletion_variants(canonical(plate), max_k))
+    keys.extend(_wildcard_query_keys(plan, plate))
+    return keys
+
+
+def _key_matrix(
+    size: int, max_k: int, plan: Sequence[_ShapePlan]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """For plates of `size` characters: weights (2 x size rows: the plate's codes, then its
+    canonical codes; one column per key `_plate_keys` gives) and each column's kind bits. The
+    product of a plate's codes with the weights, modulo the prime, is its keys' hashes."""
+    columns: list[tuple[int, list[int]]] = [(_EXACT_KIND, list(range(size)))]
+    if max_k >= 0:
+        for gone in range(min(max_k, size) + 1):
+            for dropped in itertools.combinations(range(size), gone):
+                kept = [size + j for j in range(size) if j not in dropped]
+                columns.append((_FUZZY_KIND, kept))
+    for anchor, how, min_size, kind, where in plan:
+        if size < min_size:
+            continue
+        if anchor == "H":
+            columns.append((kind, list(where)))
+        elif anchor == "T":
+            columns.append((kind, [size - o for o in where]))
+        else:
+            columns += [(kind, list(range(i, i + how))) for i in range(size - how + 1)]
+    weights = np.zeros((2 * size, len(columns)), dtype=np.uint64)
+    for col, (_, rows) in enumerate(columns):
+        weights[rows, col] = _WEIGHTS[: len(rows)]
+    kinds = np.array([kind << _KIND_SHIFT for kind, _ in columns], dtype=np.uint64)
+    return weights, kinds
 
 
 class _KeyTable:
@@ -553,21 +614,25 @@ class _KeyTable:
         """Every slot stored under any of `keys` (repeats possible)."""
         return [slot for _, slot in self.lookup_many(keys)]
 
-    def lookup_many(self, keys: Sequence[int]) -> list[tuple[int, int]]:
+    def lookup_many(self, keys: Sequence[int] | Int64Array) -> list[tuple[int, int]]:
         """(index in `keys`, slot) for every slot stored under each key: one vectorised filter
         test and one binary search for the whole query (a batch of plates' keys at once)."""
         out: list[tuple[int, int]] = []
         if self._pending:
-            for i, key in enumerate(keys):
+            listed = keys.tolist() if isinstance(keys, np.ndarray) else keys
+            for i, key in enumerate(listed):
                 hit = self._pending.get(key)
                 if hit:
                     out.extend((i, slot) for slot in hit)
         size = self._keys.size
-        if not size or not keys:
+        if not size or not len(keys):
             return out
-        if len(keys) < _VECTOR_QUERY_MIN:  # one plate: numpy's per-call costs outweigh it
+        if isinstance(keys, np.ndarray):
+            query = keys
+        elif len(keys) < _VECTOR_QUERY_MIN:  # one plate: numpy's per-call costs outweigh it
             return self._lookup_few(keys, out)
-        query = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        else:
+            query = np.fromiter(keys, dtype=np.int64, count=len(keys))
         at = query & self._mask
         passed = np.flatnonzero((self._filter[at >> 3] >> (at & 7)) & 1)
         if not passed.size:
@@ -750,8 +815,14 @@ class WatchIndex:
         self._store = _EntryStore()
         self._keys = _KeyTable(pending_limit)
         self._ids = _KeyTable(pending_limit)
-        self._shapes: dict[_Shape, int] = {}
+        self._shapes: dict[_Shape, int] = {}  # wildcard shape -> live entries of that shape
+        # shape -> its key kind, assigned once and kept (stored keys carry it)
+        self._shape_kinds: dict[_Shape, int] = {}
         self._plan: list[_ShapePlan] | None = []  # compiled `_shapes`; None: to recompile
+        # `_key_matrix` by (plate length, max_k), for the current plan
+        self._matrices: dict[
+            tuple[int, int], tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]
+        ] = {}
         self._fuzzy_k = [0] * (int(MAX_FUZZY_COST) + 1)
         self._n_live = 0
         self._n_dead = 0
@@ -808,20 +879,24 @@ class WatchIndex:
         for slot, entry in zip(slots, entries, strict=True):
             mode = entry.mode
             if mode is MatchMode.EXACT:
-                keys.append(hash(entry.pattern))
+                keys.append(_text_key(_EXACT_KIND, entry.pattern))
                 key_slots.append(slot)
             elif mode is MatchMode.FUZZY:
                 k = int(self._store.limit[slot]) // _EDIT_UNITS
                 self._fuzzy_k[k] += 1
                 for variant in deletion_variants(canonical(entry.pattern), k):
-                    keys.append(hash(variant) ^ _FUZZY_SALT)
+                    keys.append(_text_key(_FUZZY_KIND, variant))
                     key_slots.append(slot)
             else:
                 shape, chars = _wildcard_key(entry.pattern)
                 if shape not in self._shapes:
                     self._plan = None
                 self._shapes[shape] = self._shapes.get(shape, 0) + 1
-                keys.append(_shape_key(hash(shape), chars))
+                kind = self._shape_kinds.get(shape)
+                if kind is None:  # kinds 2..: shapes beyond that share kinds (still verified)
+                    kind = 2 + len(self._shape_kinds) % (_KINDS - 2)
+                    self._shape_kinds[shape] = kind
+                keys.append(_text_key(kind, chars))
                 key_slots.append(slot)
         self._keys.extend(keys, key_slots)
         self._ids.extend(ids.tolist(), list(slots))
@@ -879,17 +954,19 @@ class WatchIndex:
         max_k = max((k for k, n in enumerate(self._fuzzy_k) if n), default=-1)
         plan = self._plan
         if plan is None:
-            plan = self._plan = _compile_shapes(self._shapes)
-        keys: list[int] = []
-        owner: list[int] = []  # keys[i] belongs to plates[owner[i]]
-        for n, plate in enumerate(plates):
-            before = len(keys)
-            keys.append(hash(plate))
-            if max_k >= 0:
-                variants = deletion_variants(canonical(plate), max_k)
-                keys.extend([hash(v) ^ _FUZZY_SALT for v in variants])
-            keys.extend(_wildcard_query_keys(plan, plate))
-            owner.extend([n] * (len(keys) - before))
+            plan = self._plan = _compile_shapes({s: self._shape_kinds[s] for s in self._shapes})
+            self._matrices = {}
+        owner: Sequence[int]  # keys[i] belongs to plates[owner[i]]
+        keys: Sequence[int] | Int64Array
+        if len(plates) >= _VECTOR_PLATES_MIN and max(map(len, plates)) <= MAX_PATTERN_LENGTH:
+            keys, owners = self._batch_keys(plates, max_k, plan)
+            owner = owners.tolist()
+        else:
+            keys, owner = [], []
+            for n, plate in enumerate(plates):
+                mine = _plate_keys(plate, max_k, plan)
+                keys.extend(mine)
+                owner.extend([n] * len(mine))
         found: dict[int, set[int]] = {}
         for i, slot in self._keys.lookup_many(keys):
             found.setdefault(owner[i], set()).add(slot)
@@ -897,6 +974,30 @@ class WatchIndex:
         for n, slots in found.items():
             out[n] = self._verified(plates[n], slots, now_us)
         return out
+
+    def _batch_keys(
+        self, plates: Sequence[str], max_k: int, plan: Sequence[_ShapePlan]
+    ) -> tuple[Int64Array, npt.NDArray[np.intp]]:
+        """`_plate_keys` of every plate (and the plate each key belongs to), computed by numpy:
+        the plates of one length as a matrix of character codes, times `_key_matrix`."""
+        lengths = np.fromiter(map(len, plates), dtype=np.intp, count=len(plates))
+        keys: list[Int64Array] = []
+        owners: list[npt.NDArray[np.intp]] = []
+        for size in np.unique(lengths).tolist():
+            which = np.flatnonzero(lengths == size)
+            text = "".join([plates[i] for i in which.tolist()]).encode("ascii")
+            codes = np.frombuffer(text, dtype=np.uint8).reshape(which.size, size)
+            both = np.concatenate((codes, _CANON_CODES[codes]), axis=1).astype(np.uint64)
+            matrix = self._matrices.get((size, max_k))
+            if matrix is None:
+                matrix = self._matrices[(size, max_k)] = _key_matrix(size, max_k, plan)
+            weights, kinds = matrix
+            # codes < 2**7 times weights < 2**50, at most MAX_PATTERN_LENGTH of them: no overflow
+            hashes = (both @ weights) % np.uint64(_KEY_PRIME)
+            found = (hashes * np.uint64(_MIX)) >> np.uint64(_MIX_SHIFT) | kinds
+            keys.append(found.ravel().view(np.int64))
+            owners.append(np.repeat(which, weights.shape[1]))
+        return np.concatenate(keys), np.concatenate(owners)
 
     def _verified(self, plate: str, slots: Iterable[int], now_us: int) -> list[Match]:
         """The candidate slots' entries that are live at `now_us` and match `plate`, sorted."""
