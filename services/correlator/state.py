@@ -196,6 +196,11 @@ class StateKeys:
     def sighting_data(self, plate: str) -> str:
         return f"{self.prefix}seen:{{{_check('plate', plate, _PLATE)}}}:data"
 
+    def history(self, plate: str) -> tuple[str, str]:
+        """(`sightings`, `sighting_data`) of a plate, checked once."""
+        zkey = self.sightings(plate)
+        return zkey, zkey + ":data"
+
     def cooldown(self, kind: str, plate: str, site: str) -> str:
         _check("kind", kind, _KIND)
         _check("plate", plate, _PLATE)
@@ -276,7 +281,7 @@ class CrossSiteState:
         for s in batch:
             if "|" in s.event_id:  # the script's field separator
                 raise StateError("event_id", s.event_id, "must not contain '|'")
-            keys += [self.keys.sightings(s.plate), self.keys.sighting_data(s.plate)]
+            keys += self.keys.history(s.plate)
             args.append(f"{s.event_id}|{_ms(s.seen_at)}|{_encode_sighting(s)}")
         replies = cast(list[Any], self._record(keys=keys, args=args))
         histories = [[s] for s in batch]  # kept, and alone in its window: left out of replies

@@ -128,7 +128,8 @@ def insert_sightings(
     if session.get_bind().dialect.name == "postgresql":
         if len(events) > _JSON_INSERT_MAX_ROWS:
             copy_rows = [_sighting_values(e, received_at, True) for e in events]
-            return _copy_sightings(session, copy_rows)
+            skipped = _copy_sightings(session, copy_rows)
+            return {e.event_id for e in events} - skipped
         return _json_insert_sightings(session, [sighting_row(e, received_at) for e in events])
     rows = [sighting_row(e, received_at) for e in events]
     inserted: set[uuid.UUID] = set()
@@ -185,9 +186,10 @@ def prepare_ingest_connection(dbapi_conn: Any, record: Any) -> None:
 
 def _copy_sightings(session: Session, rows: list[list[Any]]) -> set[uuid.UUID]:
     """PostgreSQL: COPY the batch into a temporary table, then move it with one INSERT ...
-    SELECT ... ON CONFLICT DO NOTHING RETURNING. About 20x less client CPU per row than a
-    multi-row VALUES insert (docs/performance.md), same idempotent contract. Two round trips
-    per batch, the COPY and the move: the table is made once per connection."""
+    SELECT ... ON CONFLICT DO NOTHING. About 20x less client CPU per row than a multi-row
+    VALUES insert (docs/performance.md), same idempotent contract. Two round trips per batch,
+    the COPY and the move: the table is made once per connection. Returns the event ids that
+    were already stored (skipped): usually none, so nothing comes back to parse."""
     cols = _SIGHTING_COLS_SQL
     pooled = session.connection().connection
     raw = pooled.driver_connection
@@ -202,12 +204,12 @@ def _copy_sightings(session: Session, rows: list[list[Any]]) -> set[uuid.UUID]:
                 copy.write_row(row)
         # Emptying the table in the same statement: the next batch may share this transaction.
         cur.execute(  # the column names are the model's own, never input
-            f"WITH moved AS (DELETE FROM sighting_in RETURNING {cols}) "  # noqa: S608
-            f"INSERT INTO sighting ({cols}) SELECT {cols} FROM moved "
-            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            f"WITH moved AS (DELETE FROM sighting_in RETURNING {cols}), "  # noqa: S608
+            f"inserted AS (INSERT INTO sighting ({cols}) SELECT {cols} FROM moved "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id) "
+            "SELECT event_id FROM moved EXCEPT SELECT event_id FROM inserted"
         )
-        inserted = {r[0] for r in cur.fetchall()}
-    return inserted
+        return {r[0] for r in cur.fetchall()}
 
 
 def ensure_sites_and_cameras(
@@ -374,11 +376,18 @@ def unpublished_alerts(
 
 def mark_published(session: Session, alert_ids: Iterable[uuid.UUID], at: datetime) -> None:
     ids = list(alert_ids)
-    if ids:  # a Core UPDATE: no ORM bulk-update bookkeeping on the ingest path
-        table = cast(Table, AlertRecord.__table__)
-        session.connection().execute(
-            update(table).where(table.c.id.in_(ids)).values(published_at=at)
-        )
+    if not ids:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        # One fixed statement with an array: psycopg parses it once (an IN list of each
+        # batch's length was parsed again every batch)
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur:
+            cur.execute("UPDATE alert SET published_at = %s WHERE id = ANY(%s)", (at, ids))
+        return
+    table = cast(Table, AlertRecord.__table__)  # a Core UPDATE: no ORM bulk-update bookkeeping
+    session.connection().execute(update(table).where(table.c.id.in_(ids)).values(published_at=at))
 
 
 def insert_dead_letter(session: Session, letter: DeadLetter, payload: bytes) -> None:

@@ -293,6 +293,20 @@ def test_unpublished_alert_is_swept_out_after_a_crash(harness: Harness) -> None:
         assert s.get(m.AlertRecord, alert.event_id).published_at is not None  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("size", [10, 100])  # PostgreSQL: the JSON insert, then the COPY
+def test_insert_sightings_returns_exactly_the_new_ids(harness: Harness, size: int) -> None:
+    now = utc_now()
+    first = [plate_read(plate=f"AB{i:04d}", track_id=f"t{i}") for i in range(size)]
+    more = [plate_read(plate=f"CD{i:04d}", track_id=f"u{i}") for i in range(size // 2)]
+    with harness.c.sessions.begin() as s:
+        repo.ensure_sites_and_cameras(s, {("north-gate", "cam-1", "edge-1")}, now)
+        assert repo.insert_sightings(s, first, now) == {e.event_id for e in first}
+    with harness.c.sessions.begin() as s:  # half of them again, with as many new ones
+        again = first[: size // 2] + more
+        assert repo.insert_sightings(s, again, now) == {e.event_id for e in more}
+    assert harness.count(m.Sighting) == size + size // 2
+
+
 def test_alert_rows_store_every_field_once_on_both_databases(harness: Harness) -> None:
     """The alert insert (one JSON parameter on PostgreSQL, a multi-row INSERT on SQLite) stores
     what `alert_row` gives, JSON columns included, and skips an alert raised before."""
