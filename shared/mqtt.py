@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -64,9 +65,24 @@ class Delivery:
     mid: int
     user_properties: tuple[tuple[str, str], ...] = ()
     _ack: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+    #: the client whose PUBACK this delivery needs (QoS 1, manual acks), for `ack_all`
+    _pubacks: _BufferedClient | None = field(default=None, repr=False, compare=False)
 
     def ack(self) -> None:
         self._ack()
+
+
+def ack_all(deliveries: Sequence[Delivery]) -> None:
+    """Acknowledge deliveries (each once): the QoS 1 PUBACKs of one client are queued as one
+    write, instead of one write and one wake-up of its network thread per message."""
+    batches: dict[int, tuple[_BufferedClient, list[int]]] = {}
+    for d in deliveries:
+        if d._pubacks is None:
+            d.ack()
+        else:
+            batches.setdefault(id(d._pubacks), (d._pubacks, []))[1].append(d.mid)
+    for client, mids in batches.values():
+        client.puback_many(mids)
 
 
 class PublishResult:
@@ -96,6 +112,7 @@ class PublishResult:
 Handler = Callable[[Delivery], None]
 
 _RECV_CHUNK = 256 * 1024
+_PUBACK = struct.Struct("!BBH")  # PUBACK: type, remaining length 2, message id
 
 #: `_handler_for`: a topic not in the route cache (None there means "no handler")
 _UNROUTED: Final = object()
@@ -105,7 +122,14 @@ _UNROUTED: Final = object()
 #: without them the plain client is used.
 _BUFFERED_READS = all(
     callable(getattr(paho.Client, name, None))
-    for name in ("_sock_recv", "_packet_read", "_loop_rc_handle", "loop_read", "_handle_publish")
+    for name in (
+        "_sock_recv",
+        "_packet_read",
+        "_loop_rc_handle",
+        "loop_read",
+        "_handle_publish",
+        "_packet_queue",
+    )
 )
 
 #: fast_publish(topic, payload, qos, retain, mid): a PUBLISH parsed by `_BufferedClient`.
@@ -191,6 +215,11 @@ class _BufferedClient(paho.Client):
         if parsed[2] == 1 and not self._manual_ack:
             return self._send_puback(parsed[4])
         return paho.MQTT_ERR_SUCCESS
+
+    def puback_many(self, mids: Sequence[int]) -> None:
+        """PUBACK these message ids (manual acks), queued as one packet and one write."""
+        packet = b"".join([_PUBACK.pack(paho.PUBACK, 2, mid) for mid in mids])
+        self._packet_queue(paho.PUBACK, packet, 0, 0)
 
     def _buffered(self) -> bool:
         return (
@@ -484,6 +513,9 @@ class MqttClient:
             if self._manual_ack and qos > 0:
                 client.ack(mid, qos)
 
+        batchable = self._manual_ack and qos == 1  # `ack_all` PUBACKs it with its batch
+        pubacks = client if batchable and isinstance(client, _BufferedClient) else None
+
         delivery = Delivery(
             topic=topic,
             payload=payload,
@@ -492,6 +524,7 @@ class MqttClient:
             mid=mid,
             user_properties=user_props,
             _ack=ack,
+            _pubacks=pubacks,
         )
         if handler is None:
             log.warning("mqtt message matches no handler", extra={"topic": topic})

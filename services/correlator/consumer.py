@@ -31,7 +31,7 @@ from services.correlator.evaluate import Evaluation, evaluate
 from services.correlator.lists import ListCache
 from shared.errors import PayloadError, SignatureError
 from shared.events import Alert, DeadLetter, GateDecision, NodeStatus, PlateRead, encode_event
-from shared.mqtt import Delivery, MqttError, PublishResult
+from shared.mqtt import Delivery, MqttError, PublishResult, ack_all
 from shared.signing import load_public_key, verify_event
 from shared.store import repository as repo
 from shared.topics import alert_topic, decision_topic, parse_plate_topic, parse_status_topic
@@ -264,8 +264,7 @@ class Ingestor:
         # republishes what is not marked published), so the messages are acknowledged now and
         # the alerts go out without waiting for the broker's acknowledgement.
         self._publish(alerts, decisions, wait=False)
-        for d in done:
-            d.ack()
+        ack_all(done)
         self.stats["batches"] += 1
 
     # -- the transaction -----------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import PayloadError
 from shared.events import DeadLetter, PlateRead, decode_event, encode_event, utc_now
-from shared.mqtt import Delivery, MqttClient, Will
+from shared.mqtt import Delivery, MqttClient, Will, ack_all
 from shared.settings import MqttSettings
 from shared.topics import (
     deadletter_filter,
@@ -214,6 +214,41 @@ def test_unacked_message_is_redelivered_to_a_persistent_session(
     second.start()
     redelivered = again.get(timeout=10)
     assert decode_event(redelivered.payload, PlateRead) == event
+
+
+def test_ack_all_acknowledges_every_message_of_a_batch(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    """`ack_all` sends a batch's PUBACKs as one write: after a crash (no DISCONNECT) the
+    persistent session redelivers only the messages left out of the batch."""
+    seen: queue.Queue[Delivery] = queue.Queue()
+    sub = shared_subscription("correlator", plate_filter(mqtt_settings.topic_root))
+    first = MqttClient(mqtt_settings, client_id + "-c", manual_ack=True, persistent_session=True)
+    first.subscribe(sub, seen.put)
+    first.start()
+    time.sleep(0.3)
+    pub = _client(clients, mqtt_settings, client_id + "-p")
+    pub.start()
+    events = [plate_read(track_id=f"t{i}") for i in range(30)]
+    topic = plate_topic("north-gate", "cam-1", mqtt_settings.topic_root)
+    for e in events:
+        pub.publish(topic, encode_event(e)).wait()
+    got = [seen.get(timeout=5) for _ in events]
+    assert all(d._pubacks is not None for d in got)  # the batched path is the one tested
+    ack_all(got[:25])  # a batch committed; the last five were not
+    time.sleep(0.5)  # the PUBACK write reaches the broker before the crash
+    first._client.loop_stop()  # crash: no DISCONNECT
+    first._client.socket().close()  # type: ignore[union-attr]
+    again: queue.Queue[Delivery] = queue.Queue()
+    second = _client(
+        clients, mqtt_settings, client_id + "-c", manual_ack=True, persistent_session=True
+    )
+    second.subscribe(sub, lambda d: (again.put(d), d.ack()))
+    second.start()
+    redelivered = [decode_event(again.get(timeout=10).payload, PlateRead) for _ in range(5)]
+    assert sorted(e.track_id for e in redelivered) == sorted(e.track_id for e in events[25:])
+    time.sleep(0.5)
+    assert again.empty()
 
 
 def test_last_will_publishes_retained_offline_status(
