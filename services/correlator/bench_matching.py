@@ -197,8 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="Share of fuzzy entries with max_cost 2.0 (0 keeps every plate on 1 deletion).",
     )
+    parser.add_argument("--batch", type=_positive, default=500, help="Plates per match_many call.")
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a positive integer, got {text!r}")
+    return value
 
 
 def main(argv: list[str]) -> int:
@@ -238,6 +246,17 @@ def main(argv: list[str]) -> int:
         times.setdefault(kind, []).append(elapsed)
         hits[kind] = hits.get(kind, 0) + bool(found)
     all_times = [t for ts in times.values() for t in ts]
+
+    # The same plates matched in batches, as the correlator matches a batch of sightings.
+    plates = [plate for _, plate in queries]
+    batch_hits = 0
+    c0 = time.thread_time_ns()
+    for start in range(0, len(plates), args.batch):
+        found_many = index.match_many(plates[start : start + args.batch], NOW)
+        batch_hits += sum(bool(m) for m in found_many)
+    batch_cpu_us = (time.thread_time_ns() - c0) / 1000 / max(1, len(plates))
+    if batch_hits != sum(hits.values()):  # match_many must find what match finds
+        raise RuntimeError(f"match_many found {batch_hits} plates, match {sum(hits.values())}")
 
     add_us: list[float] = []
     remove_us: list[float] = []
@@ -279,6 +298,8 @@ def main(argv: list[str]) -> int:
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "match": percentiles(all_times),
         "match_cpu": percentiles(cpu_times),
+        "batch": args.batch,
+        "match_many_cpu_us_per_plate": round(batch_cpu_us, 2),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "match_by_kind": {
             kind: {**percentiles(ts), "n": len(ts), "hit_rate": round(hits[kind] / len(ts), 3)}

@@ -481,28 +481,41 @@ def _compile_shapes(shapes: dict[_Shape, int]) -> list[_ShapePlan]:
     return plan
 
 
-def _wildcard_query_keys(plan: Sequence[_ShapePlan], plate: str) -> list[int]:
-    """The keys a plate looks up: one per head/tail shape that fits, every substring for M."""
-    keys: list[int] = []
+def _wildcard_query_texts(
+    plan: Sequence[_ShapePlan], plate: str, texts: list[str], kinds: list[int]
+) -> None:
+    """Append the (text, kind) of each wildcard key a plate looks up: one per head/tail shape
+    that fits, every distinct substring for M."""
     size = len(plate)
     for anchor, how, min_size, kind, _ in plan:
         if size < min_size:
             continue
         if anchor == "M":
-            keys.extend({_text_key(kind, plate[i : i + how]) for i in range(size - how + 1)})
+            found = {plate[i : i + how] for i in range(size - how + 1)}
+            texts += found
+            kinds += [kind] * len(found)
         else:
-            keys.append(_text_key(kind, "".join(how(plate))))
-    return keys
+            texts.append("".join(how(plate)))
+            kinds.append(kind)
 
 
 def _plate_keys(plate: str, max_k: int, plan: Sequence[_ShapePlan]) -> list[int]:
     """Every key one plate looks up: exact, fuzzy (its canonical deletion neighbourhood up to
-    `max_k` deletions; none when negative) and wildcard."""
-    keys = [_text_key(_EXACT_KIND, plate)]
+    `max_k` deletions; none when negative) and wildcard (`_text_key` of each, inlined: this is
+    the one-plate query path)."""
+    texts = [plate]
+    kinds = [_EXACT_KIND]
     if max_k >= 0:
-        keys.extend(_text_key(_FUZZY_KIND, v) for v in deletion_variants(canonical(plate), max_k))
-    keys.extend(_wildcard_query_keys(plan, plate))
-    return keys
+        variants = deletion_variants(canonical(plate), max_k)
+        texts += variants
+        kinds += [_FUZZY_KIND] * len(variants)
+    _wildcard_query_texts(plan, plate, texts, kinds)
+    prime, mix, mask, shift, kind_shift = _KEY_PRIME, _MIX, _MASK64, _MIX_SHIFT, _KIND_SHIFT
+    return [
+        ((int.from_bytes(t.encode("ascii"), "little") % prime * mix) & mask) >> shift
+        | k << kind_shift
+        for t, k in zip(texts, kinds, strict=True)
+    ]
 
 
 def _key_matrix(
