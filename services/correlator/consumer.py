@@ -317,9 +317,11 @@ class Ingestor:
         (one Redis round trip for the batch), then cooldown and incidents per alert (one more)."""
         results: list[Evaluation] = []
         hits = self.cache.hits_many([(e.plate, e.site) for e in events], now)
+        gates = self.registry.gates
         for event, (watch, allow) in zip(events, hits, strict=True):
-            is_gate = event.gate_request or (event.site, event.camera) in self.registry.gates
-            results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
+            is_gate = event.gate_request or (event.site, event.camera) in gates
+            if watch or is_gate:  # otherwise nothing to raise or decide (most sightings)
+                results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
         alerts = [a for r in results for a in r.alerts]
         if self.cross is not None and events:
             alerts += [a for found in self.cross.observe_many(events, now) for a in found]

@@ -6,6 +6,7 @@ module turns list hits into `Alert` and `GateDecision` events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
@@ -75,8 +76,8 @@ def watchlist_alert(
 
 def evaluate(
     event: PlateRead,
-    watch_hits: list[ListHit],
-    allow_hits: list[ListHit],
+    watch_hits: Sequence[ListHit],
+    allow_hits: Sequence[ListHit],
     is_gate: bool,
     now: datetime,
     decision_ttl_s: int,

@@ -70,6 +70,11 @@ def to_entry(row: models.WatchEntry, info: ListInfo) -> WatchEntry:
     )
 
 
+#: (watch-list hits that apply at a site, allow-list hits of the site)
+Hits = tuple[Sequence[ListHit], Sequence[ListHit]]
+_NO_HITS: Hits = ((), ())
+
+
 class ListCache:
     def __init__(self, default_max_cost: float = 1.0) -> None:
         self._default = default_max_cost
@@ -117,17 +122,18 @@ class ListCache:
     def entry_ids(self, list_id: int) -> set[int]:
         return set(self._ids_by_list.get(list_id, set()))
 
-    def hits(self, plate: str, site: str, now: datetime) -> tuple[list[ListHit], list[ListHit]]:
+    def hits(self, plate: str, site: str, now: datetime) -> Hits:
         """(watch-list hits that apply at this site, allow-list hits of this site)."""
         return self.hits_many([(plate, site)], now)[0]
 
-    def hits_many(
-        self, sightings: Sequence[tuple[str, str]], now: datetime
-    ) -> list[tuple[list[ListHit], list[ListHit]]]:
+    def hits_many(self, sightings: Sequence[tuple[str, str]], now: datetime) -> list[Hits]:
         """`hits` for each (plate, site), in order, matched as one batch."""
-        out: list[tuple[list[ListHit], list[ListHit]]] = []
+        out: list[Hits] = []
         plates = [plate for plate, _ in sightings]
         for (_, site), matches in zip(sightings, self.index.match_many(plates, now), strict=True):
+            if not matches:  # most sightings
+                out.append(_NO_HITS)
+                continue
             watch: list[ListHit] = []
             allow: list[ListHit] = []
             for m in matches:

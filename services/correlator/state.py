@@ -217,11 +217,34 @@ class StateKeys:
         return f"{self.prefix}watchlist:changed"
 
 
-def _encode_sighting(s: Sighting) -> str:
+def _encode_record(site: str, camera: str, seen_at: datetime) -> str:
     """The history record, JSON as every release reads it (site and camera are slugs: nothing to
     escape, so it is formatted directly rather than through json.dumps)."""
-    seen = s.seen_at.astimezone(UTC).isoformat(timespec="microseconds")
-    return f'{{"site":"{s.site}","camera":"{s.camera}","seen_at":"{seen}"}}'
+    seen = seen_at.astimezone(UTC).isoformat(timespec="microseconds")
+    return f'{{"site":"{site}","camera":"{camera}","seen_at":"{seen}"}}'
+
+
+#: One sighting for the history script: (plate, event_id, seen_at, site, camera).
+HistoryItem = tuple[str, str, datetime, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply:
+    """The history script's answer about one sighting of a batch that is not simply kept and
+    alone in its window (those get no reply)."""
+
+    index: int  # its place in the batch
+    kept: bool  # still stored (False: older than the window before the plate's newest)
+    others: list[tuple[str, str]]  # (event_id, record) of the plate's others in the window
+
+    def history(self, current: Sighting) -> list[Sighting]:
+        """The plate's sightings in the window, time-ordered, `current` included if kept."""
+        found = [_decode_sighting(current.plate, i, data) for i, data in self.others]
+        if self.kept:
+            found.append(current)
+        if len(found) > 1:
+            found.sort(key=lambda h: (h.seen_at, h.event_id))
+        return found
 
 
 def _decode_sighting(plate: str, event_id: str, data: str) -> Sighting:
@@ -272,31 +295,34 @@ class CrossSiteState:
     def record_sightings(self, batch: Sequence[Sighting], window_s: int) -> list[list[Sighting]]:
         """`record_sighting` for a whole batch in one round trip (one call of the script);
         the histories come back in batch order, each seeing the batch's earlier sightings."""
+        items = [(s.plate, s.event_id, s.seen_at, s.site, s.camera) for s in batch]
+        histories = [[s] for s in batch]  # kept, and alone in its window: no reply
+        for reply in self.record_items(items, window_s):
+            histories[reply.index] = reply.history(batch[reply.index])
+        return histories
+
+    def record_items(self, items: Sequence[HistoryItem], window_s: int) -> list[HistoryReply]:
+        """`record_sightings` without building a `Sighting` per item: the replies only, for the
+        items that are not simply kept and alone in their window (the common case)."""
         if window_s < 1:
             raise StateError("window_s", window_s, "must be >= 1")
-        if not batch:
+        if not items:
             return []
         keys: list[str] = []
         args: list[str | int] = [window_s * 1000, 2 * window_s, self._max_history]
-        for s in batch:
-            if "|" in s.event_id:  # the script's field separator
-                raise StateError("event_id", s.event_id, "must not contain '|'")
-            keys += self.keys.history(s.plate)
-            args.append(f"{s.event_id}|{_ms(s.seen_at)}|{_encode_sighting(s)}")
-        replies = cast(list[Any], self._record(keys=keys, args=args))
-        histories = [[s] for s in batch]  # kept, and alone in its window: left out of replies
-        for reply in replies:
-            s = batch[int(reply[0]) - 1]
-            history = [
-                _decode_sighting(s.plate, _text(reply[i]), _text(reply[i + 1]))
-                for i in range(2, len(reply), 2)
-            ]
-            if int(reply[1]):
-                history.append(s)
-            if len(history) > 1:
-                history.sort(key=lambda h: (h.seen_at, h.event_id))
-            histories[int(reply[0]) - 1] = history
-        return histories
+        for plate, event_id, seen_at, site, camera in items:
+            if "|" in event_id:  # the script's field separator
+                raise StateError("event_id", event_id, "must not contain '|'")
+            keys += self.keys.history(plate)
+            args.append(f"{event_id}|{_ms(seen_at)}|{_encode_record(site, camera, seen_at)}")
+        return [
+            HistoryReply(
+                index=int(reply[0]) - 1,
+                kept=bool(int(reply[1])),
+                others=[(_text(reply[i]), _text(reply[i + 1])) for i in range(2, len(reply), 2)],
+            )
+            for reply in cast(list[Any], self._record(keys=keys, args=args))
+        ]
 
     def cooldown(
         self, kind: str, plate: str, site: str, ttl_s: int, owner: str | None = None
@@ -570,14 +596,15 @@ class CrossSiteCorrelator:
 
     def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]:
         """`observe` for a batch, with one Redis round trip; alerts per event, in order."""
-        current = [Sighting.from_read(e) for e in events]
-        results: list[list[Alert]] = []
-        for sighting, history in zip(
-            current, self._state.record_sightings(current, self.window_s), strict=True
-        ):
-            alerts: list[Alert] = []
+        items = [(e.plate, str(e.event_id), e.captured_at, e.site, e.camera) for e in events]
+        results: list[list[Alert]] = [[] for _ in events]
+        # Only sightings with a reply can raise anything: the others are their plate's only
+        # sighting in the window, and both rules need another.
+        for reply in self._state.record_items(items, self.window_s):
+            sighting = Sighting.from_read(events[reply.index])
+            history = reply.history(sighting)
+            alerts = results[reply.index]
             if all(h.event_id == sighting.event_id for h in history):
-                results.append(alerts)  # the plate's only sighting: both rules need another
                 continue
             travel = impossible_travel(sighting, history, self._locations, self._travel)
             if travel is not None:
@@ -585,7 +612,6 @@ class CrossSiteCorrelator:
             repeat = repeated_sightings(sighting, history, self._repeat)
             if repeat is not None:
                 alerts.append(repeat_alert(repeat, sighting, now, self._repeat_severity))
-            results.append(alerts)
         return results
 
     def admit(self, alert: Alert) -> Alert | None:
