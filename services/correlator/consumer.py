@@ -286,7 +286,8 @@ class Ingestor:
         now = self._clock()
         # One event per id (a batch may hold a redelivered copy of its own event), in id order:
         # two processes inserting overlapping ids then lock rows in the same order (no deadlock).
-        unique = sorted({e.event_id: e for e in events}.values(), key=lambda e: e.event_id)
+        # (keyed by the ids' ints: UUID's own hash and comparisons are Python-level calls)
+        unique = sorted({e.event_id.int: e for e in events}.values(), key=lambda e: e.event_id.int)
         confirmed = self._confirmed()
         with self._sessions.begin() as session:
             if confirmed:
@@ -298,14 +299,14 @@ class Ingestor:
             }
             if unseen:
                 repo.ensure_sites_and_cameras(session, unseen, now)
-            new_ids = repo.insert_sightings(session, unique, now)
-            fresh_events = [e for e in unique if e.event_id in new_ids]
+            skipped = repo.store_sightings(session, unique, now)
+            fresh_events = [e for e in unique if e.event_id not in skipped] if skipped else unique
             alerts, decisions = self._evaluate_all(fresh_events, now)
             inserted = repo.insert_alerts(session, alerts)
         self._forget(confirmed)
         self.registry.cameras |= {(e.site, e.camera) for e in unique}
-        self.stats["events"] += len(new_ids)
-        self.stats["duplicates"] += len(events) - len(new_ids)
+        self.stats["events"] += len(fresh_events)
+        self.stats["duplicates"] += len(events) - len(fresh_events)
         fresh = [a for a in alerts if a.event_id in inserted]
         self.stats["alerts"] += len(fresh)
         return fresh, decisions

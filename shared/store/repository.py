@@ -123,14 +123,22 @@ def insert_sightings(
     session: Session, events: Sequence[PlateRead], received_at: datetime
 ) -> set[uuid.UUID]:
     """Insert what is new; return the event ids that were inserted (duplicates are skipped)."""
+    return {e.event_id for e in events} - store_sightings(session, events, received_at)
+
+
+def store_sightings(
+    session: Session, events: Sequence[PlateRead], received_at: datetime
+) -> set[uuid.UUID]:
+    """Insert what is new; return the event ids that were already stored and so skipped
+    (usually none: the ingest path then has nothing to compare)."""
     if not events:
         return set()
     if session.get_bind().dialect.name == "postgresql":
         if len(events) > _JSON_INSERT_MAX_ROWS:
             copy_rows = [_sighting_values(e, received_at, True) for e in events]
-            skipped = _copy_sightings(session, copy_rows)
-            return {e.event_id for e in events} - skipped
-        return _json_insert_sightings(session, [sighting_row(e, received_at) for e in events])
+            return _copy_sightings(session, copy_rows)
+        new = _json_insert_sightings(session, [sighting_row(e, received_at) for e in events])
+        return {e.event_id for e in events} - new
     rows = [sighting_row(e, received_at) for e in events]
     inserted: set[uuid.UUID] = set()
     for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):  # SQLite caps bound parameters
@@ -141,7 +149,7 @@ def insert_sightings(
             .returning(Sighting.event_id)
         )
         inserted |= {row[0] for row in session.execute(stmt)}
-    return inserted
+    return {e.event_id for e in events} - inserted
 
 
 #: Up to this many rows, one INSERT ... SELECT FROM json_populate_recordset (one round trip)
