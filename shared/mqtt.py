@@ -130,7 +130,7 @@ _BUFFERED_READS = all(
         "_handle_publish",
         "_packet_queue",
     )
-) and callable(getattr(paho, "time_func", None))
+)
 
 #: fast_publish(topic, payload, qos, retain, mid): a PUBLISH parsed by `_BufferedClient`.
 FastPublish = Callable[[str, bytes, int, bool, int], None]
@@ -228,53 +228,10 @@ class _BufferedClient(paho.Client):
             and (len(self._rx) > self._rx_pos)
         )
 
-    def _read_whole_publishes(self) -> int:
-        """Take every whole QoS 0/1 PUBLISH without properties at the head of the buffer
-        straight from it, without paho's byte-by-byte reader (a tenth of the correlator's CPU
-        went there); stop at anything else, which paho's reader then takes. Only between
-        packets (paho holds no partial one). Returns how many were taken."""
-        fast = self.fast_publish
-        if (
-            fast is None
-            or self._protocol != paho.MQTTv5
-            or self._in_packet["command"] != 0
-            or self._sock is not self._rx_sock
-        ):
-            return 0
-        rx, pos, end = self._rx, self._rx_pos, len(self._rx)
-        taken = 0
-        while pos < end and rx[pos] & 0xF0 == paho.PUBLISH:
-            length, mult, at = 0, 1, pos + 1
-            while at < end and at - pos <= 4:  # the remaining length: 1-4 bytes
-                byte = rx[at]
-                length += (byte & 0x7F) * mult
-                mult *= 128
-                at += 1
-                if not byte & 0x80:
-                    break
-            else:
-                break  # incomplete or malformed: paho's reader decides
-            if at + length > end:
-                break  # not all here yet
-            parsed = parse_publish(rx[pos], rx[at : at + length])
-            if parsed is None:
-                break  # QoS 2, properties, malformed: paho's own decoder
-            pos = self._rx_pos = at + length
-            fast(*parsed)
-            if parsed[2] == 1 and not self._manual_ack:
-                self._send_puback(parsed[4])
-            taken += 1
-        if taken:
-            with self._msgtime_mutex:
-                self._last_bytes_received = paho.time_func()
-        return taken
-
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
         # Parse what is already buffered: select() cannot see it.
         while rc == paho.MQTT_ERR_SUCCESS and self._buffered():
-            if self._read_whole_publishes():
-                continue
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
