@@ -336,3 +336,33 @@ def test_fast_and_paho_publish_paths_deliver_the_same_fields(
     ]
     assert all(not d.retain for d in seen)
     assert seen[0].mid > 0 and seen[1].mid == 0
+
+
+def test_a_queued_burst_mixing_both_publish_paths_arrives_in_order(
+    clients: list[MqttClient], mqtt_settings: MqttSettings, client_id: str
+) -> None:
+    """A persistent session's queued messages arrive many to a read: plain PUBLISH packets
+    take `parse_publish`, every fifth one (user properties) paho's decoder, and the order,
+    fields and acknowledgements hold across the two."""
+    topic = f"{mqtt_settings.topic_root}/mixed"
+    cid = f"{client_id}-sub"
+    first = MqttClient(mqtt_settings, cid, manual_ack=True, persistent_session=True)
+    first.subscribe(topic, lambda d: d.ack(), qos=1)
+    first.start()
+    time.sleep(0.3)
+    first.stop()  # offline: the broker queues what follows for the session
+    pub = _client(clients, mqtt_settings, f"{client_id}-pub")
+    pub.start()
+    sent = []
+    for i in range(400):
+        props = (("n", str(i)),) if i % 5 == 0 else ()
+        sent.append((f"m{i:04d}".encode() * (1 + i % 9), props))
+        pub.publish(topic, sent[-1][0], qos=1, user_properties=props).wait()
+    got: queue.Queue[Delivery] = queue.Queue()
+    sub = _client(clients, mqtt_settings, cid, manual_ack=True, persistent_session=True)
+    sub.subscribe(topic, lambda d: (got.put(d), d.ack()), qos=1)
+    sub.start()
+    seen = [got.get(timeout=20) for _ in sent]
+    assert [(d.payload, d.user_properties) for d in seen] == sent
+    time.sleep(0.3)
+    assert got.empty()
