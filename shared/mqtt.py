@@ -542,7 +542,8 @@ class MqttClient:
         as many topics as cameras, and matching every message costs a tenth of the intake)."""
         # Read without the lock (one dict lookup is atomic): a subscription change replaces
         # the whole dict, so a topic routed before the change is routed again after it.
-        cached = self._route_cache.get(topic, _UNROUTED)
+        cache = self._route_cache
+        cached = cache.get(topic, _UNROUTED)
         if cached is not _UNROUTED:
             return cached  # type: ignore[return-value]  # not _UNROUTED: a handler or None
         with self._lock:
@@ -554,7 +555,9 @@ class MqttClient:
                 found = handler
                 break
         with self._lock:
-            if len(self._route_cache) >= _ROUTE_CACHE_SIZE:
-                self._route_cache = {}
-            self._route_cache[topic] = found
+            if self._route_cache is not cache:
+                return found  # the routes changed meanwhile: not cached, worked out again
+            if len(cache) >= _ROUTE_CACHE_SIZE:
+                self._route_cache = cache = {}
+            cache[topic] = found
         return found

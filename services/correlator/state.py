@@ -311,8 +311,10 @@ class CrossSiteState:
         keys: list[str] = []
         args: list[str | int] = [window_s * 1000, 2 * window_s, self._max_history]
         for plate, event_id, seen_at, site, camera in items:
-            if "|" in event_id:  # the script's field separator
-                raise StateError("event_id", event_id, "must not contain '|'")
+            if not event_id or "|" in event_id:  # "|": the script's field separator
+                raise StateError("event_id", event_id, "must be set and not contain '|'")
+            if seen_at.utcoffset() is None:
+                raise StateError("seen_at", seen_at, "must be timezone-aware")
             keys += self.keys.history(plate)
             args.append(f"{event_id}|{_ms(seen_at)}|{_encode_record(site, camera, seen_at)}")
         return [

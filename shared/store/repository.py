@@ -354,12 +354,15 @@ def _json_insert_alerts(session: Session, rows: list[dict[str, Any]]) -> set[uui
     statement, so psycopg parses it once; SQLAlchemy's multi-row VALUES differs with each
     batch size, and psycopg splitting it again every batch was about 4% of the ingest CPU."""
     cols = ", ".join(rows[0])  # alert_row's keys: the model's own column names, never input
+    # json_populate_recordset turns a JSON null into SQL NULL; an alert without a match is
+    # stored as JSON null, as SQLAlchemy's JSON type (and SQLite, and earlier rows) store it.
+    values = ", ".join("COALESCE(match, 'null'::jsonb)" if c == "match" else c for c in rows[0])
     payload = json.dumps(rows, default=str, separators=(",", ":"))
     raw = session.connection().connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur:
         cur.execute(  # the column names are the model's own, never input
-            f"INSERT INTO alert ({cols}) SELECT {cols} "  # noqa: S608
+            f"INSERT INTO alert ({cols}) SELECT {values} "  # noqa: S608
             "FROM json_populate_recordset(NULL::alert, %s::json) "
             "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
             (payload,),

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from services.correlator.config import CorrelatorSettings
 from services.correlator.service import Correlator, DrainError, drain_session
@@ -359,6 +359,15 @@ def test_alert_rows_store_every_field_once_on_both_databases(harness: Harness) -
                     got = got.replace(tzinfo=want.tzinfo)  # SQLite keeps naive UTC
                 assert got == want, column
             assert Alert.model_validate(row.payload) == alert
+    # An alert without a match stores JSON null in `match` (not SQL NULL), on both databases.
+    lone = alerts[0].model_copy(update={"event_id": plate_read().event_id, "match": None})
+    lone = lone.model_copy(update={"sighting_event_id": plate_read().event_id})
+    with harness.c.sessions.begin() as s:
+        assert repo.insert_alerts(s, [lone]) == {lone.event_id}
+    with harness.c.sessions() as s:
+        sql_nulls = s.execute(text("SELECT count(*) FROM alert WHERE match IS NULL")).scalar()
+        assert sql_nulls == 0
+        assert s.get(m.AlertRecord, lone.event_id).match is None  # type: ignore[union-attr]
 
 
 def test_bad_config_stops_startup_naming_the_field(tmp_path: Any) -> None:

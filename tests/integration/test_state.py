@@ -128,6 +128,11 @@ def test_a_batch_answers_as_its_sightings_one_by_one(
     assert [[s.event_id for s in h] for h in got] == [["b1"], ["b2"], ["b2", "b3"], [], ["b5"]]
     with pytest.raises(StateError, match="event_id"):
         a.record_sightings([sighting("x|y", "london", 0)], 3600)
+    naive = (T0 + timedelta(minutes=1)).replace(tzinfo=None)
+    with pytest.raises(StateError, match="seen_at"):
+        a.record_items([("ABC1234", "e9", naive, "london", "cam-1")], 3600)
+    with pytest.raises(StateError, match="event_id"):
+        a.record_items([("ABC1234", "", T0, "london", "cam-1")], 3600)
 
 
 def test_history_is_capped_at_max_history(
