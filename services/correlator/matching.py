@@ -563,6 +563,7 @@ class _KeyTable:
         self._mask = 7
         self._pending: dict[int, list[int]] = {}
         self._n_pending = 0
+        self._pending_keys: Int64Array | None = None  # sorted keys of `_pending`, made on demand
         self._pending_limit = pending_limit
 
     @property
@@ -591,6 +592,7 @@ class _KeyTable:
         for key, slot in zip(keys, slots, strict=True):
             self._pending.setdefault(key, []).append(slot)
         self._n_pending += len(keys)
+        self._pending_keys = None
         if self._n_pending > max(self._pending_limit, self._keys.size // 8):
             self.flush()
 
@@ -606,6 +608,7 @@ class _KeyTable:
         )
         self._pending = {}
         self._n_pending = 0
+        self._pending_keys = None
         self._merge_arrays(keys, slots)
 
     def _merge_arrays(self, keys: Int64Array, slots: SlotArray) -> None:
@@ -631,9 +634,14 @@ class _KeyTable:
         """(index in `keys`, slot) for every slot stored under each key: one vectorised filter
         test and one binary search for the whole query (a batch of plates' keys at once)."""
         out: list[tuple[int, int]] = []
-        if self._pending:
-            listed = keys.tolist() if isinstance(keys, np.ndarray) else keys
-            for i, key in enumerate(listed):
+        if self._pending and isinstance(keys, np.ndarray):
+            # A batch: find its keys among the few recent adds with numpy, then read them
+            if self._pending_keys is None:
+                self._pending_keys = np.array(sorted(self._pending), dtype=np.int64)
+            for i in np.flatnonzero(np.isin(keys, self._pending_keys)).tolist():
+                out.extend((i, slot) for slot in self._pending[int(keys[i])])
+        elif self._pending:
+            for i, key in enumerate(keys):
                 hit = self._pending.get(key)
                 if hit:
                     out.extend((i, slot) for slot in hit)
