@@ -345,9 +345,10 @@ class Ingestor:
                     decision_topic(decision.site, decision.gate, self._root), encode_event(decision)
                 )
             )
+        encoded = [encode_event(a) for a in alerts]  # once, for the stream and MQTT
         if self._stream is not None and alerts:
             try:
-                self._stream.append_alerts([a.model_dump_json() for a in alerts])
+                self._stream.append_alerts([data.decode() for data in encoded])
             except self._retry_errors as exc:
                 # Committed already: the messages must still be acknowledged. The alerts go out
                 # on MQTT; live monitors of the stream miss them (logged).
@@ -355,15 +356,9 @@ class Ingestor:
                     "alert stream append failed", extra={"alerts": len(alerts), "error": str(exc)}
                 )
         sent: list[tuple[uuid.UUID, PublishResult]] = []
-        for alert in alerts:
-            sent.append(
-                (
-                    alert.event_id,
-                    self._publisher.publish(
-                        alert_topic(alert.site, alert.severity, self._root), encode_event(alert)
-                    ),
-                )
-            )
+        for alert, data in zip(alerts, encoded, strict=True):
+            topic = alert_topic(alert.site, alert.severity, self._root)
+            sent.append((alert.event_id, self._publisher.publish(topic, data)))
         for a in alerts:
             log.info(
                 "alert raised",
