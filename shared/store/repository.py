@@ -110,6 +110,16 @@ SIGHTING_COLUMNS: tuple[str, ...] = (
 if set(SIGHTING_COLUMNS) != {c.name for c in Sighting.__table__.columns}:  # pragma: no cover
     raise RuntimeError("repository.SIGHTING_COLUMNS disagrees with the sighting table")
 _SIGHTING_COLS_SQL = ", ".join(SIGHTING_COLUMNS)  # the model's own names, never input
+#: the COPY's PostgreSQL types in SIGHTING_COLUMNS order, so psycopg picks each value's dumper
+#: once per batch instead of inspecting every value (JSON columns go as text: the server parses
+#: them for jsonb)
+_SIGHTING_COPY_TYPES: tuple[str, ...] = (
+    "uuid", "text", "bool", "text", "text", "float8", "text", "text", "text", "text", "text",
+    "text", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "int4", "text",
+    "text", "bool",
+)  # fmt: skip
+if len(_SIGHTING_COPY_TYPES) != len(SIGHTING_COLUMNS):  # pragma: no cover
+    raise RuntimeError("repository._SIGHTING_COPY_TYPES disagrees with SIGHTING_COLUMNS")
 _CANDIDATES_JSON: TypeAdapter[list[PlateCandidate]] = TypeAdapter(list[PlateCandidate])
 _FLOATS_JSON: TypeAdapter[list[float]] = TypeAdapter(list[float])
 _SQLITE_ROWS_PER_INSERT = 500  # x 21 columns stays under SQLite's 32,766 bound parameters
@@ -208,6 +218,7 @@ def _copy_sightings(session: Session, rows: list[list[Any]]) -> set[uuid.UUID]:
         # JSON columns go as JSON text (the server parses it for jsonb); psycopg's C row
         # formatter does the rest. Cheaper than Jsonb() wrappers or formatting rows in Python.
         with cur.copy(f"COPY sighting_in ({cols}) FROM STDIN") as copy:
+            copy.set_types(_SIGHTING_COPY_TYPES)
             for row in rows:
                 copy.write_row(row)
         # Emptying the table in the same statement: the next batch may share this transaction.

@@ -6,7 +6,7 @@ import json
 import queue
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -305,6 +305,15 @@ def test_insert_sightings_returns_exactly_the_new_ids(harness: Harness, size: in
         again = first[: size // 2] + more
         assert repo.insert_sightings(s, again, now) == {e.event_id for e in more}
     assert harness.count(m.Sighting) == size + size // 2
+    with harness.c.sessions() as s:  # every column as sighting_row gives it, on each path
+        for event in (first[0], more[-1]):
+            row = s.get(m.Sighting, event.event_id)
+            assert row is not None
+            for column, want in repo.sighting_row(event, now).items():
+                got = getattr(row, column)
+                if isinstance(got, datetime) and got.tzinfo is None:
+                    got = got.replace(tzinfo=UTC)  # SQLite keeps naive UTC
+                assert got == want, column
 
 
 def test_alert_rows_store_every_field_once_on_both_databases(harness: Harness) -> None:
