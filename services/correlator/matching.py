@@ -74,7 +74,7 @@ _EXACT_KIND: Final = 0
 _FUZZY_KIND: Final = 1
 _KINDS: Final = 1 << 13  # bits 50-62: the key stays a positive int64
 #: 256**j mod the prime: the weight of a text's j-th character
-_WEIGHTS: Final = tuple(pow(256, j, _KEY_PRIME) for j in range(2 * MAX_PATTERN_LENGTH + 1))
+_WEIGHTS: Final = tuple(pow(256, j, _KEY_PRIME) for j in range(MAX_PATTERN_LENGTH))
 #: batches of at least this many plates get their keys from numpy (`_batch_keys`)
 _VECTOR_PLATES_MIN: Final = 2
 #: character code -> code of its confusion class's representative (`canonical` for numpy)
@@ -501,8 +501,7 @@ def _wildcard_query_texts(
 
 def _plate_keys(plate: str, max_k: int, plan: Sequence[_ShapePlan]) -> list[int]:
     """Every key one plate looks up: exact, fuzzy (its canonical deletion neighbourhood up to
-    `max_k` deletions; none when negative) and wildcard (`_text_key` of each, inlined: this is
-    the one-plate query path)."""
+    `max_k` deletions; none when negative) and wildcard: the one-plate query path."""
     texts = [plate]
     kinds = [_EXACT_KIND]
     if max_k >= 0:
@@ -510,12 +509,7 @@ def _plate_keys(plate: str, max_k: int, plan: Sequence[_ShapePlan]) -> list[int]
         texts += variants
         kinds += [_FUZZY_KIND] * len(variants)
     _wildcard_query_texts(plan, plate, texts, kinds)
-    prime, mix, mask, shift, kind_shift = _KEY_PRIME, _MIX, _MASK64, _MIX_SHIFT, _KIND_SHIFT
-    return [
-        ((int.from_bytes(t.encode("ascii"), "little") % prime * mix) & mask) >> shift
-        | k << kind_shift
-        for t, k in zip(texts, kinds, strict=True)
-    ]
+    return [_text_key(k, t) for t, k in zip(texts, kinds, strict=True)]
 
 
 def _key_matrix(
