@@ -331,24 +331,24 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
     )
 
 
-#: flag destination -> the PipelineOptions field it sets
-_PIPELINE_FLAGS = {
-    "score_threshold": "score_threshold",
-    "candidate_threshold": "candidate_threshold",
-    "detect_fit": "detect_fit",
-    "second_read_below": "second_read_below",
-    "second_precision": "second_precision",
-}
+#: the PipelineOptions fields those flags set (each flag's destination has the field's name)
+_PIPELINE_FIELDS = (
+    "score_threshold",
+    "candidate_threshold",
+    "detect_fit",
+    "second_read_below",
+    "second_precision",
+)
 
 
 def pipeline_option_values(options: Any) -> dict[str, Any]:
     """The PipelineOptions fields those flags can set, as `options` has them (for reports)."""
-    return {field: getattr(options, field) for field in _PIPELINE_FLAGS.values()}
+    return {field: getattr(options, field) for field in _PIPELINE_FIELDS}
 
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PipelineOptions fields those flags set (only the ones given)."""
-    given = {field: getattr(args, dest) for dest, field in _PIPELINE_FLAGS.items()}
+    given = {field: getattr(args, field) for field in _PIPELINE_FIELDS}
     return {name: value for name, value in given.items() if value is not None}
 
 
