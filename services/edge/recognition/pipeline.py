@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 STAGES = ("decode", "resize", "detect", "read", "total")
-# INT8 detector by default: held-out recall 76.6% vs 77.2% FP32 and ~20% faster on this AVX2 CPU
-# (docs/models.md); falls back to the FP32 IR when the INT8 one is absent.
+# INT8 detector by default (1.4.0: held-out recall 80.2% vs 81.4% FP32 at 0.35; faster where the
+# CPU has VNNI, about as fast without); falls back to the FP32 IR when the INT8 one is absent.
 DEFAULT_DETECTOR = "detector_int8"
 
 
@@ -85,8 +85,10 @@ class PipelineOptions:
     # `second_min_detector`, is read again by the second reader in `models/second_reader.xml`
     # (PP-OCRv4's recogniser fine-tuned for plates); its reading wins under
     # `second_reader.choose`'s rules when at least `second_min_confidence` sure. 0 turns it off
-    # (and skips loading the model).
-    second_read_below: float = 0.95
+    # (and skips loading the model). 0.95 until session 10; 0.8 since, with detector 1.4.0: it
+    # costs about 6 S of ~680 on held-out data and takes most second reads off the 720p frames
+    # (docs/models.md, session 10).
+    second_read_below: float = 0.8
     # The second reader's inference precision: "f32" everywhere, or "auto": OpenVINO's default
     # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
     # (docs/models.md, session 9).

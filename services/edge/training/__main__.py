@@ -4,7 +4,7 @@ the models.
 `detector ARGS`, `reader ARGS` and `second_reader ARGS` pass ARGS to that trainer.
 `all [--data DIR] [--out DIR]` reproduces the shipped models stage by stage, each from the
 previous one's weights, with the recorded seeds and settings (RECIPE; docs/models.md and
-docs/models-reader.md say why each stage exists). Its stage budgets add up to about 4.5 hours of
+docs/models-reader.md say why each stage exists). Its stage budgets add up to about 5 hours of
 one CPU core and 40 minutes of two (the second reader), plus data preparation; stages stopped by
 their time budget depend on the machine's speed. Before the reader, `all` regenerates the
 teacher pseudo-labels (reader_pseudo, needs `rapidocr-openvino`). `--data` goes to the detector
@@ -26,9 +26,11 @@ PSEUDO_LABELS = "work-data/reader/pseudo.jsonl"
 PSEUDO_LABELS_140 = "services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl"
 USAGE = "usage: python -m services.edge.training {detector,reader,second_reader,all} [args...]"
 
-# The shipped models: detector 1.3.0 (session 4: 1.1.0 -> the session-3 candidate 1.2.0 with
-# plates in frames -> 4,000 more steps), reader 1.4.3 (session 4: 1.2.0 widened 1.5x, the same
-# function at first, fine-tuned 20,000 steps = 1.4.0, then 6,000 more at a lower rate = 1.4.1;
+# The shipped models: detector 1.4.0 (session 4: 1.1.0 -> the session-3 candidate 1.2.0 with
+# plates in frames -> 4,000 more steps = 1.3.0; session 8: 3,000 more with 40% whole scenes
+# carrying small pasted plates = 1.4.0, shipped in session 10 at threshold 0.35), reader 1.4.3
+# (session 4: 1.2.0 widened 1.5x, the same function at first, fine-tuned 20,000 steps = 1.4.0,
+# then 6,000 more at a lower rate = 1.4.1;
 # session 5: 8,000 more with 70% real crops = 1.4.3; 1.4.2, 12,000 more at 50%, did not pass;
 # session 6: 1.4.4 (--loose-p 0.4) and 1.4.5 (--dataset-weights, US/EU/BR up) did not pass),
 # and the second-opinion reader 2.0.0 (session 7: PP-OCRv4's recogniser with a plate head,
@@ -91,6 +93,28 @@ RECIPE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "4321",
             "--frame-p",
             "0.3",
+        ),
+    ),
+    (
+        "detector",
+        "1.4.0",
+        (
+            "--init",
+            "{prev}",
+            "--lr",
+            "5e-4",
+            "--steps",
+            "3000",
+            "--max-minutes",
+            "30",
+            "--seed",
+            "20261207",
+            "--frame-p",
+            "0.3",
+            "--small-p",
+            "0.4",
+            "--threshold",
+            "0.35",
         ),
     ),
     (

@@ -621,6 +621,11 @@ def export(
             "small_p": args.small_p,
             "mosaic_p": args.mosaic_p,
             "crop_box_margins": {} if args.no_crop_margins else CROP_MARGINS,
+            "max_minutes": args.max_minutes,
+            # with --export-only the fields above are as given: how the checkpoint was trained
+            "checkpoint": str(args.checkpoint),
+            "export_only": bool(args.export_only),
+            "threshold": "given" if args.threshold is not None else "held-out choice",
             "torch": torch.__version__,
         },
         "metrics": metrics,
@@ -701,8 +706,8 @@ def finish(
     thresholds = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5]
     metrics = evaluate(model, test, thresholds)
     log.info("final held-out %s", json.dumps(metrics))
-    best = choose_threshold(metrics)
-    log.info("score threshold %s", best)
+    best = choose_threshold(metrics) if args.threshold is None else f"{args.threshold:.2f}"
+    log.info("score threshold %s%s", best, "" if args.threshold is None else " (--threshold)")
     export(model, args.out, {"held_out_scenes": metrics}, args, threshold=float(best))
     quantize_int8(args.out, train, test)
 
@@ -741,10 +746,20 @@ def main(argv: list[str] | None = None) -> int:
         help="share of samples seen whole with small pasted plates (detector 1.4.0)",
     )
     ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="score threshold written to the sidecar, instead of the held-out choice (1.4.0: "
+        "0.35, chosen end to end in session 10)",
+    )
+    ap.add_argument(
         "--no-crop-margins", action="store_true", help="box targets = whole crop images"
     )
     ap.add_argument(
-        "--export-only", action="store_true", help="skip training: evaluate and export --checkpoint"
+        "--export-only",
+        action="store_true",
+        help="skip training: evaluate and export --checkpoint (the sidecar records the other "
+        "arguments as given, i.e. those the checkpoint was trained with)",
     )
     ap.add_argument(
         "--int8-only", action="store_true", help="skip training: quantise the IR already in --out"
@@ -778,7 +793,6 @@ def main(argv: list[str] | None = None) -> int:
     model = PlateDetector()
     if args.export_only:
         model.load_state_dict(torch.load(args.checkpoint))
-        args.steps = 0
         finish(model, args, train, test)
         return 0
     if args.init is not None:
