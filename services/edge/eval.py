@@ -269,12 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--margin-x", type=float, default=None, help="reader crop margin (x)")
     ap.add_argument("--margin-y", type=float, default=None, help="reader crop margin (y)")
     ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
-    ap.add_argument(
-        "--refine-below",
-        type=float,
-        default=None,
-        help="zoomed second detector pass for boxes narrower than this (model px); 0 = off",
-    )
     add_pipeline_flags(ap)
     ap.add_argument(
         "--variants-below",
@@ -316,6 +310,21 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "(default: the pipeline's)",
     )
     ap.add_argument(
+        "--refine-below",
+        type=float,
+        default=None,
+        help="zoomed refinement of boxes narrower than this many model pixels (0 = off; "
+        "default: the pipeline's)",
+    )
+    ap.add_argument(
+        "--refine-drops-unconfirmed",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drop a small box the zoomed pass does not confirm instead of reading its coarse "
+        "box (default: the pipeline's)",
+    )
+    ap.add_argument(
         "--second-read-below",
         type=score_arg,
         default=None,
@@ -336,6 +345,8 @@ _PIPELINE_FIELDS = (
     "score_threshold",
     "candidate_threshold",
     "detect_fit",
+    "refine_below",
+    "refine_drops_unconfirmed",
     "second_read_below",
     "second_precision",
 )
@@ -403,8 +414,6 @@ def main(argv: list[str]) -> int:
             options = replace(options, crop_margin_y=args.margin_y)
         if args.min_confidence is not None:
             options = replace(options, min_read_confidence=args.min_confidence)
-        if args.refine_below is not None:
-            options = replace(options, refine_below=args.refine_below)
         options = replace(options, **pipeline_overrides(args))
         if args.variants_below is not None:
             options = replace(options, variants_below=args.variants_below)

@@ -63,6 +63,10 @@ class PipelineOptions:
     refine_context: float = 3.0
     refine_input: int = 192
     refine_min_score: float = 0.3
+    # A small box of the detector's own (not a cascade candidate) that the zoomed pass does not
+    # confirm (no zoomed detection of at least `refine_min_score` centred in it) is dropped
+    # instead of read with its coarse box: a cheaper path for clutter boxes (session 10).
+    refine_drops_unconfirmed: bool = False
     # Detection cascade (docs/models.md, session 8): boxes scored from `candidate_threshold` up
     # to the detector's own threshold, at most `max_candidates` a frame and small enough to be
     # refined, are kept only when the zoomed pass confirms them (score >= `candidate_confirm`)
@@ -523,6 +527,8 @@ class PlateRecognizer:
             zoomed = det.postprocess(outputs, meta, self._refine_spec)
             best = det.pick_refined(detection.box, zoomed, (wx1, wy1))
             if candidate and (best is None or best.score < opts.candidate_confirm):
+                continue
+            if best is None and opts.refine_drops_unconfirmed:
                 continue
             refined.append(
                 detection if best is None else det.Detection(box=best.box, score=detection.score)
