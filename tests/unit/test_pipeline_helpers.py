@@ -250,6 +250,29 @@ def test_cascade_off_ignores_boxes_under_the_detector_threshold() -> None:
 
 
 @pytest.mark.parametrize(
+    ("drop", "refine_peak", "kept"),
+    [
+        # both boxes are the detector's own (threshold 0.25); only the 0.3 one is confirmed
+        (False, 0.8, [(0.9, (16.0, 16.0, 24.0, 24.0)), (0.3, (41.0, 41.0, 47.0, 47.0))]),
+        (True, 0.8, [(0.3, (41.0, 41.0, 47.0, 47.0))]),
+        # the zoomed pass scores under refine_min_score (0.3): nothing is confirmed
+        (False, 0.2, [(0.9, (16.0, 16.0, 24.0, 24.0)), (0.3, (40.0, 40.0, 48.0, 48.0))]),
+        (True, 0.2, []),
+    ],
+)
+def test_refine_drops_unconfirmed_drops_small_boxes_the_zoomed_pass_does_not_confirm(
+    drop: bool, refine_peak: float, kept: list[tuple[float, tuple[float, ...]]]
+) -> None:
+    recognizer = _cascade_recognizer(
+        refine_peak, 0.0, score_threshold=0.25, refine_drops_unconfirmed=drop
+    )
+    found = recognizer.detect(np.zeros((64, 64, 3), np.uint8))
+    assert [d.score for d in found] == pytest.approx([score for score, _ in kept])
+    for detection, (_, box) in zip(found, kept, strict=True):
+        assert detection.box == pytest.approx(box)
+
+
+@pytest.mark.parametrize(
     ("candidate_read", "texts"),
     [
         # 0.45 sure: enough for a detected plate (0.3), not for a candidate (0.5)
