@@ -318,11 +318,10 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--refine-drops-unconfirmed",
-        action="store_const",
-        const=True,
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="drop a small box the zoomed pass does not confirm instead of reading its coarse "
-        "box (default: the pipeline's)",
+        "box (default: the pipeline's, on)",
     )
     ap.add_argument(
         "--second-read-below",

@@ -210,6 +210,9 @@ def _cascade_recognizer(
         ("image",), {"heat": zoom_heat, "ltrb": np.full((1, 4, 6, 6), 3.0, np.float32)}
     )
     spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    # the cascade's own rules: main boxes the zoomed pass does not confirm are kept, unless
+    # `overrides` says otherwise
+    overrides.setdefault("refine_drops_unconfirmed", False)
     options = replace(
         PipelineOptions(),
         refine_input=48,
@@ -504,10 +507,17 @@ def test_small_box_takes_the_zoomed_pass_box_and_keeps_its_coarse_score() -> Non
     assert x2 - x1 == pytest.approx(90.0)
 
 
-def test_unconfirmed_small_box_keeps_its_coarse_box() -> None:
-    recognizer = _refining(_det_outputs([(4, 4, 0.9, 8.0)]), _det_outputs([]))
+def test_unconfirmed_small_box_keeps_its_coarse_box_when_not_dropped() -> None:
+    recognizer = _refining(
+        _det_outputs([(4, 4, 0.9, 8.0)]), _det_outputs([]), refine_drops_unconfirmed=False
+    )
     detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
     assert [d.box for d in detections] == [pytest.approx((280.0, 320.0, 440.0, 400.0))]
+
+
+def test_unconfirmed_small_box_is_dropped_by_default() -> None:
+    recognizer = _refining(_det_outputs([(4, 4, 0.9, 8.0)]), _det_outputs([]))
+    assert recognizer.detect(np.zeros((640, 640, 3), np.uint8)) == []
 
 
 def test_two_coarse_boxes_refined_to_one_plate_are_merged() -> None:
@@ -521,5 +531,11 @@ def test_two_coarse_boxes_refined_to_one_plate_are_merged() -> None:
 
 def test_detections_beyond_max_plates_are_kept_unrefined() -> None:
     coarse = _det_outputs([(1, 1, 0.9, 8.0), (6, 6, 0.8, 8.0)])
-    recognizer = _refining(coarse, _det_outputs([]), max_plates=1)
+    recognizer = _refining(coarse, _det_outputs([]), max_plates=1, refine_drops_unconfirmed=False)
     assert len(recognizer.detect(np.zeros((640, 640, 3), np.uint8))) == 2
+    # dropping unconfirmed boxes applies to the refined ones only: the one beyond max_plates
+    # is not refined, so it stays
+    dropping = _refining(coarse, _det_outputs([]), max_plates=1)
+    assert [d.score for d in dropping.detect(np.zeros((640, 640, 3), np.uint8))] == [
+        pytest.approx(0.8)
+    ]
