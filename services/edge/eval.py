@@ -304,10 +304,10 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--detect-fit",
-        choices=("aspect", "square"),
+        choices=("aspect", "square", "trim"),
         default=None,
-        help="detector input: the frame's aspect in the model's pixel budget, or the square "
-        "(default: the pipeline's)",
+        help="detector input: the frame's aspect in the model's pixel budget, the square, or "
+        "the square's scale with its padding trimmed (default: the pipeline's)",
     )
     ap.add_argument(
         "--refine-below",

@@ -169,6 +169,25 @@ def fit_input(
     return best[2], best[3]
 
 
+def trim_input(
+    frame_width: int, frame_height: int, width: int, height: int, multiple: int = 32
+) -> tuple[int, int]:
+    """The detector input (width, height) that shows a frame at the scale of the `width` x
+    `height` letterbox with the padding trimmed: each side the frame's scaled size rounded up to
+    `multiple`, at most the letterbox's. A 1280x720 frame in 384x384 gets 384x224: the same
+    scale (0.30), 42% fewer pixels. The letterbox pads bottom and right, so the frame sits at
+    the same place in both inputs."""
+    if frame_width <= 0 or frame_height <= 0:
+        raise ValueError(f"frame size must be positive, got {frame_width}x{frame_height}")
+    if multiple <= 0 or width < multiple or height < multiple:
+        raise ValueError(f"no input fits: {width}x{height}, multiple={multiple}")
+    scale = min(width / frame_width, height / frame_height)
+    return (
+        min(width, _round_up(frame_width * scale, multiple)),
+        min(height, _round_up(frame_height * scale, multiple)),
+    )
+
+
 def _round_up(value: float, multiple: int) -> int:
     """`value` rounded up to a multiple of `multiple` (at least one `multiple`)."""
     return max(multiple, math.ceil(value / multiple - 1e-9) * multiple)

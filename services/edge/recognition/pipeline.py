@@ -50,9 +50,10 @@ class PipelineOptions:
     # plates a third larger at the same inference cost; one compiled copy per frame shape, at
     # most `detect_shapes` besides the square one, the least recently used dropped first).
     # "aspect" failed its rule in session 8 (more boxes: +2 wrong reads on held-out scenes, +40%
-    # detect time with their refinements; docs/models.md).
-    detect_fit: Literal["square", "aspect"] = "square"
-    detect_shapes: int = 4
+    # detect time with their refinements; docs/models.md). "trim" keeps the square's scale and
+    # trims its padding (1280x720 -> 384x224: the same plates, 42% fewer pixels; session 10).
+    detect_fit: Literal["square", "aspect", "trim"] = "square"
+    detect_shapes: int = 8
     # The detector's score threshold; 0 keeps the one in its sidecar (`score_threshold`).
     score_threshold: float = 0.0
     # Zoomed second detector pass for small plates (docs/models.md, "Box refinement"): a coarse
@@ -255,8 +256,10 @@ class PlateRecognizer:
         detector_at: Callable[[int, int], InferenceModel] | None = None,
     ) -> None:
         self.options = options or PipelineOptions()
-        if self.options.detect_fit not in ("aspect", "square"):
-            raise PipelineOptionError("detect_fit", self.options.detect_fit, "'aspect' or 'square'")
+        if self.options.detect_fit not in ("aspect", "square", "trim"):
+            raise PipelineOptionError(
+                "detect_fit", self.options.detect_fit, "'aspect', 'square' or 'trim'"
+            )
         if not 0.0 <= self.options.score_threshold < 1.0:  # also refuses nan
             raise PipelineOptionError(
                 "score_threshold", self.options.score_threshold, "want 0 (the sidecar's) to < 1"
@@ -421,13 +424,17 @@ class PlateRecognizer:
 
     def _detector_for(self, width: int, height: int) -> tuple[det.DetectorSpec, InferenceModel]:
         """The detector (spec and compiled model) for a frame of this size: the square one, or
-        with `detect_fit="aspect"` one compiled for the frame's aspect (kept per shape, at most
-        `detect_shapes`, least recently used dropped). A shape that fails to compile falls back
-        to the square detector (logged), so a frame is never refused for it."""
+        with `detect_fit="aspect"` or `"trim"` one compiled for the frame's shape (kept per
+        shape, at most `detect_shapes`, least recently used dropped). A shape that fails to
+        compile falls back to the square detector (logged), so a frame is never refused for it."""
         base = self._det_spec
-        if self.options.detect_fit != "aspect" or self._detector_at is None:
+        fit = self.options.detect_fit
+        if fit == "square" or self._detector_at is None:
             return base, self._det_model
-        shape = det.fit_input(width, height, base.input_width * base.input_height)
+        if fit == "trim":
+            shape = det.trim_input(width, height, base.input_width, base.input_height)
+        else:
+            shape = det.fit_input(width, height, base.input_width * base.input_height)
         if shape == (base.input_width, base.input_height):
             return base, self._det_model
         found = self._detectors.get(shape)
