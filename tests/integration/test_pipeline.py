@@ -160,6 +160,21 @@ def test_aspect_fit_detects_the_plate_with_a_detector_compiled_for_the_frame() -
     assert any(p.text == text and _overlap(p.box, box) >= 0.5 for p in result.plates), result
 
 
+def test_trim_fit_reads_the_plate_with_a_detector_compiled_without_padding(
+    recognizer: PlateRecognizer,
+) -> None:
+    """The committed IR reshaped to 384x224 for a 1280x720 frame reads what the square input
+    reads, with nearly the same box."""
+    frame, box, text = compose_scene()
+    options = PipelineOptions(detect_fit="trim")
+    trim = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+    result = trim.recognize(frame)
+    square = recognizer.recognize(frame)
+    assert [(w, h) for w, h in trim._detectors] == [(384, 224)]
+    assert [p.text for p in result.plates] == [p.text for p in square.plates] == [text]
+    assert _iou(result.plates[0].box, square.plates[0].box) >= 0.9
+
+
 def test_cascade_adds_only_confirmed_plates(recognizer: PlateRecognizer) -> None:
     """On the composed scene the cascade keeps the plate and adds nothing the zoomed pass and
     the reader do not confirm (the scene has no other plate)."""

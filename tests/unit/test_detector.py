@@ -23,6 +23,7 @@ from services.edge.recognition.detector import (
     preprocess,
     refine_window,
     to_frame,
+    trim_input,
 )
 
 pytestmark = pytest.mark.edge
@@ -230,3 +231,39 @@ def test_fit_input_refuses_what_cannot_fit() -> None:
         fit_input(0, 720, 384 * 384)
     with pytest.raises(ValueError, match="no input fits"):
         fit_input(1280, 720, 16 * 16)
+
+
+@pytest.mark.parametrize(
+    ("frame", "want"),
+    [
+        ((1280, 720), (384, 224)),  # 16:9 at the square's scale 0.30: 384x216, rounded up
+        ((720, 1280), (224, 384)),
+        ((1280, 1280), (384, 384)),
+        ((1280, 960), (384, 288)),
+        ((200, 100), (384, 192)),  # small frames are magnified, as the square letterbox does
+        ((10000, 10), (384, 32)),  # at least one multiple
+    ],
+)
+def test_trim_input_keeps_the_square_scale_without_its_padding(
+    frame: tuple[int, int], want: tuple[int, int]
+) -> None:
+    assert trim_input(*frame, 384, 384) == want
+
+
+@pytest.mark.parametrize("frame", [(1280, 720), (1920, 1080), (1024, 640), (640, 1000), (37, 23)])
+def test_trimmed_letterbox_shows_the_frame_at_the_square_scale_in_the_same_place(
+    frame: tuple[int, int],
+) -> None:
+    image = np.random.default_rng(1).integers(0, 255, (frame[1], frame[0], 3), dtype=np.uint8)
+    width, height = trim_input(*frame, 384, 384)
+    trimmed, meta = letterbox(image, width, height)
+    square, square_meta = letterbox(image, 384, 384)
+    assert meta.scale == pytest.approx(square_meta.scale)
+    assert np.array_equal(trimmed, square[:height, :width])
+
+
+def test_trim_input_refuses_what_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="frame size"):
+        trim_input(0, 720, 384, 384)
+    with pytest.raises(ValueError, match="no input fits"):
+        trim_input(1280, 720, 16, 384)

@@ -116,9 +116,9 @@ def test_recognizer_without_reader_returns_boxes_and_times_each_stage() -> None:
 
 
 def _aspect_recognizer(
-    detect_shapes: int, fail: bool = False
+    detect_shapes: int, fail: bool = False, fit: str = "aspect"
 ) -> tuple[PlateRecognizer, FakeModel, list[tuple[int, int]]]:
-    """A 128x128 detector with `detect_fit="aspect"`; returns it, the square model and the
+    """A 128x128 detector with `detect_fit=fit`; returns it, the square model and the
     list of shapes compiled (each fitted detector sees a plate centred at (20, 12))."""
     from dataclasses import replace
 
@@ -145,7 +145,10 @@ def _aspect_recognizer(
         return FakeModel(("image",), {"heat": heat, "ltrb": ltrb})
 
     options = replace(
-        PipelineOptions(), detect_fit="aspect", refine_below=0.0, detect_shapes=detect_shapes
+        PipelineOptions(),
+        detect_fit=fit,  # type: ignore[arg-type]
+        refine_below=0.0,
+        detect_shapes=detect_shapes,
     )
     recognizer = PlateRecognizer(square, spec, None, None, options, detector_at=detector_at)
     return recognizer, square, compiled
@@ -160,6 +163,16 @@ def test_aspect_fit_compiles_one_detector_per_frame_shape() -> None:
     assert wide.plates[0].box == pytest.approx((16 / scale, 8 / scale, 24 / scale, 16 / scale))
     recognizer.recognize(np.zeros((128, 128, 3), np.uint8))  # square frames: the square model
     assert square.calls == 1 and compiled == [(160, 96)]
+
+
+def test_trim_fit_compiles_the_square_scale_without_padding() -> None:
+    recognizer, square, compiled = _aspect_recognizer(detect_shapes=2, fit="trim")
+    wide = recognizer.recognize(np.zeros((180, 320, 3), np.uint8))  # 16:9 -> 128x96 input
+    assert compiled == [(128, 96)] and square.calls == 0
+    scale = 0.4  # min(128 / 320, 128 / 180): the square's scale
+    assert wide.plates[0].box == pytest.approx((16 / scale, 8 / scale, 24 / scale, 16 / scale))
+    recognizer.recognize(np.zeros((128, 128, 3), np.uint8))  # square frames: the square model
+    assert square.calls == 1 and compiled == [(128, 96)]
 
 
 def test_aspect_fit_keeps_the_most_recently_used_shapes() -> None:
