@@ -173,6 +173,7 @@ def test_trim_fit_reads_the_plate_with_a_detector_compiled_without_padding(
     assert [(w, h) for w, h in trim._detectors] == [(384, 224)]
     assert [p.text for p in result.plates] == [p.text for p in square.plates] == [text]
     assert _iou(result.plates[0].box, square.plates[0].box) >= 0.9
+    assert _overlap(result.plates[0].box, box) >= 0.5
 
 
 def test_cascade_adds_only_confirmed_plates(recognizer: PlateRecognizer) -> None:
