@@ -92,8 +92,8 @@ class PipelineOptions:
     # (PP-OCRv4's recogniser fine-tuned for plates); its reading wins under
     # `second_reader.choose`'s rules when at least `second_min_confidence` sure. 0 turns it off
     # (and skips loading the model). 0.95 until session 10; 0.8 since, with detector 1.4.0: it
-    # costs about 6 S of ~680 on held-out data and takes most second reads off the 720p frames
-    # (docs/models.md, session 10).
+    # cost about 6 S of ~680 on held-out data and calls the 7-16 ms second reader on about a
+    # quarter fewer of the bench's 720p frames (docs/models.md, session 10).
     second_read_below: float = 0.8
     # The second reader's inference precision: "f32" everywhere, or "auto": OpenVINO's default
     # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere

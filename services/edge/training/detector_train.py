@@ -706,7 +706,7 @@ def finish(
     thresholds = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5]
     metrics = evaluate(model, test, thresholds)
     log.info("final held-out %s", json.dumps(metrics))
-    best = choose_threshold(metrics) if args.threshold is None else f"{args.threshold:.2f}"
+    best = choose_threshold(metrics) if args.threshold is None else str(args.threshold)
     log.info("score threshold %s%s", best, "" if args.threshold is None else " (--threshold)")
     export(model, args.out, {"held_out_scenes": metrics}, args, threshold=float(best))
     quantize_int8(args.out, train, test)
@@ -765,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         "--int8-only", action="store_true", help="skip training: quantise the IR already in --out"
     )
     args = ap.parse_args(argv)
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:  # also refuses nan
+        ap.error(f"--threshold must be in (0, 1), got {args.threshold}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
