@@ -30,3 +30,18 @@ def test_quick_mode_runs_every_stage_briefly_into_its_own_folder() -> None:
     for trainer, args in stages:
         assert _flag(args, "--out").startswith("work-data/quick/"), trainer
         assert int(_flag(args, "--steps")) <= 3, trainer
+
+
+def test_the_recipe_ends_with_the_shipped_detector_and_its_threshold() -> None:
+    import json
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[2] / "services" / "edge" / "models"
+    sidecar = json.loads((models / "detector.json").read_text())
+    detector_stages = [(v, a) for t, v, a in RECIPE if t == "detector"]
+    version, args = detector_stages[-1]
+    assert version == sidecar["version"]
+    assert float(args[args.index("--threshold") + 1]) == sidecar["score_threshold"]
+    # the shipped files were exported from the checkpoint this stage trains again
+    assert _flag(list(args), "--seed") == str(sidecar["training"]["seed"])
+    assert float(_flag(list(args), "--small-p")) == sidecar["training"]["small_p"]
