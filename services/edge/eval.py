@@ -15,6 +15,7 @@ site's country in production (docs/decisions.md); `--region none` reads without 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -51,6 +52,12 @@ class ImageScore:
     extra: int  # predictions overlapping no labelled box
     wrong: int  # predictions on a labelled box with wrong text (not counted as extra)
     char_correct: float  # sum over labelled plates of (1 - edit distance / len), clipped at 0
+    # each labelled plate with text: (its box width in image pixels, read exactly)
+    plates: tuple[tuple[float, bool], ...] = ()
+
+
+#: plate-width buckets of `recall_by_width`, in image pixels: where small plates are lost
+WIDTH_EDGES: tuple[float, ...] = (70.0, 110.0)
 
 
 # ----------------------------------------------------------------------------- scoring (pure)
@@ -85,10 +92,12 @@ def score_image(
     read = 0
     char_correct = 0.0
     labelled = 0
+    plates: list[tuple[float, bool]] = []
     for text, box in labels:
         if not text:
             continue
         labelled += 1
+        width = max(0.0, box[2] - box[0])
         hit = next(
             (
                 i
@@ -97,6 +106,7 @@ def score_image(
             ),
             None,
         )
+        plates.append((width, hit is not None))
         if hit is not None:
             used.add(hit)
             read += 1
@@ -114,7 +124,25 @@ def score_image(
             wrong += 1
         else:
             extra += 1
-    return ImageScore(labelled, read, extra, wrong, char_correct)
+    return ImageScore(labelled, read, extra, wrong, char_correct, tuple(plates))
+
+
+def recall_by_width(
+    scores: Sequence[ImageScore], edges: Sequence[float] = WIDTH_EDGES
+) -> dict[str, dict[str, float]]:
+    """Exact-plate recall by labelled plate width (image pixels), in buckets cut at `edges`
+    (ascending): {"<70": {"plates": n, "recall": r}, "70-110": ..., ">=110": ...}; empty
+    buckets are left out."""
+    names = [f"<{edges[0]:g}"] if edges else []
+    names += [f"{a:g}-{b:g}" for a, b in itertools.pairwise(edges)]
+    names += [f">={edges[-1]:g}"] if edges else ["all"]
+    counts = {name: [0, 0] for name in names}
+    for score in scores:
+        for width, read in score.plates:
+            name = names[sum(width >= edge for edge in edges)]
+            counts[name][0] += 1
+            counts[name][1] += int(read)
+    return {name: {"plates": n, "recall": hits / n} for name, (n, hits) in counts.items() if n > 0}
 
 
 def summarise(scores: Sequence[ImageScore], ms: Sequence[float]) -> dict[str, Any]:
@@ -460,6 +488,8 @@ def main(argv: list[str]) -> int:
     summary["by_region"] = {
         r: summarise(s, [])["exact_plate_recall"] for r, s in sorted(by_region.items())
     }
+    if not args.crops:  # a crop's "box" is the whole image
+        summary["by_plate_width"] = recall_by_width(scores)
     summary.update(
         dataset=str(args.dataset),
         label_boxes=args.label_boxes,
@@ -484,6 +514,11 @@ def main(argv: list[str]) -> int:
         f"  ms median {summary['median_ms']:.2f}  p90 {summary['p90_ms']:.2f}  "
         f"by region {json.dumps({k: round(v, 3) for k, v in summary['by_region'].items()})}"
     )
+    if "by_plate_width" in summary:
+        widths = {
+            k: f"{v['recall']:.1%} of {v['plates']}" for k, v in summary["by_plate_width"].items()
+        }
+        print(f"  by plate width (px) {json.dumps(widths)}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -9,6 +9,7 @@ from services.edge.eval import (
     edit_distance,
     normalise_text,
     overlap,
+    recall_by_width,
     score_arg,
     score_image,
     summarise,
@@ -113,3 +114,26 @@ def test_pipeline_flags_set_only_the_options_given() -> None:
 def test_bad_pipeline_flags_are_refused(flag: str, value: str) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["data", "--out", "p.jsonl", flag, value])
+
+
+def test_score_image_records_each_labelled_plate_width_and_whether_it_was_read() -> None:
+    small, large = (0.0, 0.0, 50.0, 20.0), (200.0, 0.0, 330.0, 40.0)
+    score = score_image(
+        [("AB1", small), ("CD2", large), (None, (400.0, 0.0, 420.0, 10.0))],
+        [Prediction("CD2", 0.9, large), Prediction("XX", 0.5, small)],
+    )
+    assert score.plates == ((50.0, False), (130.0, True))  # unreadable labels are not counted
+
+
+def test_recall_by_width_buckets_plates_at_the_edges() -> None:
+    scores = [
+        ImageScore(3, 2, 0, 0, 2.0, ((69.9, False), (70.0, True), (110.0, True))),
+        ImageScore(1, 1, 0, 0, 1.0, ((30.0, True),)),
+    ]
+    assert recall_by_width(scores) == {
+        "<70": {"plates": 2, "recall": 0.5},
+        "70-110": {"plates": 1, "recall": 1.0},
+        ">=110": {"plates": 1, "recall": 1.0},
+    }
+    assert recall_by_width([]) == {}
+    assert recall_by_width(scores, edges=()) == {"all": {"plates": 4, "recall": 0.75}}
