@@ -194,12 +194,21 @@ def exact_crop(item: RealItem) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- augmentation
-def augment_real(item: RealItem, rng: np.random.Generator, loose_p: float = 0.0) -> np.ndarray:
+#: plate widths (pixels) `tiny_p` shrinks a crop to: those the HD proxy's plates are read
+#: worst at (docs/models.md, session 10)
+TINY_WIDTHS = (35.0, 75.0)
+
+
+def augment_real(
+    item: RealItem, rng: np.random.Generator, loose_p: float = 0.0, tiny_p: float = 0.0
+) -> np.ndarray:
     """A jittered, rotated, photometrically changed crop of `item` (BGR uint8).
 
     With probability `loose_p` the box is loose, as a detector box around a plate and its frame
     or recess: each side out by 5-30% (x) and 0-25% (y) of the box (beyond the context kept
-    around the plate, the warp's border fill shows)."""
+    around the plate, the warp's border fill shows). With probability `tiny_p` the result is
+    area-shrunk until the plate is `TINY_WIDTHS` pixels wide (when it is wider) and stretched
+    back: a plate far from a 1280 px camera."""
     x1, y1, x2, y2 = item.box
     bw, bh = x2 - x1, y2 - y1
     if loose_p > 0 and rng.random() < loose_p:  # no draw at 0: earlier runs replay
@@ -250,7 +259,22 @@ def augment_real(item: RealItem, rng: np.random.Generator, loose_p: float = 0.0)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
         if ok:
             img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if tiny_p > 0 and rng.random() < tiny_p:  # no draw at 0: earlier runs replay
+        img = shrink_to_width(img, bw * ow / max(1.0, out_w), float(rng.uniform(*TINY_WIDTHS)))
     return img
+
+
+def shrink_to_width(img: np.ndarray, plate_width: float, target: float) -> np.ndarray:
+    """`img` area-shrunk so that a plate `plate_width` pixels wide in it becomes `target` wide,
+    then stretched back to its size (no change when the plate is already that small)."""
+    factor = target / max(1.0, plate_width)
+    if factor >= 1.0:
+        return img
+    h, w = img.shape[:2]
+    small = cv2.resize(
+        img, (max(4, round(w * factor)), max(4, round(h * factor))), interpolation=cv2.INTER_AREA
+    )
+    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
 
 
 def encode_text(text: str, spec: ReaderSpec) -> list[int]:

@@ -104,6 +104,7 @@ def make_batch(
     real_frac: float,
     rng: np.random.Generator,
     loose_p: float = 0.0,
+    tiny_p: float = 0.0,
 ) -> tuple[torch.Tensor, list[Rows], list[list[int]]]:
     """Images, per-row labels (None where the line split is unknown) and full labels."""
     xs: list[np.ndarray] = []
@@ -113,7 +114,7 @@ def make_batch(
     idx = rng.choice(len(real), size=n_real, p=real_weights)
     for i in idx:
         item = real[int(i)]
-        xs.append(preprocess(augment_real(item, rng, loose_p), SPEC)[0])
+        xs.append(preprocess(augment_real(item, rng, loose_p, tiny_p), SPEC)[0])
         enc = encode_text(item.text, SPEC)
         rows.append((enc, []) if item.lines == 1 else None)
         full.append(enc)
@@ -244,7 +245,16 @@ def train(args: argparse.Namespace) -> nn.Module:
         for g in opt.param_groups:
             g["lr"] = lr
         x, rows, full = make_batch(
-            real, w, synth_x, rows_bank, sw, args.batch, args.real_frac, rng, args.loose_p
+            real,
+            w,
+            synth_x,
+            rows_bank,
+            sw,
+            args.batch,
+            args.real_frac,
+            rng,
+            args.loose_p,
+            args.tiny_p,
         )
         loss = ctc_loss(model(x), rows, full)
         opt.zero_grad()
@@ -347,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.25,
         help="share of real crops cut from a loose box (plate with its frame; reader 1.3.0)",
+    )
+    ap.add_argument(
+        "--tiny-p",
+        type=float,
+        default=0.0,
+        help="share of real crops shrunk until the plate is 35-75 px wide, then stretched back "
+        "(far plates of 1280 px frames; reader 1.5.0)",
     )
     ap.add_argument(
         "--pseudo-labels",
