@@ -1,0 +1,51 @@
+"""The reader trainer's small-plate augmentation (pure numpy/OpenCV, no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.edge.training.reader_data import RealItem, augment_real, shrink_to_width
+
+pytestmark = pytest.mark.edge
+
+
+def _stripes(width: int = 200, height: int = 60) -> np.ndarray:
+    img = np.zeros((height, width, 3), np.uint8)
+    img[:, ::2] = 255  # one-pixel stripes: any shrink blurs them
+    return img
+
+
+def test_shrink_to_width_keeps_the_size_and_loses_the_detail_of_a_far_plate() -> None:
+    img = _stripes()
+    out = shrink_to_width(img, plate_width=200.0, target=50.0)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # at a quarter of the width, the stripes average to grey
+    assert float(np.abs(out.astype(int) - 128).mean()) < 40
+
+
+def test_shrink_to_width_leaves_a_plate_already_that_small() -> None:
+    img = _stripes(width=40)
+    assert shrink_to_width(img, plate_width=40.0, target=60.0) is img
+
+
+def test_augment_real_tiny_p_zero_draws_nothing_more() -> None:
+    """With tiny_p 0 the random stream is the one earlier recipes used."""
+    item = RealItem("us", "train", "ABC123", 1, "us", _stripes(240, 80), (20.0, 10.0, 220.0, 70.0))
+    a = augment_real(item, np.random.default_rng(5), 0.2)
+    b = augment_real(item, np.random.default_rng(5), 0.2, 0.0)
+    assert np.array_equal(a, b)
+
+
+def _detail(img: np.ndarray) -> float:
+    return float(np.abs(np.diff(img.astype(int), axis=1)).mean())
+
+
+def test_augment_real_tiny_p_one_always_shrinks() -> None:
+    item = RealItem("us", "train", "ABC123", 1, "us", _stripes(240, 80), (20.0, 10.0, 220.0, 70.0))
+    for seed in range(5):
+        plain = augment_real(item, np.random.default_rng(seed), 0.0)
+        tiny = augment_real(item, np.random.default_rng(seed), 0.0, 1.0)
+        assert tiny.shape == plain.shape
+        # the same warp, then at most 75 px of plate: less high-frequency detail
+        assert _detail(tiny) < _detail(plain)
