@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -339,10 +340,10 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--refine-below",
-        type=float,
+        type=pixels_arg,
         default=None,
-        help="zoomed refinement of boxes narrower than this many model pixels (0 = off; "
-        "default: the pipeline's)",
+        help="zoomed refinement of boxes whose plate-shaped extent, max(width, 2 x height) in "
+        "the square letterbox's pixels, is under this (0 = off; default: the pipeline's)",
     )
     ap.add_argument(
         "--refine-drops-unconfirmed",
@@ -388,6 +389,17 @@ def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PipelineOptions fields those flags set (only the ones given)."""
     given = {field: getattr(args, field) for field in _PIPELINE_FIELDS}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def pixels_arg(text: str) -> float:
+    """A size in pixels: a finite number >= 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want a number >= 0, got {text!r}") from exc
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"want a finite number >= 0, got {text!r}")
+    return value
 
 
 def score_arg(text: str) -> float:

@@ -137,3 +137,21 @@ def test_recall_by_width_buckets_plates_at_the_edges() -> None:
     }
     assert recall_by_width([]) == {}
     assert recall_by_width(scores, edges=()) == {"all": {"plates": 4, "recall": 0.75}}
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "wide"])
+def test_refine_below_refuses_what_is_not_a_finite_size(text: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "--out", "p.jsonl", "--refine-below", text])
+
+
+def test_refine_flags_reach_the_pipeline_options_and_can_turn_dropping_off() -> None:
+    from services.edge.eval import pipeline_overrides
+
+    args = build_parser().parse_args(
+        ["data", "--out", "p.jsonl", "--refine-below", "0", "--no-refine-drops-unconfirmed"]
+    )
+    assert pipeline_overrides(args) == {"refine_below": 0.0, "refine_drops_unconfirmed": False}
+    args = build_parser().parse_args(["data", "--out", "p.jsonl", "--refine-drops-unconfirmed"])
+    assert pipeline_overrides(args) == {"refine_drops_unconfirmed": True}
+    assert pipeline_overrides(build_parser().parse_args(["data", "--out", "p.jsonl"])) == {}

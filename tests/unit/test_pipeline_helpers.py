@@ -546,9 +546,22 @@ def test_detections_beyond_max_plates_are_kept_unrefined() -> None:
     coarse = _det_outputs([(1, 1, 0.9, 8.0), (6, 6, 0.8, 8.0)])
     recognizer = _refining(coarse, _det_outputs([]), max_plates=1, refine_drops_unconfirmed=False)
     assert len(recognizer.detect(np.zeros((640, 640, 3), np.uint8))) == 2
-    # dropping unconfirmed boxes applies to the refined ones only: the one beyond max_plates
-    # is not refined, so it stays
+    # dropping unconfirmed boxes: when the first is dropped, the next one is checked for its
+    # reading slot instead of taking it unchecked (here the zoomed pass confirms neither)
     dropping = _refining(coarse, _det_outputs([]), max_plates=1)
-    assert [d.score for d in dropping.detect(np.zeros((640, 640, 3), np.uint8))] == [
-        pytest.approx(0.8)
-    ]
+    assert dropping.detect(np.zeros((640, 640, 3), np.uint8)) == []
+    assert dropping._refine_model.calls == 2  # type: ignore[union-attr]
+
+
+def test_a_dropped_box_hands_its_slot_to_the_next_box_only_once_that_is_confirmed() -> None:
+    # 640 x 640 frame: the 0.9 box at cell (1, 1) has no zoomed detection centred in it; the
+    # 0.8 box at cell (4, 4) (frame centre (360, 360)) has one: window (120, 120)-(600, 600),
+    # zoomed cell (4, 4) -> frame (390, 390), inside it. A third box is beyond max_plates.
+    coarse = _det_outputs([(1, 1, 0.9, 8.0), (4, 4, 0.8, 8.0), (6, 1, 0.7, 8.0)])
+    zoomed = _det_outputs([(4, 4, 0.8, 6.0)])
+    recognizer = _refining(coarse, zoomed, max_plates=1)
+    found = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    # the confirmed 0.8 box (zoomed box) first, then the unchecked rest for `detect` callers
+    assert [d.score for d in found] == pytest.approx([0.8, 0.7])
+    x1, y1, x2, y2 = found[0].box
+    assert ((x1 + x2) / 2, (y1 + y2) / 2) == pytest.approx((390.0, 390.0))

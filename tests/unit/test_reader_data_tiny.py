@@ -30,11 +30,15 @@ def test_shrink_to_width_leaves_a_plate_already_that_small() -> None:
 
 
 def test_augment_real_tiny_p_zero_draws_nothing_more() -> None:
-    """With tiny_p 0 the random stream is the one earlier recipes used."""
+    """With tiny_p 0 the random stream is the one earlier recipes used: a tiny_p above 0 that
+    does not shrink draws exactly one number more (its coin) and changes nothing else."""
     item = RealItem("us", "train", "ABC123", 1, "us", _stripes(240, 80), (20.0, 10.0, 220.0, 70.0))
-    a = augment_real(item, np.random.default_rng(5), 0.2)
-    b = augment_real(item, np.random.default_rng(5), 0.2, 0.0)
+    off, coin = np.random.default_rng(5), np.random.default_rng(5)
+    a = augment_real(item, off, 0.2, 0.0)
+    b = augment_real(item, coin, 0.2, 1e-12)
     assert np.array_equal(a, b)
+    off.random()  # the coin tiny_p > 0 draws
+    assert off.bit_generator.state == coin.bit_generator.state
 
 
 def _detail(img: np.ndarray) -> float:

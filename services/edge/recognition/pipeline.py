@@ -498,10 +498,14 @@ class PlateRecognizer:
     def _refine(
         self, image: npt.NDArray[np.uint8], detections: list[det.Detection]
     ) -> list[det.Detection]:
-        """Replace the boxes of small detections by those of a zoomed second pass; a detection
-        the zoomed pass does not confirm keeps its coarse box. Detections scored below the
-        detector's threshold are the cascade's candidates: kept only when the zoomed pass
-        confirms them with `candidate_confirm`, with its box."""
+        """Replace the boxes of small detections by those of a zoomed second pass. A small
+        detection the zoomed pass does not confirm is dropped (`refine_drops_unconfirmed`, the
+        default) or keeps its coarse box; one too close to the frame's edge for a zoom window
+        keeps it. The detector's own boxes are checked best first until `max_plates` are kept,
+        so a dropped box does not hand its reading slot to one never checked; boxes beyond that
+        follow unrefined (`detect` returns them; only `max_plates` are read). Detections scored
+        below the detector's threshold are the cascade's candidates: kept only when the zoomed
+        pass confirms them with `candidate_confirm`, with its box."""
         opts = self.options
         main = [d for d in detections if not self._is_candidate(d)]
         if self._refine_model is None or opts.refine_below <= 0:
@@ -516,37 +520,48 @@ class PlateRecognizer:
             x1, y1, x2, y2 = d.box
             return bool(max(x2 - x1, 2.0 * (y2 - y1)) * scale < opts.refine_below)
 
-        candidates = [d for d in detections if self._is_candidate(d) and small(d)]
-        # only as many as can still be read, after the detector's own boxes
-        candidates = candidates[: min(opts.max_candidates, max(0, opts.max_plates - len(main)))]
-        refined: list[det.Detection] = []
-        for detection in main[: opts.max_plates] + candidates:
+        def refine_one(detection: det.Detection) -> det.Detection | None:
+            """The detection with its zoomed box, as it is, or None when it is dropped."""
             candidate = self._is_candidate(detection)
             window = None
             if small(detection):  # below refine_below the window is magnified
                 window = det.refine_window(detection.box, width, height, opts.refine_context)
             if window is None:
-                if not candidate:
-                    refined.append(detection)
-                continue
+                return None if candidate else detection
+            assert self._refine_model is not None
             wx1, wy1, wx2, wy2 = window
             inputs, meta = det.preprocess(image[wy1:wy2, wx1:wx2], self._refine_spec)
             outputs = self._refine_model.infer({self._refine_spec.input_name: inputs})
             zoomed = det.postprocess(outputs, meta, self._refine_spec)
             best = det.pick_refined(detection.box, zoomed, (wx1, wy1))
             if candidate and (best is None or best.score < opts.candidate_confirm):
-                continue
-            if best is None and opts.refine_drops_unconfirmed:
-                continue
-            refined.append(
-                detection if best is None else det.Detection(box=best.box, score=detection.score)
-            )
+                return None
+            if best is None:
+                return None if opts.refine_drops_unconfirmed else detection
+            return det.Detection(box=best.box, score=detection.score)
+
+        refined: list[det.Detection] = []
+        checked = 0
+        for detection in main:
+            if len(refined) >= opts.max_plates:
+                break
+            checked += 1
+            kept = refine_one(detection)
+            if kept is not None:
+                refined.append(kept)
+        candidates = [d for d in detections if self._is_candidate(d) and small(d)]
+        # only as many as can still be read, after the detector's own boxes
+        candidates = candidates[: min(opts.max_candidates, max(0, opts.max_plates - len(main)))]
+        for detection in candidates:
+            kept = refine_one(detection)
+            if kept is not None:
+                refined.append(kept)
         if len(refined) > 1:  # two coarse boxes (a plate and its recess) may refine alike
             boxes = np.asarray([d.box for d in refined], np.float32)
             scores = np.asarray([d.score for d in refined], np.float32)
             keep = det.nms(boxes, scores, self._det_spec.nms_iou, len(refined))
             refined = [refined[i] for i in sorted(keep)]
-        return refined + main[opts.max_plates :]
+        return refined + main[checked:]
 
     def _read_box(
         self,

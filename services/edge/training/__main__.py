@@ -4,7 +4,7 @@ the models.
 `detector ARGS`, `reader ARGS` and `second_reader ARGS` pass ARGS to that trainer.
 `all [--data DIR] [--out DIR]` reproduces the shipped models stage by stage, each from the
 previous one's weights, with the recorded seeds and settings (RECIPE; docs/models.md and
-docs/models-reader.md say why each stage exists). Its stage budgets add up to about 5 hours of
+docs/models-reader.md say why each stage exists). Its stage budgets add up to about 6 hours of
 one CPU core and 40 minutes of two (the second reader), plus data preparation; stages stopped by
 their time budget depend on the machine's speed. Before the reader, `all` regenerates the
 teacher pseudo-labels (reader_pseudo, needs `rapidocr-openvino`). `--data` goes to the detector

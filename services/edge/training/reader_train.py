@@ -391,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.tiny_p <= 1.0:  # also refuses nan
+        ap.error(f"--tiny-p must be in [0, 1], got {args.tiny_p}")
     logging.basicConfig(level=logging.INFO)
     model = train(args)
     torch.save(model.state_dict(), Path(args.work) / "reader.pt")
