@@ -253,8 +253,9 @@ def augment_real(
         img = cv2.GaussianBlur(img, (k, k), rng.uniform(0.3, 1.2))
     if rng.random() < 0.3:
         fct = rng.uniform(0.4, 0.8)
-        small = cv2.resize(img, (max(4, int(ow * fct)), max(4, int(oh * fct))), cv2.INTER_AREA)
-        img = cv2.resize(small, (ow, oh), interpolation=cv2.INTER_LINEAR)
+        # bilinear down: until session 10 this line passed INTER_AREA as cv2.resize's third
+        # positional argument, which is `dst`, so the shipped readers trained with bilinear
+        img = _down_and_up(img, max(4, int(ow * fct)), max(4, int(oh * fct)), cv2.INTER_LINEAR)
     if rng.random() < 0.4:
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
         if ok:
@@ -271,10 +272,19 @@ def shrink_to_width(img: np.ndarray, plate_width: float, target: float) -> np.nd
     if factor >= 1.0:
         return img
     h, w = img.shape[:2]
-    small = cv2.resize(
-        img, (max(4, round(w * factor)), max(4, round(h * factor))), interpolation=cv2.INTER_AREA
+    return _down_and_up(img, max(4, round(w * factor)), max(4, round(h * factor)))
+
+
+def _down_and_up(
+    img: np.ndarray, width: int, height: int, down: int = cv2.INTER_AREA
+) -> np.ndarray:
+    """`img` resized to width x height (`down`: area by default) and stretched back (bilinear)
+    to its own size: the detail a camera would have lost at that size."""
+    small = cv2.resize(img, (width, height), interpolation=down)
+    return np.asarray(
+        cv2.resize(small, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR),
+        dtype=np.uint8,
     )
-    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
 
 
 def encode_text(text: str, spec: ReaderSpec) -> list[int]:
