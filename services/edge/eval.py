@@ -300,13 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
     add_pipeline_flags(ap)
     ap.add_argument(
-        "--variants-below",
-        type=float,
-        default=None,
-        help="read a plate again with other crop margins when its confidence is below this; "
-        "0 = never",
-    )
-    ap.add_argument(
         "--variants",
         type=_margin_pairs,
         default=None,
@@ -366,6 +359,13 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         help="second reader's inference precision: f32, or auto (BF16 where the CPU has it "
         "natively; default: the pipeline's)",
     )
+    ap.add_argument(
+        "--variants-below",
+        type=score_arg,
+        default=None,
+        help="read a plate again with other crop margins when its confidence is below this "
+        "(0 = never; default: the pipeline's)",
+    )
 
 
 #: the PipelineOptions fields those flags set (each flag's destination has the field's name)
@@ -377,6 +377,7 @@ _PIPELINE_FIELDS = (
     "refine_drops_unconfirmed",
     "second_read_below",
     "second_precision",
+    "variants_below",
 )
 
 
@@ -454,8 +455,6 @@ def main(argv: list[str]) -> int:
         if args.min_confidence is not None:
             options = replace(options, min_read_confidence=args.min_confidence)
         options = replace(options, **pipeline_overrides(args))
-        if args.variants_below is not None:
-            options = replace(options, variants_below=args.variants_below)
         if args.variants is not None:
             options = replace(options, read_variants=args.variants)
         engine = platewatch_engine(
