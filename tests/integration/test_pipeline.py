@@ -339,10 +339,11 @@ def _forced_second_reads() -> tuple[PlateRecognizer, _CountingModel]:
 @pytest.mark.parametrize(("format_name", "second_reads"), [("us_2line", 0), ("eu_de", 1)])
 def test_only_one_line_plates_are_read_a_second_time(format_name: str, second_reads: int) -> None:
     """The second reader reads one text line: a plate our reader sees on two lines keeps our
-    reading; a one-line plate is read again (threshold above 1 forces it)."""
+    reading; a one-line plate is read again (threshold above 1 forces it). The rendered box is
+    read (`boxes=`): on some CPUs the INT8 detector boxes only the lower line of this plate."""
     frame, box, _ = compose_scene(seed=11, format_name=format_name)
     forced, counting = _forced_second_reads()
-    result = forced.recognize(frame)
+    result = forced.recognize(frame, boxes=[box])
     assert [p for p in result.plates if _overlap(p.box, box) > 0.5], "the plate is read"
     assert counting.calls == second_reads
 

@@ -226,6 +226,7 @@ def _cascade_recognizer(
     # the cascade's own rules: main boxes the zoomed pass does not confirm are kept, unless
     # `overrides` says otherwise
     overrides.setdefault("refine_drops_unconfirmed", False)
+    overrides.setdefault("variants_below", 0.0)  # one read a box: the fake reader's sequence
     options = replace(
         PipelineOptions(),
         refine_input=48,

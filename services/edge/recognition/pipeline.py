@@ -81,20 +81,23 @@ class PipelineOptions:
     crop_margin_y: float = 0.10
     # Test-time variants: when a reading's confidence is below `variants_below`, the plate is
     # read again with these (x, y) crop margins and each candidate text scores its mean
-    # probability over all reads (docs/models.md, session 3). Off by default (0.0): +4 of 81
-    # held-out plates at 0.9, but it tripled the read stage's time; a box with CPU to spare
-    # sets 0.9.
+    # probability over all reads (docs/models.md, session 3). On since session 11 (rule 2:
+    # with the second-read gate at 0.4, +49 S over held-out data and four fresh proxy seeds,
+    # mostly fewer wrong and extra reads, at the same 720p median); 0 turns it off. Crops
+    # (`recognize(crops=True)`) are read once: their margins are the image's.
     read_variants: tuple[tuple[float, float], ...] = ((0.03, 0.05), (0.10, 0.15))
-    variants_below: float = 0.0
+    variants_below: float = 0.9
     # Second opinion (docs/models.md, sessions 5 and 7): a one-line plate our reader reads with
     # confidence below `second_read_below`, in a box the detector scores at least
     # `second_min_detector`, is read again by the second reader in `models/second_reader.xml`
     # (PP-OCRv4's recogniser fine-tuned for plates); its reading wins under
     # `second_reader.choose`'s rules when at least `second_min_confidence` sure. 0 turns it off
-    # (and skips loading the model). 0.95 until session 10; 0.8 since, with detector 1.4.0: it
-    # cost about 6 S of ~680 on held-out data and calls the 7-16 ms second reader on about a
-    # quarter fewer of the bench's 720p frames (docs/models.md, session 10).
-    second_read_below: float = 0.8
+    # (and skips loading the model). 0.95 until session 10; 0.8 with detector 1.4.0 (about 6 S
+    # of ~680 for a quarter fewer calls of the 6-16 ms second reader); 0.4 since session 11,
+    # with the reading variants on: their mean confidence already drops the misreads the crops
+    # disagree on (S 693-695 for gates 0.4-0.8 on used seeds), and the second reader is called
+    # a third as often (docs/models.md, session 11).
+    second_read_below: float = 0.4
     # The second reader's inference precision: "f32" everywhere, or "auto": OpenVINO's default
     # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
     # (docs/models.md, session 9).
