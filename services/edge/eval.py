@@ -325,6 +325,13 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "confirmed by the zoomed pass or dropped (0 = off; default: the pipeline's)",
     )
     ap.add_argument(
+        "--max-candidates",
+        type=positive_int_arg,
+        default=None,
+        help="detection cascade: at most this many candidate boxes a frame, best first "
+        "(default: the pipeline's)",
+    )
+    ap.add_argument(
         "--detect-fit",
         choices=("aspect", "square", "trim"),
         default=None,
@@ -372,6 +379,7 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
 _PIPELINE_FIELDS = (
     "score_threshold",
     "candidate_threshold",
+    "max_candidates",
     "detect_fit",
     "refine_below",
     "refine_drops_unconfirmed",
@@ -390,6 +398,17 @@ def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PipelineOptions fields those flags set (only the ones given)."""
     given = {field: getattr(args, field) for field in _PIPELINE_FIELDS}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def positive_int_arg(text: str) -> int:
+    """A whole number >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want a whole number >= 1, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number >= 1, got {text!r}")
+    return value
 
 
 def pixels_arg(text: str) -> float:
