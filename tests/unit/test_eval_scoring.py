@@ -108,8 +108,25 @@ def test_pipeline_flags_set_only_the_options_given() -> None:
     assert values["score_threshold"] == 0.0  # the sidecar's
 
 
+def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
+    from services.edge.bench import build_parser as bench_parser
+    from services.edge.eval import pipeline_overrides
+
+    flags = ["--variants-below", "0", "--max-candidates", "2"]
+    want = {"variants_below": 0.0, "max_candidates": 2}
+    assert pipeline_overrides(build_parser().parse_args(["d", "--out", "o", *flags])) == want
+    assert pipeline_overrides(bench_parser().parse_args(flags)) == want
+
+
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--second-precision", "bf16"), ("--second-read-below", "1.5")]
+    ("flag", "value"),
+    [
+        ("--second-precision", "bf16"),
+        ("--second-read-below", "1.5"),
+        ("--variants-below", "1"),
+        ("--max-candidates", "0"),
+        ("--max-candidates", "1.5"),
+    ],
 )
 def test_bad_pipeline_flags_are_refused(flag: str, value: str) -> None:
     with pytest.raises(SystemExit):
