@@ -139,7 +139,9 @@ class OpenVinoModel:
     def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run one synchronous inference; returns copies of the outputs by name."""
         self.check_inputs(inputs)
-        results = self._request.infer({n: inputs[n] for n in self._inputs})
+        results = self._request.infer(
+            {n: inputs[n] for n in self._inputs}, share_inputs=True, share_outputs=True
+        )
         return {
             name: np.array(results[port], copy=True)
             for name, port in zip(self._outputs, self._compiled.outputs, strict=True)
