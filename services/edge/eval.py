@@ -299,12 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--margin-y", type=float, default=None, help="reader crop margin (y)")
     ap.add_argument("--min-confidence", type=float, default=None, help="drop weaker reads")
     add_pipeline_flags(ap)
-    ap.add_argument(
-        "--variants",
-        type=_margin_pairs,
-        default=None,
-        help="the crop margins of those extra reads, 'X,Y;X,Y' (negative: inside the box)",
-    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     return ap
 
@@ -373,6 +367,14 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         help="read a plate again with other crop margins when its confidence is below this "
         "(0 = never; default: the pipeline's)",
     )
+    ap.add_argument(
+        "--variants",
+        dest="read_variants",
+        type=_margin_pairs,
+        default=None,
+        help="the crop margins of those extra reads, 'X,Y;X,Y' (negative: inside the box; "
+        "default: the pipeline's)",
+    )
 
 
 #: the PipelineOptions fields those flags set (each flag's destination has the field's name)
@@ -386,6 +388,7 @@ _PIPELINE_FIELDS = (
     "second_read_below",
     "second_precision",
     "variants_below",
+    "read_variants",
 )
 
 
@@ -474,8 +477,6 @@ def main(argv: list[str]) -> int:
         if args.min_confidence is not None:
             options = replace(options, min_read_confidence=args.min_confidence)
         options = replace(options, **pipeline_overrides(args))
-        if args.variants is not None:
-            options = replace(options, read_variants=args.variants)
         engine = platewatch_engine(
             args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )

@@ -76,7 +76,7 @@ def test_normalise_text_keeps_upper_ascii_alnum() -> None:
 def test_variant_margins_parse_and_bad_ones_name_the_problem() -> None:
     assert build_parser().parse_args(
         ["d", "--out", "o", "--variants", "0.03,0.05;0.06,-0.1"]
-    ).variants == ((0.03, 0.05), (0.06, -0.1))
+    ).read_variants == ((0.03, 0.05), (0.06, -0.1))
     for bad in ("0.1", "a,b", "0.1,2.0"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["d", "--out", "o", "--variants", bad])
@@ -112,8 +112,8 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
     from services.edge.bench import build_parser as bench_parser
     from services.edge.eval import pipeline_overrides
 
-    flags = ["--variants-below", "0", "--max-candidates", "2"]
-    want = {"variants_below": 0.0, "max_candidates": 2}
+    flags = ["--variants-below", "0", "--max-candidates", "2", "--variants", "0.02,0.03"]
+    want = {"variants_below": 0.0, "max_candidates": 2, "read_variants": ((0.02, 0.03),)}
     assert pipeline_overrides(build_parser().parse_args(["d", "--out", "o", *flags])) == want
     assert pipeline_overrides(bench_parser().parse_args(flags)) == want
 
