@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -403,37 +403,33 @@ def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value is not None}
 
 
+T = TypeVar("T")
+
+
+def _checked_arg(text: str, parse: Callable[[str], T], ok: Callable[[T], bool], want: str) -> T:
+    """`parse(text)` when it parses and `ok` accepts it; else argparse's error, saying `want`."""
+    try:
+        value = parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want {want}, got {text!r}") from exc
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"want {want}, got {text!r}")
+    return value
+
+
 def positive_int_arg(text: str) -> int:
     """A whole number >= 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"want a whole number >= 1, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"want a whole number >= 1, got {text!r}")
-    return value
+    return _checked_arg(text, int, lambda v: v >= 1, "a whole number >= 1")
 
 
 def pixels_arg(text: str) -> float:
     """A size in pixels: a finite number >= 0 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"want a number >= 0, got {text!r}") from exc
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"want a finite number >= 0, got {text!r}")
-    return value
+    return _checked_arg(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def score_arg(text: str) -> float:
-    """A score or confidence flag: a number in [0, 1) (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"want a number in [0, 1), got {text!r}") from exc
-    if not 0.0 <= value < 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"want a number in [0, 1), got {text!r}")
-    return value
+    """A score or confidence flag: a number in [0, 1) (argparse type); refuses nan."""
+    return _checked_arg(text, float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _margin_pairs(text: str) -> tuple[tuple[float, float], ...]:
