@@ -361,6 +361,13 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "natively; default: the pipeline's)",
     )
     ap.add_argument(
+        "--reader-precision",
+        choices=("f32", "auto"),
+        default=None,
+        help="our reader's inference precision: f32, or auto (BF16 where the CPU has it "
+        "natively; default: the pipeline's)",
+    )
+    ap.add_argument(
         "--variants-below",
         type=score_arg,
         default=None,
@@ -387,6 +394,7 @@ _PIPELINE_FIELDS = (
     "refine_drops_unconfirmed",
     "second_read_below",
     "second_precision",
+    "reader_precision",
     "variants_below",
     "read_variants",
 )

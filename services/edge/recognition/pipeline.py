@@ -102,6 +102,9 @@ class PipelineOptions:
     # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
     # (docs/models.md, session 9).
     second_precision: Literal["f32", "auto"] = "f32"
+    # Our reader's inference precision, the same two choices (session 12: BF16 reads a crop in
+    # a third of the FP32 time on a CPU with AMX; docs/models.md).
+    reader_precision: Literal["f32", "auto"] = "f32"
     second_min_detector: float = 0.6
     second_min_confidence: float = 0.9
     second_max_length: int = 10
@@ -267,10 +270,9 @@ class PlateRecognizer:
             raise PipelineOptionError(
                 "score_threshold", self.options.score_threshold, "want 0 (the sidecar's) to < 1"
             )
-        if self.options.second_precision not in ("f32", "auto"):
-            raise PipelineOptionError(
-                "second_precision", self.options.second_precision, "'f32' or 'auto'"
-            )
+        for name in ("second_precision", "reader_precision"):
+            if getattr(self.options, name) not in ("f32", "auto"):
+                raise PipelineOptionError(name, getattr(self.options, name), "'f32' or 'auto'")
         if self.options.score_threshold > 0:
             detector_spec = dataclasses.replace(
                 detector_spec, score_threshold=self.options.score_threshold
@@ -345,16 +347,18 @@ class PlateRecognizer:
             if not rdr_json.is_file() and reader_name.endswith("_int8"):
                 rdr_json = models_dir / f"{reader_name.removesuffix('_int8')}.json"
             reader_spec = rdr.ReaderSpec.from_file(rdr_json)
-            reader_model = OpenVinoModel.load(models_dir / f"{reader_name}.xml", runtime, core)
+            reader_model = OpenVinoModel.load(
+                models_dir / f"{reader_name}.xml",
+                _at_precision(runtime, opts.reader_precision),
+                core,
+            )
         second_model: InferenceModel | None = None
         second_spec: sr.SecondReaderSpec | None = None
         second_xml = models_dir / f"{second_reader_name}.xml"
         if reader_model is not None and second_reader_name and opts.second_read_below > 0:
             if second_xml.is_file():
                 second_spec = sr.SecondReaderSpec.from_file(second_xml.with_suffix(".json"))
-                second_runtime = runtime or RuntimeOptions()
-                if opts.second_precision == "auto":  # the CPU's default: BF16 where native
-                    second_runtime = dataclasses.replace(second_runtime, precision=None)
+                second_runtime = _at_precision(runtime, opts.second_precision)
                 second_model = OpenVinoModel.load(second_xml, second_runtime, core)
             else:
                 log.warning(
@@ -657,6 +661,13 @@ class PlateRecognizer:
                 )
             )
         return tuple(_dedupe(plates))
+
+
+def _at_precision(runtime: RuntimeOptions | None, precision: str) -> RuntimeOptions:
+    """`runtime` with a pipeline precision choice: "auto" leaves the CPU's default (BF16 where
+    the CPU computes it natively, FP32 elsewhere); "f32" keeps the runtime's own hint."""
+    base = runtime or RuntimeOptions()
+    return dataclasses.replace(base, precision=None) if precision == "auto" else base
 
 
 def _combine(
