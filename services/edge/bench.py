@@ -2,10 +2,13 @@
 
     platewatch bench recognition [--models DIR] [--images DATASET_DIR] [--frames 40]
                                  [--threads 1,0] [--precisions fp32,int8] [--streams 2]
-                                 [--json OUT.json]
+                                 [--passes 1] [--compare "PIPELINE FLAGS"] [--json OUT.json]
 
 Frames are real scene images centre-cropped to 16:9 and resized to 1280x720 and 1920x1080, then
-JPEG-encoded so that decoding is measured too. Threads 0 means all cores. INT8 uses
+JPEG-encoded so that decoding is measured too. Threads 0 means all cores. `--compare` times a
+second pipeline configuration (the same pipeline flags, as one string) frame by frame beside the
+first, alternating which goes first, so that a VM's drift in speed hits both alike; it adds the
+median over frames of the compared / base ratio of detect + read. INT8 uses
 `detector_int8.xml` / `reader_int8.xml` when present in the models folder. Prints a table and
 writes JSON with the git sha, date, CPU model and the process's peak RSS. A benchmark is a
 command, not a test: nothing here asserts on time.
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,7 +38,12 @@ import numpy as np
 import numpy.typing as npt
 
 from services.edge.dataset import load_labels
-from services.edge.eval import add_pipeline_flags, pipeline_option_values, pipeline_overrides
+from services.edge.eval import (
+    add_pipeline_flags,
+    pipeline_option_values,
+    pipeline_overrides,
+    positive_int_arg,
+)
 from services.edge.recognition.pipeline import (
     MODELS_DIR,
     STAGES,
@@ -112,32 +121,70 @@ def load(
     return recognizer
 
 
-def run_latency(recognizer: PlateRecognizer, frames: list[bytes], warmup: int) -> dict[str, Any]:
-    for data in frames[:warmup]:
-        recognizer.recognize_bytes(data)
-    stages: dict[str, list[float]] = {s: [] for s in STAGES}
-    detect_read: list[float] = []
-    plates = 0
-    for data in frames:
-        result = recognizer.recognize_bytes(data)
-        plates += len(result.plates)
-        for stage in STAGES:
-            stages[stage].append(result.timings_ms.get(stage, 0.0))
-        timings = result.timings_ms
-        detect_read.append(timings.get("detect", 0.0) + timings.get("read", 0.0))
-    return {
-        "frames": len(frames),
-        "plates_per_frame": plates / max(1, len(frames)),
-        "stages_ms": {
-            s: {"p50": round(statistics.median(v), 3), "p95": round(percentile(v, 95), 3)}
-            for s, v in stages.items()
-        },
-        # the issue's measure: detect + read of each frame, then the median over frames
-        "detect_read_ms": {
-            "p50": round(statistics.median(detect_read), 3),
-            "p95": round(percentile(detect_read, 95), 3),
-        },
-    }
+def compare_flags(text: str) -> dict[str, Any]:
+    """`--compare`'s string: pipeline flags only, parsed as `platewatch eval` parses them; the
+    options they set."""
+    parser = argparse.ArgumentParser(prog="--compare", add_help=False, exit_on_error=False)
+    add_pipeline_flags(parser)
+    try:
+        parsed, rest = parser.parse_known_args(shlex.split(text))
+    except (argparse.ArgumentError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    if rest:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a pipeline flag: {rest[0]}")
+    return pipeline_overrides(parsed)
+
+
+def run_latency(
+    recognizers: list[PlateRecognizer], frames: list[bytes], warmup: int, passes: int = 1
+) -> list[dict[str, Any]]:
+    """Each frame through every recogniser in turn, `passes` times; the recognisers take turns
+    going first (frame by frame), so that a change in the machine's speed hits them alike. One
+    row per recogniser; with two, the second's row adds the median over frames of its detect +
+    read time over the first's (`paired_ratio`)."""
+    for recognizer in recognizers:
+        for data in frames[:warmup]:
+            recognizer.recognize_bytes(data)
+    count = len(recognizers)
+    stages: list[dict[str, list[float]]] = [{s: [] for s in STAGES} for _ in recognizers]
+    detect_read: list[list[float]] = [[] for _ in recognizers]
+    plates = [0] * count
+    turn = 0
+    for _ in range(passes):
+        for data in frames:
+            for k in [(turn + j) % count for j in range(count)]:
+                result = recognizers[k].recognize_bytes(data)
+                plates[k] += len(result.plates)
+                timings = result.timings_ms
+                for stage in STAGES:
+                    stages[k][stage].append(timings.get(stage, 0.0))
+                detect_read[k].append(timings.get("detect", 0.0) + timings.get("read", 0.0))
+            turn += 1
+    rows = []
+    for k in range(count):
+        rows.append(
+            {
+                "frames": len(frames),
+                "passes": passes,
+                "plates_per_frame": plates[k] / max(1, len(frames) * passes),
+                "stages_ms": {
+                    s: {"p50": round(statistics.median(v), 3), "p95": round(percentile(v, 95), 3)}
+                    for s, v in stages[k].items()
+                    if v
+                },
+                # the issue's measure: detect + read of each frame, then the median over frames
+                "detect_read_ms": {
+                    "p50": round(statistics.median(detect_read[k]), 3),
+                    "p95": round(percentile(detect_read[k], 95), 3),
+                }
+                if detect_read[k]
+                else {"p50": 0.0, "p95": 0.0},
+            }
+        )
+    if count == 2 and detect_read[0]:
+        ratios = [b / a for a, b in zip(detect_read[0], detect_read[1], strict=True) if a > 0]
+        rows[1]["paired_ratio"] = round(statistics.median(ratios), 3) if ratios else None
+    return rows
 
 
 def run_streams(
@@ -235,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument(
+        "--passes",
+        type=positive_int_arg,
+        default=1,
+        help="times each frame is recognised in the latency rows (more samples)",
+    )
+    ap.add_argument(
+        "--compare",
+        type=compare_flags,
+        default=None,
+        metavar="FLAGS",
+        help="pipeline flags of a second configuration, as one string (e.g. "
+        "'--reader-precision auto'), timed frame by frame beside the first",
+    )
     ap.add_argument("--threads", default="1,0", help="comma list; 0 = all cores")
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--resolutions", default="720p,1080p")
@@ -262,25 +323,38 @@ def main(argv: list[str]) -> int:
     print(
         f"{'res':6} {'thr':>3} {'prec':5} " + " ".join(f"{s:>15}" for s in (*STAGES, "detect+read"))
     )
+    compared = (
+        dataclasses.replace(PipelineOptions(), **{**overrides, **args.compare})
+        if args.compare is not None
+        else None
+    )
     for precision in precisions:
         for thr in threads:
-            recognizer = load(args.models, precision, thr, options)
+            recognizers = [load(args.models, precision, thr, options)]
+            if compared is not None:
+                recognizers.append(load(args.models, precision, thr, compared))
             for res in resolutions:
-                row = run_latency(recognizer, frames[res], args.warmup)
-                row.update(
-                    resolution=res,
-                    threads=thr or os.cpu_count(),
-                    precision=precision,
-                    models=list(model_names(args.models, precision)),
-                )
-                results.append(row)
-                cells = " ".join(
-                    f"{row['stages_ms'][s]['p50']:7.2f}/{row['stages_ms'][s]['p95']:7.2f}"
-                    for s in STAGES
-                )
-                both = row["detect_read_ms"]
-                cells += f" {both['p50']:7.2f}/{both['p95']:7.2f}"
-                print(f"{res:6} {row['threads']:>3} {precision:5} {cells}")
+                rows = run_latency(recognizers, frames[res], args.warmup, args.passes)
+                for row, label in zip(rows, ("base", "compare"), strict=False):
+                    row.update(
+                        resolution=res,
+                        threads=thr or os.cpu_count(),
+                        precision=precision,
+                        models=list(model_names(args.models, precision)),
+                    )
+                    if compared is not None:
+                        row["configuration"] = label
+                    results.append(row)
+                    cells = " ".join(
+                        f"{row['stages_ms'][s]['p50']:7.2f}/{row['stages_ms'][s]['p95']:7.2f}"
+                        for s in STAGES
+                    )
+                    both = row["detect_read_ms"]
+                    cells += f" {both['p50']:7.2f}/{both['p95']:7.2f}"
+                    tag = f" {label}" if compared is not None else ""
+                    if "paired_ratio" in row:
+                        tag += f" (x{row['paired_ratio']:.3f} of base, median of frames)"
+                    print(f"{res:6} {row['threads']:>3} {precision:5} {cells}{tag}")
     streams = run_streams(
         args.models,
         precisions[0],
@@ -305,6 +379,7 @@ def main(argv: list[str]) -> int:
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "pipeline_options": pipeline_option_values(options),
+        "compared_options": pipeline_option_values(compared) if compared is not None else None,
         "latency": results,
         "throughput": streams,
         "peak_rss_mb_this_process": round(peak_rss_mb(), 1),

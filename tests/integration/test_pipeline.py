@@ -380,3 +380,28 @@ def test_second_reader_auto_precision_compiles_with_the_cpu_default() -> None:
     assert precision["f32"] == str(ov.Type.f32)
     assert precision["auto"] == str(default.get_property("INFERENCE_PRECISION_HINT"))
     assert [p.text for p in auto.recognize(frame).plates if _overlap(p.box, box) > 0.5] == [text]
+
+
+def test_reader_auto_precision_compiles_with_the_cpu_default() -> None:
+    """`reader_precision="auto"` leaves our reader at OpenVINO's default precision for the CPU
+    (BF16 where it is native, FP32 elsewhere) and touches no other model; the default forces
+    FP32. Either way the clean rendered plate reads right."""
+    import openvino as ov
+
+    frame, box, text = compose_scene(seed=5, format_name="eu_de")
+    options = PipelineOptions(second_read_below=1.01, second_min_detector=0.0)
+    auto = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), replace(options, reader_precision="auto")
+    )
+    f32 = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+
+    def hint(model: object) -> str:
+        return str(model.compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[attr-defined]
+
+    default = ov.Core().compile_model(
+        str(MODELS_DIR / "reader.xml"), "CPU", {"INFERENCE_NUM_THREADS": "1"}
+    )
+    assert hint(f32._reader_model) == str(ov.Type.f32)
+    assert hint(auto._reader_model) == str(default.get_property("INFERENCE_PRECISION_HINT"))
+    assert hint(auto._second_model) == str(ov.Type.f32)  # second_precision is its own choice
+    assert [p.text for p in auto.recognize(frame).plates if _overlap(p.box, box) > 0.5] == [text]

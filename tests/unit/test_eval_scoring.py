@@ -99,12 +99,18 @@ def test_pipeline_flags_set_only_the_options_given() -> None:
     from services.edge.recognition.pipeline import PipelineOptions
 
     args = build_parser().parse_args(
-        ["data", "--out", "p.jsonl", "--score-threshold", "0.3", "--second-precision", "auto"]
-    )
-    assert pipeline_overrides(args) == {"score_threshold": 0.3, "second_precision": "auto"}
-    options = PipelineOptions(second_read_below=0.0)
+        ["data", "--out", "p.jsonl", "--score-threshold", "0.3", "--second-precision", "auto",
+         "--reader-precision", "auto"]
+    )  # fmt: skip
+    assert pipeline_overrides(args) == {
+        "score_threshold": 0.3,
+        "second_precision": "auto",
+        "reader_precision": "auto",
+    }
+    options = PipelineOptions(second_read_below=0.0, reader_precision="auto")
     values = pipeline_option_values(options)
     assert values["second_read_below"] == 0.0 and values["second_precision"] == "f32"
+    assert values["reader_precision"] == "auto"
     assert values["score_threshold"] == 0.0  # the sidecar's
 
 
@@ -122,6 +128,7 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
     ("flag", "value"),
     [
         ("--second-precision", "bf16"),
+        ("--reader-precision", "fp16"),
         ("--second-read-below", "1.5"),
         ("--variants-below", "1"),
         ("--max-candidates", "0"),

@@ -352,7 +352,7 @@ def test_score_threshold_option_replaces_the_sidecar_threshold() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("score_threshold", 1.0), ("score_threshold", -0.1), ("score_threshold", float("nan")),
-     ("second_precision", "bf16"), ("detect_fit", "round")],
+     ("second_precision", "bf16"), ("reader_precision", "f16"), ("detect_fit", "round")],
 )  # fmt: skip
 def test_bad_pipeline_options_are_refused_by_name(field: str, value: object) -> None:
     from dataclasses import replace
