@@ -358,50 +358,36 @@ def test_forced_second_reads_keep_the_plate_right() -> None:
     assert [p.text for p in result.plates if _overlap(p.box, box) > 0.5] == [text]
 
 
-def test_second_reader_auto_precision_compiles_with_the_cpu_default() -> None:
-    """`second_precision="auto"` leaves the second reader at OpenVINO's default precision for
-    the CPU (BF16 where it is native, FP32 elsewhere); the default forces FP32. Either way the
-    clean rendered plate, read a second time, still reads right."""
-    import openvino as ov
-
-    frame, box, text = compose_scene(seed=5, format_name="eu_de")
-    forced = PipelineOptions(second_read_below=1.01, second_min_detector=0.0)
-    auto = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), replace(forced, second_precision="auto")
-    )
-    f32 = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), forced)
-    precision = {
-        name: str(r._second_model.compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[union-attr]
-        for name, r in (("auto", auto), ("f32", f32))
-    }
-    default = ov.Core().compile_model(
-        str(MODELS_DIR / "second_reader.xml"), "CPU", {"INFERENCE_NUM_THREADS": "1"}
-    )
-    assert precision["f32"] == str(ov.Type.f32)
-    assert precision["auto"] == str(default.get_property("INFERENCE_PRECISION_HINT"))
-    assert [p.text for p in auto.recognize(frame).plates if _overlap(p.box, box) > 0.5] == [text]
-
-
-def test_reader_auto_precision_compiles_with_the_cpu_default() -> None:
-    """`reader_precision="auto"` leaves our reader at OpenVINO's default precision for the CPU
-    (BF16 where it is native, FP32 elsewhere) and touches no other model; the default forces
-    FP32. Either way the clean rendered plate reads right."""
+@pytest.mark.parametrize("field", ["reader_precision", "second_precision"])
+def test_reader_precision_auto_is_the_cpu_default_and_f32_forces_fp32(field: str) -> None:
+    """Each reader's precision is its own choice: "auto" (the default) leaves it at OpenVINO's
+    default for the CPU (BF16 where it is native, FP32 elsewhere), "f32" forces FP32 and leaves
+    the other reader alone. Either way the clean rendered plate, read by both readers, reads
+    right."""
     import openvino as ov
 
     frame, box, text = compose_scene(seed=5, format_name="eu_de")
     options = PipelineOptions(second_read_below=1.01, second_min_detector=0.0)
-    auto = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), replace(options, reader_precision="auto")
+    auto = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+    f32 = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), replace(options, **{field: "f32"})
     )
-    f32 = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
 
-    def hint(model: object) -> str:
-        return str(model.compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[attr-defined]
+    def hint(recognizer: PlateRecognizer, name: str) -> str:
+        model = recognizer._reader_model if name == "reader_precision" else recognizer._second_model
+        return str(model.compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[union-attr]
 
-    default = ov.Core().compile_model(
-        str(MODELS_DIR / "reader.xml"), "CPU", {"INFERENCE_NUM_THREADS": "1"}
-    )
-    assert hint(f32._reader_model) == str(ov.Type.f32)
-    assert hint(auto._reader_model) == str(default.get_property("INFERENCE_PRECISION_HINT"))
-    assert hint(auto._second_model) == str(ov.Type.f32)  # second_precision is its own choice
-    assert [p.text for p in auto.recognize(frame).plates if _overlap(p.box, box) > 0.5] == [text]
+    def cpu_default(xml: str) -> str:
+        compiled = ov.Core().compile_model(
+            str(MODELS_DIR / xml), "CPU", {"INFERENCE_NUM_THREADS": "1"}
+        )
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    other = "second_precision" if field == "reader_precision" else "reader_precision"
+    xml = {"reader_precision": "reader.xml", "second_precision": "second_reader.xml"}
+    assert hint(auto, field) == cpu_default(xml[field])
+    assert hint(f32, field) == str(ov.Type.f32)
+    assert hint(f32, other) == cpu_default(xml[other])
+    for recognizer in (auto, f32):
+        plates = recognizer.recognize(frame).plates
+        assert [p.text for p in plates if _overlap(p.box, box) > 0.5] == [text]

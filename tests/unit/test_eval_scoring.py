@@ -107,10 +107,10 @@ def test_pipeline_flags_set_only_the_options_given() -> None:
         "second_precision": "auto",
         "reader_precision": "auto",
     }
-    options = PipelineOptions(second_read_below=0.0, reader_precision="auto")
+    options = PipelineOptions(second_read_below=0.0, reader_precision="f32")
     values = pipeline_option_values(options)
-    assert values["second_read_below"] == 0.0 and values["second_precision"] == "f32"
-    assert values["reader_precision"] == "auto"
+    assert values["second_read_below"] == 0.0 and values["second_precision"] == "auto"
+    assert values["reader_precision"] == "f32"
     assert values["score_threshold"] == 0.0  # the sidecar's
 
 

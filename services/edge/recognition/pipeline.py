@@ -98,13 +98,13 @@ class PipelineOptions:
     # disagree on (S 693-695 for gates 0.4-0.8 on used seeds), and the second reader is called
     # a third as often (docs/models.md, session 11).
     second_read_below: float = 0.4
-    # The second reader's inference precision: "f32" everywhere, or "auto": OpenVINO's default
+    # The two readers' inference precision: "f32" everywhere, or "auto": OpenVINO's default
     # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
-    # (docs/models.md, session 9).
-    second_precision: Literal["f32", "auto"] = "f32"
-    # Our reader's inference precision, the same two choices (session 12: BF16 reads a crop in
-    # a third of the FP32 time on a CPU with AMX; docs/models.md).
-    reader_precision: Literal["f32", "auto"] = "f32"
+    # (docs/models.md, sessions 9 and 12). "auto" since session 12 (rules 1-2: S 669 against
+    # 666 over held-out data, the same 371 held-out crops, 720p detect + read x0.84 on an AMX
+    # CPU); CPUs without native BF16 compute exactly as before.
+    second_precision: Literal["f32", "auto"] = "auto"
+    reader_precision: Literal["f32", "auto"] = "auto"
     second_min_detector: float = 0.6
     second_min_confidence: float = 0.9
     second_max_length: int = 10

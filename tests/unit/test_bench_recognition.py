@@ -1,0 +1,59 @@
+"""`platewatch bench recognition`'s A/B timing: turns, rows and the paired ratio."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from services.edge.bench import build_parser, compare_flags, run_latency
+from services.edge.recognition.pipeline import RecognitionResult
+
+
+class Timed:
+    """Stands in for a recogniser: fixed stage times, and a shared log of who ran which frame."""
+
+    def __init__(self, name: str, detect: float, read: float, log: list[tuple[str, bytes]]):
+        self.name, self.detect, self.read, self.log = name, detect, read, log
+
+    def recognize_bytes(self, data: bytes) -> RecognitionResult:
+        self.log.append((self.name, data))
+        timings = {"decode": 1.0, "resize": 0.5, "detect": self.detect, "read": self.read}
+        timings["total"] = sum(timings.values())
+        return RecognitionResult(plates=(), timings_ms=timings)
+
+
+def test_two_configurations_take_turns_going_first_frame_by_frame() -> None:
+    log: list[tuple[str, bytes]] = []
+    a, b = Timed("a", 4.0, 4.0, log), Timed("b", 3.0, 3.0, log)
+    rows = run_latency([a, b], [b"f1", b"f2", b"f3"], warmup=0, passes=2)  # type: ignore[list-item]
+    order = [name for name, _ in log]
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [data for _, data in log[::2]] == [b"f1", b"f2", b"f3"] * 2
+    assert rows[0]["detect_read_ms"]["p50"] == 8.0 and rows[1]["detect_read_ms"]["p50"] == 6.0
+    assert rows[1]["paired_ratio"] == 0.75 and "paired_ratio" not in rows[0]
+    assert rows[0]["passes"] == 2 and rows[0]["frames"] == 3
+
+
+def test_one_configuration_gives_one_row_without_a_ratio() -> None:
+    log: list[tuple[str, bytes]] = []
+    rows = run_latency([Timed("a", 2.0, 1.0, log)], [b"x", b"y"], warmup=1)  # type: ignore[list-item]
+    assert len(log) == 3  # one warm-up frame, then the two frames
+    assert len(rows) == 1 and rows[0]["detect_read_ms"] == {"p50": 3.0, "p95": 3.0}
+    assert rows[0]["stages_ms"]["decode"]["p50"] == 1.0 and "paired_ratio" not in rows[0]
+
+
+def test_compare_takes_pipeline_flags_only_and_names_the_bad_one() -> None:
+    assert compare_flags("--reader-precision f32 --variants-below 0") == {
+        "reader_precision": "f32",
+        "variants_below": 0.0,
+    }
+    assert compare_flags("") == {}
+    with pytest.raises(argparse.ArgumentTypeError, match="--threads"):
+        compare_flags("--threads 2")
+    with pytest.raises(argparse.ArgumentTypeError, match="reader-precision"):
+        compare_flags("--reader-precision bf16")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--compare", "--score-threshold 2"])
+    args = build_parser().parse_args(["--compare", "--second-read-below 0", "--passes", "3"])
+    assert args.compare == {"second_read_below": 0.0} and args.passes == 3
