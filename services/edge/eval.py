@@ -347,6 +347,13 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "box (default: the pipeline's, on)",
     )
     ap.add_argument(
+        "--refine-batch",
+        type=positive_int_arg,
+        default=None,
+        help="at most this many zoom windows of a frame in one detector call (1 = one call a "
+        "window; default: the pipeline's)",
+    )
+    ap.add_argument(
         "--second-read-below",
         type=score_arg,
         default=None,
@@ -392,6 +399,7 @@ _PIPELINE_FIELDS = (
     "detect_fit",
     "refine_below",
     "refine_drops_unconfirmed",
+    "refine_batch",
     "second_read_below",
     "second_precision",
     "reader_precision",

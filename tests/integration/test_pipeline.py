@@ -391,3 +391,25 @@ def test_reader_precision_auto_is_the_cpu_default_and_f32_forces_fp32(field: str
     for recognizer in (auto, f32):
         plates = recognizer.recognize(frame).plates
         assert [p.text for p in plates if _overlap(p.box, box) > 0.5] == [text]
+
+
+def test_batched_zoom_windows_give_the_detections_of_one_call_a_window() -> None:
+    """Three scenes side by side, shrunk into one 1280x720 frame, give small plates that the
+    zoomed pass refines: the real detector, compiled for several windows a call, returns the
+    same boxes as one call a window."""
+    tiles = [cv2.resize(compose_scene(seed=s)[0], (426, 240)) for s in (3, 4, 5)]
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[:] = 120
+    frame[240:480, :1278] = np.concatenate(tiles, axis=1)
+    options = PipelineOptions(candidate_threshold=0.2)
+    one = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), replace(options, refine_batch=1)
+    )
+    batched = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+    want = one.detect(frame)
+    found = batched.detect(frame)
+    assert len(want) >= 2  # several small plates, so several windows
+    assert batched._refine_batches  # a batched model was compiled and used
+    assert [d.score for d in found] == pytest.approx([d.score for d in want])
+    for got, expected in zip(found, want, strict=True):
+        assert got.box == pytest.approx(expected.box, abs=0.05)

@@ -213,6 +213,7 @@ def _cascade_recognizer(
 
     reader = overrides.pop("reader", None)
     reader_spec = overrides.pop("reader_spec", None)
+    refine_at = overrides.pop("refine_at", None)
 
     heat = np.zeros((1, 1, 8, 8), np.float32)
     heat[0, 0, 2, 2], heat[0, 0, 5, 5] = 0.9, 0.3
@@ -241,6 +242,7 @@ def _cascade_recognizer(
         reader_spec,  # type: ignore[arg-type]
         options,
         refine_model=zoom,
+        refine_at=refine_at,  # type: ignore[arg-type]
     )
 
 
@@ -254,6 +256,58 @@ def test_cascade_keeps_a_candidate_the_zoomed_pass_confirms_with_its_box() -> No
     assert [d.score for d in found] == pytest.approx([0.9, 0.3])
     assert found[0].box == pytest.approx((16.0, 16.0, 24.0, 24.0))  # not confirmed: coarse box
     assert found[1].box == pytest.approx((41.0, 41.0, 47.0, 47.0))  # the zoomed pass's box
+
+
+class BatchedZoom:
+    """A zoomed detector compiled for `batch` windows: the fake zoom's outputs for each window
+    in the batch; records the batch of every call."""
+
+    def __init__(self, single: FakeModel, batch: int, log: list[int]) -> None:
+        self.single, self.batch, self.log = single, batch, log
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.single.input_names
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.single.output_names
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (x,) = inputs.values()
+        assert x.shape[0] == self.batch
+        self.log.append(self.batch)
+        return {k: np.repeat(v, self.batch, axis=0) for k, v in self.single.infer({}).items()}
+
+
+@pytest.mark.parametrize("refine_batch", [1, 2, 4])
+def test_zoom_windows_of_a_frame_share_one_call_with_the_same_outcome(refine_batch: int) -> None:
+    """The frame's plate and the cascade's candidate are both small: with `refine_batch` >= 2
+    their two windows go through one batched call, and the outcome is that of one call a
+    window; with 1, the batched model is never asked for."""
+    single = _cascade_recognizer(refine_peak=0.8, candidate_threshold=0.2)
+    want = single.detect(np.zeros((64, 64, 3), np.uint8))
+    log: list[int] = []
+    compiled: list[int] = []
+
+    def refine_at(batch: int) -> BatchedZoom:
+        compiled.append(batch)
+        zoom = single._refine_model
+        assert isinstance(zoom, FakeModel)
+        return BatchedZoom(zoom, batch, log)
+
+    batched = _cascade_recognizer(
+        refine_peak=0.8, candidate_threshold=0.2, refine_at=refine_at, refine_batch=refine_batch
+    )
+    for _ in range(2):
+        found = batched.detect(np.zeros((64, 64, 3), np.uint8))
+        assert [(d.box, d.score) for d in found] == [(d.box, d.score) for d in want]
+    zoom = batched._refine_model
+    assert isinstance(zoom, FakeModel)
+    if refine_batch == 1:
+        assert log == [] and compiled == [] and zoom.calls == 4
+    else:
+        assert log == [2, 2] and compiled == [2] and zoom.calls == 0  # compiled once, kept
 
 
 def test_cascade_drops_a_candidate_the_zoomed_pass_scores_too_low() -> None:
@@ -352,7 +406,8 @@ def test_score_threshold_option_replaces_the_sidecar_threshold() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("score_threshold", 1.0), ("score_threshold", -0.1), ("score_threshold", float("nan")),
-     ("second_precision", "bf16"), ("reader_precision", "f16"), ("detect_fit", "round")],
+     ("second_precision", "bf16"), ("reader_precision", "f16"), ("detect_fit", "round"),
+     ("refine_batch", 0)],
 )  # fmt: skip
 def test_bad_pipeline_options_are_refused_by_name(field: str, value: object) -> None:
     from dataclasses import replace

@@ -64,6 +64,9 @@ class PipelineOptions:
     refine_context: float = 3.0
     refine_input: int = 192
     refine_min_score: float = 0.3
+    # At most this many zoom windows of a frame go through the detector in one call (session
+    # 12: two windows in one call cost about 60% of two calls); 1 = one call a window.
+    refine_batch: int = 4
     # A small box of the detector's own (not a cascade candidate) that the zoomed pass does not
     # confirm (no zoomed detection of at least `refine_min_score` centred in it) is dropped
     # instead of read with its coarse box: a cheaper path for clutter boxes (session 10, rule 3:
@@ -260,6 +263,7 @@ class PlateRecognizer:
         second_model: InferenceModel | None = None,
         second_spec: sr.SecondReaderSpec | None = None,
         detector_at: Callable[[int, int], InferenceModel] | None = None,
+        refine_at: Callable[[int], InferenceModel] | None = None,
     ) -> None:
         self.options = options or PipelineOptions()
         if self.options.detect_fit not in ("aspect", "square", "trim"):
@@ -269,6 +273,10 @@ class PlateRecognizer:
         if not 0.0 <= self.options.score_threshold < 1.0:  # also refuses nan
             raise PipelineOptionError(
                 "score_threshold", self.options.score_threshold, "want 0 (the sidecar's) to < 1"
+            )
+        if self.options.refine_batch < 1:
+            raise PipelineOptionError(
+                "refine_batch", self.options.refine_batch, "want at least 1 window a call"
             )
         for name in ("second_precision", "reader_precision"):
             if getattr(self.options, name) not in ("f32", "auto"):
@@ -287,6 +295,11 @@ class PlateRecognizer:
         # the detector's threshold as its float32 scores compare to it (0.35 -> 0.34999999)
         self._threshold = float(np.float32(detector_spec.score_threshold))
         self._refine_model = refine_model
+        # refine_at(batch): the zoomed detector compiled for that many windows (None: one call
+        # a window); compiled models by batch size, and the sizes that failed to compile
+        self._refine_at = refine_at
+        self._refine_batches: dict[int, InferenceModel] = {}
+        self._refine_failed: set[int] = set()
         size = self.options.refine_input
         self._refine_spec = dataclasses.replace(
             detector_spec,
@@ -335,11 +348,13 @@ class PlateRecognizer:
             return OpenVinoModel.load(det_xml, runtime, core, input_shape=(1, 3, height, width))
 
         refine_model: InferenceModel | None = None
+        size = opts.refine_input
+
+        def refine_at(batch: int) -> InferenceModel:
+            return OpenVinoModel.load(det_xml, runtime, core, input_shape=(batch, 3, size, size))
+
         if opts.refine_below > 0:
-            size = opts.refine_input
-            refine_model = OpenVinoModel.load(
-                models_dir / f"{detector_name}.xml", runtime, core, input_shape=(1, 3, size, size)
-            )
+            refine_model = refine_at(1)
         reader_model: InferenceModel | None = None
         reader_spec: rdr.ReaderSpec | None = None
         if reader_name is not None:
@@ -375,6 +390,7 @@ class PlateRecognizer:
             second_model=second_model,
             second_spec=second_spec,
             detector_at=detector_at,
+            refine_at=refine_at,
         )
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
@@ -527,48 +543,106 @@ class PlateRecognizer:
             x1, y1, x2, y2 = d.box
             return bool(max(x2 - x1, 2.0 * (y2 - y1)) * scale < opts.refine_below)
 
-        def refine_one(detection: det.Detection) -> det.Detection | None:
+        def window_of(detection: det.Detection) -> tuple[int, int, int, int] | None:
+            if not small(detection):  # below refine_below the window is magnified
+                return None
+            return det.refine_window(detection.box, width, height, opts.refine_context)
+
+        def decide(
+            detection: det.Detection,
+            window: tuple[int, int, int, int] | None,
+            zoomed: list[det.Detection],
+        ) -> det.Detection | None:
             """The detection with its zoomed box, as it is, or None when it is dropped."""
             candidate = self._is_candidate(detection)
-            window = None
-            if small(detection):  # below refine_below the window is magnified
-                window = det.refine_window(detection.box, width, height, opts.refine_context)
             if window is None:
                 return None if candidate else detection
-            assert self._refine_model is not None
-            wx1, wy1, wx2, wy2 = window
-            inputs, meta = det.preprocess(image[wy1:wy2, wx1:wx2], self._refine_spec)
-            outputs = self._refine_model.infer({self._refine_spec.input_name: inputs})
-            zoomed = det.postprocess(outputs, meta, self._refine_spec)
-            best = det.pick_refined(detection.box, zoomed, (wx1, wy1))
+            best = det.pick_refined(detection.box, zoomed, (window[0], window[1]))
             if candidate and (best is None or best.score < opts.candidate_confirm):
                 return None
             if best is None:
                 return None if opts.refine_drops_unconfirmed else detection
             return det.Detection(box=best.box, score=detection.score)
 
+        def refine_all(chunk: list[det.Detection]) -> list[det.Detection | None]:
+            windows = [window_of(d) for d in chunk]
+            zoomed = self._zoom(image, [w for w in windows if w is not None])
+            found = iter(zoomed)
+            return [
+                decide(d, w, next(found) if w is not None else [])
+                for d, w in zip(chunk, windows, strict=True)
+            ]
+
+        # only as many candidates as can still be read, after the detector's own boxes; they
+        # exist only when every one of those fits in the first chunk, and share its zoom calls
+        candidates = [d for d in detections if self._is_candidate(d) and small(d)]
+        candidates = candidates[: min(opts.max_candidates, max(0, opts.max_plates - len(main)))]
         refined: list[det.Detection] = []
         checked = 0
-        for detection in main:
-            if len(refined) >= opts.max_plates:
+        first = main[: opts.max_plates]
+        outcomes = refine_all(first + candidates)
+        confirmed = outcomes[len(first) :]
+        while True:
+            for kept in outcomes[: len(first)]:
+                if len(refined) >= opts.max_plates:
+                    break
+                checked += 1
+                if kept is not None:
+                    refined.append(kept)
+            if len(refined) >= opts.max_plates or checked >= len(main):
                 break
-            checked += 1
-            kept = refine_one(detection)
-            if kept is not None:
-                refined.append(kept)
-        candidates = [d for d in detections if self._is_candidate(d) and small(d)]
-        # only as many as can still be read, after the detector's own boxes
-        candidates = candidates[: min(opts.max_candidates, max(0, opts.max_plates - len(main)))]
-        for detection in candidates:
-            kept = refine_one(detection)
-            if kept is not None:
-                refined.append(kept)
+            # boxes dropped by the zoom left reading slots: check as many more as could fill them
+            first = main[checked : checked + opts.max_plates - len(refined)]
+            outcomes = refine_all(first)
+        refined.extend(kept for kept in confirmed if kept is not None)
         if len(refined) > 1:  # two coarse boxes (a plate and its recess) may refine alike
             boxes = np.asarray([d.box for d in refined], np.float32)
             scores = np.asarray([d.score for d in refined], np.float32)
             keep = det.nms(boxes, scores, self._det_spec.nms_iou, len(refined))
             refined = [refined[i] for i in sorted(keep)]
         return refined + main[checked:]
+
+    def _zoom(
+        self, image: npt.NDArray[np.uint8], windows: list[tuple[int, int, int, int]]
+    ) -> list[list[det.Detection]]:
+        """The zoomed detector pass over each window (frame pixels), `refine_batch` windows a
+        call; detections in frame pixels, one list per window."""
+        spec = self._refine_spec
+        found: list[list[det.Detection]] = []
+        step = max(1, self.options.refine_batch)
+        for start in range(0, len(windows), step):
+            chunk = windows[start : start + step]
+            prepared = [det.preprocess(image[y1:y2, x1:x2], spec) for x1, y1, x2, y2 in chunk]
+            model = self._refine_for(len(chunk))
+            if model is None:  # no batched model: one call a window
+                for inputs, meta in prepared:
+                    assert self._refine_model is not None
+                    outputs = self._refine_model.infer({spec.input_name: inputs})
+                    found.append(det.postprocess(outputs, meta, spec))
+                continue
+            batch = np.concatenate([inputs for inputs, _ in prepared], axis=0)
+            outputs = model.infer({spec.input_name: batch})
+            for i, (_, meta) in enumerate(prepared):
+                one = {name: value[i : i + 1] for name, value in outputs.items()}
+                found.append(det.postprocess(one, meta, spec))
+        return found
+
+    def _refine_for(self, batch: int) -> InferenceModel | None:
+        """The zoomed detector compiled for `batch` windows (compiled on first use, kept); None
+        when there is no such model (then each window takes its own call)."""
+        if batch == 1:
+            return self._refine_model
+        model = self._refine_batches.get(batch)
+        if model is None and self._refine_at is not None and batch not in self._refine_failed:
+            try:
+                model = self._refine_batches[batch] = self._refine_at(batch)
+            except ModelLoadError as exc:
+                self._refine_failed.add(batch)
+                log.error(
+                    "zoomed detector not compiled for a batch; one call a window",
+                    extra={"batch": batch, "error": str(exc)},
+                )
+        return model
 
     def _read_box(
         self,
