@@ -15,6 +15,7 @@ from services.edge.recognition.reader import (
     ReaderSpecError,
     ctc_beam_search,
     ctc_label_probability,
+    forced_alignment_confidences,
     greedy_decode,
     layout_classes,
     layout_decode,
@@ -416,3 +417,55 @@ def test_postprocess_counts_the_feature_rows_the_best_path_uses(
 def test_a_one_row_model_always_reads_one_line() -> None:
     spec = ReaderSpec.from_dict(_sidecar(sequence_rows=1))
     assert postprocess(_probs("--KA04---ME9869-"), spec).lines == 1
+
+
+def _reference_forced_alignment(probs: np.ndarray, labels: list[int], blank: int) -> list[float]:
+    """The Viterbi alignment of `labels` over a (T, S) score table in numpy, one step at a time
+    (the test oracle: the shipped pass runs over Python lists)."""
+    ext = [blank]
+    for k in labels:
+        ext += [k, blank]
+    n_t, n_s = probs.shape[0], len(ext)
+    ext_arr = np.asarray(ext)
+    logp = np.log(np.maximum(probs, 1e-30))[:, ext_arr]
+    can_skip = np.zeros(n_s, dtype=bool)
+    can_skip[2:] = (ext_arr[2:] != blank) & (ext_arr[2:] != ext_arr[:-2])
+    score = np.full((n_t, n_s), -np.inf)
+    back = np.zeros((n_t, n_s), dtype=np.int64)
+    score[0, :2] = logp[0, :2]
+    idx = np.arange(n_s)
+    choices = np.full((3, n_s), -np.inf)  # stay, step from s-1, skip from s-2
+    for t in range(1, n_t):
+        choices[0] = score[t - 1]
+        choices[1, 1:] = score[t - 1, :-1]
+        choices[2, 2:] = np.where(can_skip[2:], score[t - 1, :-2], -np.inf)
+        arg = choices.argmax(axis=0)  # ties: the first (stay, then step)
+        score[t] = choices[arg, idx] + logp[t]
+        back[t] = idx - arg
+    s = n_s - 1 if score[-1, n_s - 1] >= score[-1, n_s - 2] else n_s - 2
+    conf = [0.0] * len(labels)
+    for t in range(n_t - 1, -1, -1):
+        if s % 2 == 1:
+            conf[s // 2] = max(conf[s // 2], float(probs[t, ext[s]]))
+        s = int(back[t, s]) if t > 0 else s
+    return conf
+
+
+def test_forced_alignment_equals_the_numpy_viterbi() -> None:
+    """Random peaked outputs and label sequences (repeats included, some longer than the
+    output can align): the confidences are exactly the numpy oracle's."""
+    rng = np.random.default_rng(7)
+    k = SPEC.num_classes
+    for _ in range(300):
+        steps = int(rng.integers(4, 65))
+        logits = rng.normal(0.0, 1.0, (steps, k))
+        logits[:, SPEC.blank_index] += rng.uniform(0.0, 8.0, steps)
+        for t in rng.choice(steps, size=int(rng.integers(0, steps // 2 + 1)), replace=False):
+            logits[t, int(rng.integers(1, k))] += rng.uniform(0.0, 10.0)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+        labels = [int(v) for v in rng.integers(1, k, int(rng.integers(1, 12)))]
+        if rng.random() < 0.2 and len(labels) > 1:
+            labels[1] = labels[0]  # a repeat needs a blank between
+        got = forced_alignment_confidences(probs, labels, SPEC.blank_index)
+        assert got == _reference_forced_alignment(probs, labels, SPEC.blank_index)

@@ -380,7 +380,7 @@ class PlateRecognizer:
                     "no second reader: unsure reads are not checked",
                     extra={"model": str(second_xml)},
                 )
-        return cls(
+        recognizer = cls(
             det_model,
             det_spec,
             reader_model,
@@ -392,6 +392,11 @@ class PlateRecognizer:
             detector_at=detector_at,
             refine_at=refine_at,
         )
+        if refine_model is not None:  # compiled now, not in the middle of a frame (~0.1 s each)
+            most = min(opts.refine_batch, opts.max_plates + opts.max_candidates)
+            for batch in range(2, most + 1):
+                recognizer._refine_for(batch)
+        return recognizer
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
         """Decode an encoded image (JPEG, PNG, ...) and recognise its plates."""
