@@ -402,14 +402,15 @@ def test_batched_zoom_windows_give_the_detections_of_one_call_a_window() -> None
     frame[:] = 120
     frame[240:480, :1278] = np.concatenate(tiles, axis=1)
     options = PipelineOptions(candidate_threshold=0.2)
-    one = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), replace(options, refine_batch=1)
+    one = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+    batched = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), replace(options, refine_batch=4)
     )
-    batched = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
     want = one.detect(frame)
     found = batched.detect(frame)
     assert len(want) >= 2  # several small plates, so several windows
     assert sorted(batched._refine_batches) == [2, 3, 4]  # compiled at load, not mid-frame
+    assert not one._refine_batches  # the default: one call a window
     assert [d.score for d in found] == pytest.approx([d.score for d in want])
     for got, expected in zip(found, want, strict=True):
         assert got.box == pytest.approx(expected.box, abs=0.05)
