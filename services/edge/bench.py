@@ -2,13 +2,13 @@
 
     platewatch bench recognition [--models DIR] [--images DATASET_DIR] [--frames 40]
                                  [--threads 1,0] [--precisions fp32,int8] [--streams 2]
-                                 [--passes 1] [--compare "PIPELINE FLAGS"] [--json OUT.json]
+                                 [--passes 1] [--compare "FLAGS"] [--json OUT.json]
 
 Frames are real scene images centre-cropped to 16:9 and resized to 1280x720 and 1920x1080, then
 JPEG-encoded so that decoding is measured too. Threads 0 means all cores. `--compare` times a
-second pipeline configuration (the same pipeline flags, as one string) frame by frame beside the
-first, alternating which goes first, so that a VM's drift in speed hits both alike; it adds the
-median over frames of the compared / base ratio of detect + read. INT8 uses
+second pipeline configuration (the same pipeline flags and `--models DIR`, as one string) frame
+by frame beside the first, alternating which goes first, so that a VM's drift in speed hits both
+alike; it adds the median over frames of the compared / base ratio of detect + read. INT8 uses
 `detector_int8.xml` / `reader_int8.xml` when present in the models folder. Prints a table and
 writes JSON with the git sha, date, CPU model and the process's peak RSS. A benchmark is a
 command, not a test: nothing here asserts on time.
@@ -121,18 +121,30 @@ def load(
     return recognizer
 
 
-def compare_flags(text: str) -> dict[str, Any]:
-    """`--compare`'s string: pipeline flags only, parsed as `platewatch eval` parses them; the
-    options they set."""
+@dataclass(frozen=True, slots=True)
+class Compared:
+    """The configuration `--compare` sets: pipeline options that differ and, optionally, another
+    models folder (a candidate model against the shipped one)."""
+
+    overrides: dict[str, Any]
+    models: Path | None = None
+
+
+def compare_flags(text: str) -> Compared:
+    """`--compare`'s string: pipeline flags, parsed as `platewatch eval` parses them, and
+    `--models DIR`."""
     parser = argparse.ArgumentParser(prog="--compare", add_help=False, exit_on_error=False)
     add_pipeline_flags(parser)
+    parser.add_argument("--models", type=Path, default=None)
     try:
         parsed, rest = parser.parse_known_args(shlex.split(text))
     except (argparse.ArgumentError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
     if rest:
         raise argparse.ArgumentTypeError(f"{text!r}: not a pipeline flag: {rest[0]}")
-    return pipeline_overrides(parsed)
+    if parsed.models is not None and not parsed.models.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: --models {parsed.models}: not a folder")
+    return Compared(pipeline_overrides(parsed), parsed.models)
 
 
 def run_latency(
@@ -293,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=compare_flags,
         default=None,
         metavar="FLAGS",
-        help="pipeline flags of a second configuration, as one string (e.g. "
+        help="pipeline flags (and --models DIR) of a second configuration, as one string (e.g. "
         "'--reader-precision auto'), timed frame by frame beside the first",
     )
     ap.add_argument("--threads", default="1,0", help="comma list; 0 = all cores")
@@ -324,15 +336,18 @@ def main(argv: list[str]) -> int:
         f"{'res':6} {'thr':>3} {'prec':5} " + " ".join(f"{s:>15}" for s in (*STAGES, "detect+read"))
     )
     compared = (
-        dataclasses.replace(PipelineOptions(), **{**overrides, **args.compare})
+        dataclasses.replace(PipelineOptions(), **{**overrides, **args.compare.overrides})
         if args.compare is not None
         else None
     )
+    compared_models = args.models
+    if args.compare is not None and args.compare.models is not None:
+        compared_models = args.compare.models
     for precision in precisions:
         for thr in threads:
             recognizers = [load(args.models, precision, thr, options)]
             if compared is not None:
-                recognizers.append(load(args.models, precision, thr, compared))
+                recognizers.append(load(compared_models, precision, thr, compared))
             for res in resolutions:
                 rows = run_latency(recognizers, frames[res], args.warmup, args.passes)
                 for row, label in zip(rows, ("base", "compare"), strict=False):
@@ -380,6 +395,7 @@ def main(argv: list[str]) -> int:
         "machine": platform.machine(),
         "pipeline_options": pipeline_option_values(options),
         "compared_options": pipeline_option_values(compared) if compared is not None else None,
+        "compared_models": str(compared_models) if compared is not None else None,
         "latency": results,
         "throughput": streams,
         "peak_rss_mb_this_process": round(peak_rss_mb(), 1),

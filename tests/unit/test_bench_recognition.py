@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from services.edge.bench import build_parser, compare_flags, run_latency
+from services.edge.bench import Compared, build_parser, compare_flags, run_latency
 from services.edge.recognition.pipeline import RecognitionResult
 
 
@@ -43,12 +44,14 @@ def test_one_configuration_gives_one_row_without_a_ratio() -> None:
     assert rows[0]["stages_ms"]["decode"]["p50"] == 1.0 and "paired_ratio" not in rows[0]
 
 
-def test_compare_takes_pipeline_flags_only_and_names_the_bad_one() -> None:
-    assert compare_flags("--reader-precision f32 --variants-below 0") == {
-        "reader_precision": "f32",
-        "variants_below": 0.0,
-    }
-    assert compare_flags("") == {}
+def test_compare_takes_pipeline_flags_only_and_names_the_bad_one(tmp_path: Path) -> None:
+    assert compare_flags("--reader-precision f32 --variants-below 0") == Compared(
+        {"reader_precision": "f32", "variants_below": 0.0}
+    )
+    assert compare_flags("") == Compared({})
+    assert compare_flags(f"--models {tmp_path}") == Compared({}, tmp_path)
+    with pytest.raises(argparse.ArgumentTypeError, match="not a folder"):
+        compare_flags(f"--models {tmp_path / 'none'}")
     with pytest.raises(argparse.ArgumentTypeError, match="--threads"):
         compare_flags("--threads 2")
     with pytest.raises(argparse.ArgumentTypeError, match="reader-precision"):
@@ -56,4 +59,4 @@ def test_compare_takes_pipeline_flags_only_and_names_the_bad_one() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--compare", "--score-threshold 2"])
     args = build_parser().parse_args(["--compare", "--second-read-below 0", "--passes", "3"])
-    assert args.compare == {"second_read_below": 0.0} and args.passes == 3
+    assert args.compare == Compared({"second_read_below": 0.0}) and args.passes == 3

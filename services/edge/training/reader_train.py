@@ -42,6 +42,7 @@ from services.edge.training.reader_model import (
     conv_widths,
     count_macs,
     count_params,
+    stage_channels,
     widen_from,
 )
 
@@ -208,8 +209,12 @@ def train(args: argparse.Namespace) -> nn.Module:
         model.load_state_dict(torch.load(args.init, map_location="cpu"))
         log.info("initialised", extra={"from": args.init})
     elif args.widen_from:
-        narrow = PlateReaderNet(SPEC.num_classes)
-        narrow.load_state_dict(torch.load(args.widen_from, map_location="cpu"))
+        state = torch.load(args.widen_from, map_location="cpu")
+        widths = [
+            int(v.shape[0]) for k, v in state.items() if k.endswith(".weight") and v.ndim == 4
+        ]
+        narrow = PlateReaderNet(SPEC.num_classes, channels=stage_channels(widths[:-1]))  # no head
+        narrow.load_state_dict(state)
         widen_from(narrow, model, seed=args.seed)
         log.info("widened", extra={"from": args.widen_from, "channels": args.channels})
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -350,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument(
         "--widen-from",
         default="",
-        help="start from these default-width weights, widened to --channels (function kept)",
+        help="start from these weights (any narrower widths), widened to --channels "
+        "(function kept)",
     )
     ap.add_argument(
         "--loose-p",
