@@ -182,20 +182,18 @@ def run_latency(
                 "stages_ms": {
                     s: {"p50": round(statistics.median(v), 3), "p95": round(percentile(v, 95), 3)}
                     for s, v in stages[k].items()
-                    if v
                 },
                 # the measure: detect + read of each frame, then the median over frames
                 "detect_read_ms": {
                     "p50": round(statistics.median(detect_read[k]), 3),
                     "p95": round(percentile(detect_read[k], 95), 3),
-                }
-                if detect_read[k]
-                else {"p50": 0.0, "p95": 0.0},
+                },
             }
         )
-    if count == 2 and detect_read[0]:
+    if count == 2:
         ratios = [b / a for a, b in zip(detect_read[0], detect_read[1], strict=True) if a > 0]
-        rows[1]["paired_ratio"] = round(statistics.median(ratios), 3) if ratios else None
+        if ratios:
+            rows[1]["paired_ratio"] = round(statistics.median(ratios), 3)
     return rows
 
 
@@ -306,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FLAGS",
         help="pipeline flags (and --models DIR) of a second configuration, as one string (e.g. "
-        "'--reader-precision auto'), timed frame by frame beside the first",
+        "'--reader-precision auto'), timed frame by frame beside the first (latency rows only)",
     )
     ap.add_argument("--threads", default="1,0", help="comma list; 0 = all cores")
     ap.add_argument("--precisions", default="fp32,int8")
@@ -331,6 +329,9 @@ def main(argv: list[str]) -> int:
     overrides = pipeline_overrides(args)
     options = dataclasses.replace(PipelineOptions(), **overrides)
     frames = {r: make_frames(args.images, args.frames, *RESOLUTIONS[r]) for r in resolutions}
+    if not all(frames.values()):
+        print(f"platewatch bench: no readable images in {args.images}", file=sys.stderr)
+        return 2
     results: list[dict[str, Any]] = []
     print(
         f"{'res':6} {'thr':>3} {'prec':5} " + " ".join(f"{s:>15}" for s in (*STAGES, "detect+read"))
@@ -355,7 +356,11 @@ def main(argv: list[str]) -> int:
                         resolution=res,
                         threads=thr or os.cpu_count(),
                         precision=precision,
-                        models=list(model_names(args.models, precision)),
+                        models=list(
+                            model_names(
+                                compared_models if label == "compare" else args.models, precision
+                            )
+                        ),
                     )
                     if compared is not None:
                         row["configuration"] = label

@@ -60,3 +60,15 @@ def test_compare_takes_pipeline_flags_only_and_names_the_bad_one(tmp_path: Path)
         build_parser().parse_args(["--compare", "--score-threshold 2"])
     args = build_parser().parse_args(["--compare", "--second-read-below 0", "--passes", "3"])
     assert args.compare == Compared({"second_read_below": 0.0}) and args.passes == 3
+
+
+def test_a_folder_without_readable_images_is_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.edge.bench import main
+
+    (tmp_path / "labels.jsonl").write_text(
+        '{"file": "images/gone.jpg", "width": 8, "height": 8, "region": "us", "plates": []}\n'
+    )
+    assert main(["--images", str(tmp_path), "--streams", "0"]) == 2
+    assert f"no readable images in {tmp_path}" in capsys.readouterr().err
