@@ -36,3 +36,10 @@ def test_widening_refuses_a_narrower_or_different_reader() -> None:
         widen_from(PlateReaderNet(37, channels=(24, 48, 72, 96, 144)), PlateReaderNet(37))
     with pytest.raises(ValueError, match="class counts"):
         widen_from(PlateReaderNet(37), PlateReaderNet(40, channels=(24, 48, 72, 96, 144)))
+
+
+def test_saved_weights_give_back_their_stage_widths() -> None:
+    from services.edge.training.reader_model import PlateReaderNet, channels_of
+
+    for channels in ((16, 32, 48, 64, 96), (24, 48, 72, 96, 144), (32, 64, 96, 128, 192)):
+        assert channels_of(PlateReaderNet(37, channels=channels).state_dict()) == channels

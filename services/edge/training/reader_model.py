@@ -61,6 +61,13 @@ class PlateReaderNet(nn.Module):
         return y.flatten(2).transpose(1, 2)  # N, T=64, K (row 0 then row 1)
 
 
+def channels_of(state: dict[str, torch.Tensor]) -> tuple[int, int, int, int, int]:
+    """The five stage widths of a PlateReaderNet's saved weights (its convolutions' output
+    widths, the classifier head left out)."""
+    widths = [int(v.shape[0]) for k, v in state.items() if k.endswith(".weight") and v.ndim == 4]
+    return stage_channels(widths[:-1])
+
+
 def widen_from(
     narrow: PlateReaderNet, wide: PlateReaderNet, seed: int = 0, noise: float = 0.01
 ) -> None:

@@ -39,10 +39,10 @@ from services.edge.training.reader_data import (
 from services.edge.training.reader_model import (
     DEFAULT_CHANNELS,
     PlateReaderNet,
+    channels_of,
     conv_widths,
     count_macs,
     count_params,
-    stage_channels,
     widen_from,
 )
 
@@ -210,10 +210,7 @@ def train(args: argparse.Namespace) -> nn.Module:
         log.info("initialised", extra={"from": args.init})
     elif args.widen_from:
         state = torch.load(args.widen_from, map_location="cpu")
-        widths = [
-            int(v.shape[0]) for k, v in state.items() if k.endswith(".weight") and v.ndim == 4
-        ]
-        narrow = PlateReaderNet(SPEC.num_classes, channels=stage_channels(widths[:-1]))  # no head
+        narrow = PlateReaderNet(SPEC.num_classes, channels=channels_of(state))
         narrow.load_state_dict(state)
         widen_from(narrow, model, seed=args.seed)
         log.info("widened", extra={"from": args.widen_from, "channels": args.channels})
