@@ -5,7 +5,8 @@
                                  [--passes 1] [--compare "FLAGS"] [--json OUT.json]
 
 Frames are real scene images centre-cropped to 16:9 and resized to 1280x720 and 1920x1080, then
-JPEG-encoded so that decoding is measured too. Threads 0 means all cores. `--compare` times a
+JPEG-encoded so that decoding is measured too. Threads 0 means all cores. FP32 / INT8 name the
+detector's IR; the readers run at the pipeline's reader precisions. `--compare` times a
 second pipeline configuration (the same pipeline flags and `--models DIR`, as one string) frame
 by frame beside the first, alternating which goes first, so that a VM's drift in speed hits both
 alike; it adds the median over frames of the compared / base ratio of detect + read. INT8 uses
@@ -161,17 +162,16 @@ def run_latency(
     stages: list[dict[str, list[float]]] = [{s: [] for s in STAGES} for _ in recognizers]
     detect_read: list[list[float]] = [[] for _ in recognizers]
     plates = [0] * count
-    turn = 0
-    for _ in range(passes):
-        for data in frames:
-            for k in [(turn + j) % count for j in range(count)]:
+    for done in range(passes):
+        for index, data in enumerate(frames):
+            first = (done + index) % count  # each pass swaps who goes first on every frame
+            for k in [(first + j) % count for j in range(count)]:
                 result = recognizers[k].recognize_bytes(data)
                 plates[k] += len(result.plates)
                 timings = result.timings_ms
                 for stage in STAGES:
                     stages[k][stage].append(timings.get(stage, 0.0))
                 detect_read[k].append(timings.get("detect", 0.0) + timings.get("read", 0.0))
-            turn += 1
     rows = []
     for k in range(count):
         rows.append(

@@ -406,11 +406,24 @@ def test_batched_zoom_windows_give_the_detections_of_one_call_a_window() -> None
     batched = PlateRecognizer.from_dir(
         MODELS_DIR, RuntimeOptions(threads=1), replace(options, refine_batch=4)
     )
-    want = one.detect(frame)
-    found = batched.detect(frame)
-    assert len(want) >= 2  # several small plates, so several windows
     assert sorted(batched._refine_batches) == [2, 3, 4]  # compiled at load, not mid-frame
     assert not one._refine_batches  # the default: one call a window
+    calls: list[int] = []
+
+    class Counted:  # the compiled batched model, with its calls' batch sizes recorded
+        def __init__(self, model: Any, batch: int) -> None:
+            self.model, self.batch = model, batch
+            self.input_names, self.output_names = model.input_names, model.output_names
+
+        def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            calls.append(self.batch)
+            return dict(self.model.infer(inputs))
+
+    batched._refine_batches = {b: Counted(m, b) for b, m in batched._refine_batches.items()}  # type: ignore[assignment]
+    want = one.detect(frame)
+    found = batched.detect(frame)
+    assert len(want) >= 2  # several small plates
+    assert calls and min(calls) >= 2  # their windows shared batched calls
     assert [d.score for d in found] == pytest.approx([d.score for d in want])
     for got, expected in zip(found, want, strict=True):
         assert got.box == pytest.approx(expected.box, abs=0.05)

@@ -258,56 +258,67 @@ def test_cascade_keeps_a_candidate_the_zoomed_pass_confirms_with_its_box() -> No
     assert found[1].box == pytest.approx((41.0, 41.0, 47.0, 47.0))  # the zoomed pass's box
 
 
-class BatchedZoom:
-    """A zoomed detector compiled for `batch` windows: the fake zoom's outputs for each window
-    in the batch; records the batch of every call."""
+class WindowZoom:
+    """A zoomed detector whose answer depends on the window's place in the frame's sequence of
+    windows: the n-th window gets `answers[n]` whether the windows come one a call (`batch`
+    1) or together (then the batch must have `batch` windows). Records each call's batch."""
 
-    def __init__(self, single: FakeModel, batch: int, log: list[int]) -> None:
-        self.single, self.batch, self.log = single, batch, log
+    def __init__(self, answers: list[dict[str, np.ndarray]], batch: int, log: list[int]) -> None:
+        self.answers, self.batch, self.log, self.windows = answers, batch, log, 0
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return self.single.input_names
+        return ("image",)
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return self.single.output_names
+        return tuple(self.answers[0])
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         (x,) = inputs.values()
         assert x.shape[0] == self.batch
         self.log.append(self.batch)
-        return {k: np.repeat(v, self.batch, axis=0) for k, v in self.single.infer({}).items()}
+        first = self.windows % len(self.answers)  # the frame's first window, frame after frame
+        self.windows += self.batch
+        picked = [self.answers[(first + i) % len(self.answers)] for i in range(self.batch)]
+        return {k: np.concatenate([a[k] for a in picked]) for k in self.answers[0]}
 
 
 @pytest.mark.parametrize("refine_batch", [1, 2, 4])
 def test_zoom_windows_of_a_frame_share_one_call_with_the_same_outcome(refine_batch: int) -> None:
-    """The frame's plate and the cascade's candidate are both small: with `refine_batch` >= 2
-    their two windows go through one batched call, and the outcome is that of one call a
-    window; with 1, the batched model is never asked for."""
-    single = _cascade_recognizer(refine_peak=0.8, candidate_threshold=0.2)
-    want = single.detect(np.zeros((64, 64, 3), np.uint8))
+    """The frame's plate and the cascade's candidate are both small. The zoomed pass confirms
+    the first window (the plate) and finds nothing in the second (the candidate): the plate
+    takes the zoomed box and the candidate is dropped, whether the two windows take a call
+    each or share one batched call (`refine_batch` >= 2); a mix-up of the batch's answers would
+    keep the candidate instead. With 1, the batched model is never asked for."""
+    base = _cascade_recognizer(refine_peak=0.8, candidate_threshold=0.2)
+    zoom = base._refine_model
+    assert isinstance(zoom, FakeModel)
+    confirm = zoom.infer({})
+    nothing = {k: np.zeros_like(v) for k, v in confirm.items()}
+    answers = [confirm, nothing]
     log: list[int] = []
     compiled: list[int] = []
 
-    def refine_at(batch: int) -> BatchedZoom:
+    def refine_at(batch: int) -> WindowZoom:
         compiled.append(batch)
-        zoom = single._refine_model
-        assert isinstance(zoom, FakeModel)
-        return BatchedZoom(zoom, batch, log)
+        return WindowZoom(answers, batch, log)
 
+    single = _cascade_recognizer(refine_peak=0.8, candidate_threshold=0.2)
+    single._refine_model = WindowZoom(answers, 1, [])
+    want = single.detect(np.zeros((64, 64, 3), np.uint8))
+    assert [d.score for d in want] == pytest.approx([0.9])  # the candidate was dropped
     batched = _cascade_recognizer(
         refine_peak=0.8, candidate_threshold=0.2, refine_at=refine_at, refine_batch=refine_batch
     )
+    batched._refine_model = WindowZoom(answers, 1, log)
     for _ in range(2):
         found = batched.detect(np.zeros((64, 64, 3), np.uint8))
         assert [(d.box, d.score) for d in found] == [(d.box, d.score) for d in want]
-    zoom = batched._refine_model
-    assert isinstance(zoom, FakeModel)
     if refine_batch == 1:
-        assert log == [] and compiled == [] and zoom.calls == 4
+        assert log == [1, 1, 1, 1] and compiled == []
     else:
-        assert log == [2, 2] and compiled == [2] and zoom.calls == 0  # compiled once, kept
+        assert log == [2, 2] and compiled == [2]  # one call a frame; compiled once, kept
 
 
 def test_cascade_drops_a_candidate_the_zoomed_pass_scores_too_low() -> None:

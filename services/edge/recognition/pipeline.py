@@ -103,8 +103,9 @@ class PipelineOptions:
     # disagree on (S 693-695 for gates 0.4-0.8 on used seeds), and the second reader is called
     # a third as often (docs/models.md, session 11).
     second_read_below: float = 0.4
-    # The two readers' inference precision: "f32" everywhere, or "auto": OpenVINO's default
-    # for the CPU, BF16 where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
+    # The two readers' inference precision: "f32", the runtime's own hint (FP32 unless a
+    # caller's RuntimeOptions says otherwise), or "auto": OpenVINO's default for the CPU, BF16
+    # where the CPU computes it natively (AMX, AVX-512 BF16), FP32 elsewhere
     # (docs/models.md, sessions 9 and 12). "auto" since session 12 (rules 1-2: S 669 against
     # 666 over held-out data, the same 371 held-out crops, 720p detect + read x0.84 on an AMX
     # CPU); CPUs without native BF16 compute exactly as before.
@@ -395,7 +396,7 @@ class PlateRecognizer:
             refine_at=refine_at,
         )
         if refine_model is not None:  # compiled now, not in the middle of a frame (~0.1 s each)
-            most = min(opts.refine_batch, opts.max_plates + opts.max_candidates)
+            most = min(opts.refine_batch, opts.max_plates)  # a call holds at most max_plates
             for batch in range(2, most + 1):
                 recognizer._refine_for(batch)
         return recognizer
@@ -612,8 +613,9 @@ class PlateRecognizer:
     def _zoom(
         self, image: npt.NDArray[np.uint8], windows: list[tuple[int, int, int, int]]
     ) -> list[list[det.Detection]]:
-        """The zoomed detector pass over each window (frame pixels), `refine_batch` windows a
-        call; detections in frame pixels, one list per window."""
+        """The zoomed detector pass over each window (given in frame pixels), `refine_batch`
+        windows a call; one list of detections per window, in that window's pixels (its corner
+        at 0, 0)."""
         spec = self._refine_spec
         found: list[list[det.Detection]] = []
         step = max(1, self.options.refine_batch)
