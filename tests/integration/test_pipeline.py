@@ -427,3 +427,26 @@ def test_batched_zoom_windows_give_the_detections_of_one_call_a_window() -> None
     assert [d.score for d in found] == pytest.approx([d.score for d in want])
     for got, expected in zip(found, want, strict=True):
         assert got.box == pytest.approx(expected.box, abs=0.05)
+
+
+@pytest.mark.parametrize("name", ["detector", "detector_int8"])
+def test_the_detector_converting_the_uint8_image_itself_gives_the_same_outputs(name: str) -> None:
+    """`OpenVinoModel.load(u8_image=True)` moves the float conversion of the letterboxed image
+    into the compiled graph (the pipeline's default since session 12): the outputs are those of
+    the float input, for the full frame and a zoom window's size (to the last bits: the plugin
+    folds the scaling into the first convolution)."""
+    from services.edge.recognition.detector import letterbox, to_input
+    from services.edge.recognition.runtime import OpenVinoModel
+
+    frame, _, _ = compose_scene(seed=7)
+    xml = MODELS_DIR / f"{name}.xml"
+    for size in (384, 192):
+        shape = (1, 3, size, size)
+        as_float = OpenVinoModel.load(xml, RuntimeOptions(threads=1), input_shape=shape)
+        as_u8 = OpenVinoModel.load(xml, RuntimeOptions(threads=1), input_shape=shape, u8_image=True)
+        canvas, _ = letterbox(frame, size, size)
+        want = as_float.infer({as_float.input_names[0]: to_input(canvas)})
+        got = as_u8.infer({as_u8.input_names[0]: canvas[np.newaxis]})
+        assert set(got) == set(want)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5, err_msg=key)

@@ -68,6 +68,14 @@ def test_preprocess_gives_nchw_float_in_unit_range() -> None:
     assert float(x.min()) >= 0.0
 
 
+def test_preprocess_u8_gives_the_letterboxed_image_itself_in_nhwc() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    x, meta = preprocess(image, SPEC, u8=True)
+    canvas, same = letterbox(image, SPEC.input_width, SPEC.input_height)
+    assert x.shape == (1, 64, 64, 3) and x.dtype == np.uint8
+    assert np.array_equal(x[0], canvas) and meta == same
+
+
 def test_decode_builds_box_from_cell_centre_and_distances() -> None:
     outputs = _outputs([(2, 3, 0.9, (10.0, 4.0, 6.0, 2.0))])
     boxes, scores = decode(outputs["heat"], outputs["ltrb"], SPEC)

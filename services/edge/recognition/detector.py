@@ -200,10 +200,14 @@ def to_input(canvas: UInt8Array) -> FloatArray:
     return chw[np.newaxis]
 
 
-def preprocess(image: UInt8Array, spec: DetectorSpec) -> tuple[FloatArray, LetterboxMeta]:
-    """Frame (H, W, 3 uint8 BGR) -> model input and the mapping back to the frame."""
+def preprocess(
+    image: UInt8Array, spec: DetectorSpec, u8: bool = False
+) -> tuple[FloatArray | UInt8Array, LetterboxMeta]:
+    """Frame (H, W, 3 uint8 BGR) -> model input and the mapping back to the frame. `u8`: the
+    letterboxed image as (1, H, W, 3) uint8, for a model that converts it itself
+    (`OpenVinoModel.load(u8_image=True)`); otherwise (1, 3, H, W) float32 in [0, 1]."""
     canvas, meta = letterbox(image, spec.input_width, spec.input_height)
-    return to_input(canvas), meta
+    return (canvas[np.newaxis] if u8 else to_input(canvas)), meta
 
 
 def box_iou(box: FloatArray, boxes: FloatArray) -> FloatArray:

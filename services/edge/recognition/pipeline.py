@@ -267,6 +267,7 @@ class PlateRecognizer:
         second_spec: sr.SecondReaderSpec | None = None,
         detector_at: Callable[[int, int], InferenceModel] | None = None,
         refine_at: Callable[[int], InferenceModel] | None = None,
+        detector_u8: bool = False,
     ) -> None:
         self.options = options or PipelineOptions()
         if self.options.detect_fit not in ("aspect", "square", "trim"):
@@ -298,6 +299,8 @@ class PlateRecognizer:
         # the detector's threshold as its float32 scores compare to it (0.35 -> 0.34999999)
         self._threshold = float(np.float32(detector_spec.score_threshold))
         self._refine_model = refine_model
+        # the detector models take the uint8 image and convert it in their graph (from_dir)
+        self._det_u8 = detector_u8
         # refine_at(batch): the zoomed detector compiled for that many windows (None: one call
         # a window); compiled models by batch size, and the sizes that failed to compile
         self._refine_at = refine_at
@@ -344,17 +347,19 @@ class PlateRecognizer:
         det_json = models_dir / f"{detector_spec_name or detector_name.removesuffix('_int8')}.json"
         det_spec = det.DetectorSpec.from_file(det_json)
         det_xml = models_dir / f"{detector_name}.xml"
-        det_model = OpenVinoModel.load(det_xml, runtime, core)
+        det_model = OpenVinoModel.load(det_xml, runtime, core, u8_image=True)
         opts = options or PipelineOptions()
 
         def detector_at(width: int, height: int) -> InferenceModel:
-            return OpenVinoModel.load(det_xml, runtime, core, input_shape=(1, 3, height, width))
+            shape = (1, 3, height, width)
+            return OpenVinoModel.load(det_xml, runtime, core, input_shape=shape, u8_image=True)
 
         refine_model: InferenceModel | None = None
         size = opts.refine_input
 
         def refine_at(batch: int) -> InferenceModel:
-            return OpenVinoModel.load(det_xml, runtime, core, input_shape=(batch, 3, size, size))
+            shape = (batch, 3, size, size)
+            return OpenVinoModel.load(det_xml, runtime, core, input_shape=shape, u8_image=True)
 
         if opts.refine_below > 0:
             refine_model = refine_at(1)
@@ -394,6 +399,7 @@ class PlateRecognizer:
             second_spec=second_spec,
             detector_at=detector_at,
             refine_at=refine_at,
+            detector_u8=True,
         )
         if refine_model is not None:  # compiled now, not in the middle of a frame (~0.1 s each)
             most = min(opts.refine_batch, opts.max_plates)  # a call holds at most max_plates
@@ -446,7 +452,7 @@ class PlateRecognizer:
         """Detect, then refine small boxes and confirm or drop the cascade's candidates; also
         returns the clock when the model input was ready (the end of the resize stage)."""
         spec, model = self._detector_for(image.shape[1], image.shape[0])
-        inputs, meta = det.preprocess(image, spec)
+        inputs, meta = det.preprocess(image, spec, self._det_u8)
         ready = self._clock()
         outputs = model.infer({spec.input_name: inputs})
         if self._cascade_on():
@@ -621,7 +627,9 @@ class PlateRecognizer:
         step = max(1, self.options.refine_batch)
         for start in range(0, len(windows), step):
             chunk = windows[start : start + step]
-            prepared = [det.preprocess(image[y1:y2, x1:x2], spec) for x1, y1, x2, y2 in chunk]
+            prepared = [
+                det.preprocess(image[y1:y2, x1:x2], spec, self._det_u8) for x1, y1, x2, y2 in chunk
+            ]
             model = self._refine_for(len(chunk))
             if model is None:  # no batched model: one call a window
                 for inputs, meta in prepared:

@@ -81,6 +81,20 @@ def _first_name(port: Any) -> str:
     return str(port.get_any_name()) if names else f"port{port.get_index()}"
 
 
+def _with_u8_image_input(model: Any) -> Any:
+    """The model with OpenVINO's pre-processing in front of its one input: NHWC uint8 in,
+    converted to float and scaled to [0, 1] in NCHW inside the graph. The CPU plugin folds the
+    scaling into the first convolution, so an FP32 model's outputs differ from the float
+    input's in the last bits (1e-7 relative); an INT8 one's quantised input absorbs that."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(255.0)
+    return ppp.build()
+
+
 class OpenVinoModel:
     """An IR compiled for the CPU with one synchronous infer request."""
 
@@ -98,9 +112,13 @@ class OpenVinoModel:
         options: RuntimeOptions | None = None,
         core: Any = None,
         input_shape: tuple[int, ...] | None = None,
+        u8_image: bool = False,
     ) -> OpenVinoModel:
         """Read `xml` (+ .bin next to it) and compile it with `options`; `input_shape` reshapes
-        a single-input, fully convolutional model (e.g. the detector at a smaller size)."""
+        a single-input, fully convolutional model (e.g. the detector at a smaller size).
+        `u8_image`: the model, whose input is an NCHW float image in [0, 1], takes the NHWC
+        uint8 image instead and converts it inside the compiled graph (no float copy made in
+        Python)."""
         opts = options or RuntimeOptions()
         if not xml.is_file() or not xml.with_suffix(".bin").is_file():
             raise ModelLoadError(xml, "IR .xml/.bin pair not found")
@@ -109,6 +127,8 @@ class OpenVinoModel:
             model = ov_core.read_model(str(xml))
             if input_shape is not None:
                 model.reshape(list(input_shape))
+            if u8_image:
+                model = _with_u8_image_input(model)
             compiled = ov_core.compile_model(model, opts.device, opts.config())
         except RuntimeError as exc:
             raise ModelLoadError(xml, f"OpenVINO failed: {exc}") from exc
