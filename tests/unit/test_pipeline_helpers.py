@@ -318,7 +318,8 @@ def test_zoom_windows_of_a_frame_share_one_call_with_the_same_outcome(refine_bat
     if refine_batch == 1:
         assert log == [1, 1, 1, 1] and compiled == []
     else:
-        assert log == [2, 2] and compiled == [2]  # one call a frame; compiled once, kept
+        # one call a frame; each batch size compiled once, with the recogniser
+        assert log == [2, 2] and compiled == list(range(2, refine_batch + 1))
 
 
 def test_cascade_drops_a_candidate_the_zoomed_pass_scores_too_low() -> None:

@@ -301,11 +301,20 @@ class PlateRecognizer:
         self._refine_model = refine_model
         # the detector models take the uint8 image and convert it in their graph (from_dir)
         self._det_u8 = detector_u8
-        # refine_at(batch): the zoomed detector compiled for that many windows (None: one call
-        # a window); compiled models by batch size, and the sizes that failed to compile
-        self._refine_at = refine_at
+        # the zoomed detector for 2..refine_batch windows a call (a call holds at most
+        # max_plates), compiled now rather than in the middle of a frame (~0.1 s each) by
+        # refine_at(batch); a size missing here (no refine_at, or it failed) takes one call a
+        # window
         self._refine_batches: dict[int, InferenceModel] = {}
-        self._refine_failed: set[int] = set()
+        if refine_model is not None and refine_at is not None:
+            for batch in range(2, min(self.options.refine_batch, self.options.max_plates) + 1):
+                try:
+                    self._refine_batches[batch] = refine_at(batch)
+                except ModelLoadError as exc:
+                    log.error(
+                        "zoomed detector not compiled for a batch; one call a window",
+                        extra={"batch": batch, "error": str(exc)},
+                    )
         size = self.options.refine_input
         self._refine_spec = dataclasses.replace(
             detector_spec,
@@ -388,7 +397,7 @@ class PlateRecognizer:
                     "no second reader: unsure reads are not checked",
                     extra={"model": str(second_xml)},
                 )
-        recognizer = cls(
+        return cls(
             det_model,
             det_spec,
             reader_model,
@@ -401,11 +410,6 @@ class PlateRecognizer:
             refine_at=refine_at,
             detector_u8=True,
         )
-        if refine_model is not None:  # compiled now, not in the middle of a frame (~0.1 s each)
-            most = min(opts.refine_batch, opts.max_plates)  # a call holds at most max_plates
-            for batch in range(2, most + 1):
-                recognizer._refine_for(batch)
-        return recognizer
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
         """Decode an encoded image (JPEG, PNG, ...) and recognise its plates."""
@@ -624,13 +628,13 @@ class PlateRecognizer:
         at 0, 0)."""
         spec = self._refine_spec
         found: list[list[det.Detection]] = []
-        step = max(1, self.options.refine_batch)
+        step = self.options.refine_batch
         for start in range(0, len(windows), step):
             chunk = windows[start : start + step]
             prepared = [
                 det.preprocess(image[y1:y2, x1:x2], spec, self._det_u8) for x1, y1, x2, y2 in chunk
             ]
-            model = self._refine_for(len(chunk))
+            model = self._refine_model if len(chunk) == 1 else self._refine_batches.get(len(chunk))
             if model is None:  # no batched model: one call a window
                 for inputs, meta in prepared:
                     assert self._refine_model is not None
@@ -643,23 +647,6 @@ class PlateRecognizer:
                 one = {name: value[i : i + 1] for name, value in outputs.items()}
                 found.append(det.postprocess(one, meta, spec))
         return found
-
-    def _refine_for(self, batch: int) -> InferenceModel | None:
-        """The zoomed detector compiled for `batch` windows (compiled on first use, kept); None
-        when there is no such model (then each window takes its own call)."""
-        if batch == 1:
-            return self._refine_model
-        model = self._refine_batches.get(batch)
-        if model is None and self._refine_at is not None and batch not in self._refine_failed:
-            try:
-                model = self._refine_batches[batch] = self._refine_at(batch)
-            except ModelLoadError as exc:
-                self._refine_failed.add(batch)
-                log.error(
-                    "zoomed detector not compiled for a batch; one call a window",
-                    extra={"batch": batch, "error": str(exc)},
-                )
-        return model
 
     def _read_box(
         self,
