@@ -634,18 +634,18 @@ class PlateRecognizer:
             prepared = [
                 det.preprocess(image[y1:y2, x1:x2], spec, self._det_u8) for x1, y1, x2, y2 in chunk
             ]
-            model = self._refine_model if len(chunk) == 1 else self._refine_batches.get(len(chunk))
-            if model is None:  # no batched model: one call a window
-                for inputs, meta in prepared:
-                    assert self._refine_model is not None
-                    outputs = self._refine_model.infer({spec.input_name: inputs})
-                    found.append(det.postprocess(outputs, meta, spec))
-                continue
-            batch = np.concatenate([inputs for inputs, _ in prepared], axis=0)
-            outputs = model.infer({spec.input_name: batch})
-            for i, (_, meta) in enumerate(prepared):
-                one = {name: value[i : i + 1] for name, value in outputs.items()}
-                found.append(det.postprocess(one, meta, spec))
+            model = self._refine_batches.get(len(chunk))
+            if model is None:  # one window, or a size not compiled: one call a window
+                model, parts = self._refine_model, [[p] for p in prepared]
+            else:
+                parts = [prepared]
+            assert model is not None
+            for part in parts:
+                inputs = part[0][0] if len(part) == 1 else np.concatenate([x for x, _ in part])
+                outputs = model.infer({spec.input_name: inputs})
+                for i, (_, meta) in enumerate(part):
+                    one = {name: value[i : i + 1] for name, value in outputs.items()}
+                    found.append(det.postprocess(one, meta, spec))
         return found
 
     def _read_box(
