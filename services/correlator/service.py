@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -52,9 +53,13 @@ from shared.topics import plate_filter, shared_subscription, status_filter
 
 log = logging.getLogger(__name__)
 
+# How long start-up waits for the list-change subscription before loading the lists anyway.
+_SUBSCRIBE_WAIT_S = 5.0
+
 
 @dataclass(frozen=True)
 class _Snapshot:
+    began: float  # monotonic time its loading began
     cache: ListCache
     cameras: set[tuple[str, str]]
     gates: set[tuple[str, str]]
@@ -62,8 +67,10 @@ class _Snapshot:
     locations: dict[str, tuple[float, float]]
 
 
-class Stoppable(Protocol):
+class ChangeListener(Protocol):
     def start(self) -> None: ...
+
+    def wait_subscribed(self, timeout_s: float) -> bool: ...
 
     def stop(self) -> None: ...
 
@@ -211,13 +218,14 @@ class Correlator:
         self._reloading = False
         self._changed_during_reload: set[int] = set()
         self._next_reload = 0.0
+        self._reload_asked_at = -math.inf  # monotonic time of the last resync request
         self._next_sweep = 0.0
         self._next_retention = time.monotonic() + 60.0
         self._stopped = threading.Event()
         self._stop_outcome = "not stopped"
         self._list_loaded_at: dict[int, datetime] = {}
 
-    def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, Stoppable | None]:
+    def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, ChangeListener | None]:
         """Redis-backed cross-site rules, alert stream and list-change listener."""
         if self.redis is None:
             return None, None, None
@@ -248,8 +256,26 @@ class Correlator:
         )
 
     def _request_reload(self) -> None:
-        """After a Redis reconnect list-change messages may be lost: reload everything."""
+        """After a Redis reconnect list-change messages may be lost: reload everything.
+
+        A request made while a snapshot is being loaded is kept: `_install` reloads again
+        unless the load began after the request (and so saw every change before it)."""
+        self._reload_asked_at = time.monotonic()
         self._next_reload = 0.0
+
+    def _listen_for_changes(self) -> None:
+        """Subscribe to list changes before the first load, so that the load sees every change
+        made before the subscription and the subscription every change after it; the first
+        subscription's resync then needs no second load of every list. Without Redis in
+        time, start anyway: the subscription's resync reloads once Redis answers."""
+        if self._listener is None:
+            return
+        self._listener.start()
+        if not self._listener.wait_subscribed(_SUBSCRIBE_WAIT_S):
+            log.warning(
+                "list changes not subscribed yet; every list is reloaded once they are",
+                extra={"waited_s": _SUBSCRIBE_WAIT_S},
+            )
 
     def notify_list_change(self, list_id: int) -> None:
         """Thread-safe: the ingest thread reloads the list and retro-hunts before the next batch."""
@@ -257,9 +283,8 @@ class Correlator:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, wait_s: float | None = 15.0) -> None:
+        self._listen_for_changes()
         _retry_db(self.refresh, "loading lists")
-        if self._listener is not None:
-            self._listener.start()
         self.consumer.start()
         self.status_consumer.start()
         self.mqtt.start(wait_s)
@@ -279,9 +304,8 @@ class Correlator:
         """
         if self.settings.mqtt.protocol != "5":
             raise DrainError("draining needs MQTT 5 (mqtt.protocol: '5')")
+        self._listen_for_changes()
         _retry_db(self.refresh, "loading lists")
-        if self._listener is not None:
-            self._listener.start()
         self.consumer.start(subscribe=False)
         self.status_consumer.start(subscribe=False)
         try:
@@ -362,10 +386,12 @@ class Correlator:
 
     def _load_snapshot(self) -> _Snapshot:
         """Read lists, registry and site locations and build a new list cache (any thread)."""
+        began = time.monotonic()
         cache = ListCache(self.settings.matching.fuzzy_max_cost)
         with self.sessions() as session:
             cache.load_all(repo.all_lists(session), repo.list_entries(session))
             return _Snapshot(
+                began=began,
                 cache=cache,
                 cameras=repo.known_cameras(session),
                 gates=repo.gate_cameras(session),
@@ -383,7 +409,10 @@ class Correlator:
             self.ingestor.cross = self._cross_correlator(snap.locations)
         now = self._clock()
         self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
-        self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
+        if self._reload_asked_at >= snap.began:  # asked for while this snapshot was loading
+            self._next_reload = 0.0
+        else:
+            self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
 
     def _reload_in_background(self) -> None:
         """The periodic full reload: built off the ingest thread (100,000 entries take seconds),
