@@ -375,13 +375,6 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "natively; default: the pipeline's)",
     )
     ap.add_argument(
-        "--small-reader-below",
-        type=pixels_arg,
-        default=None,
-        help="plates whose box is narrower than this many frame pixels are read by the "
-        "small-plate reader (small_reader.xml in --models; 0 = off; default: the pipeline's)",
-    )
-    ap.add_argument(
         "--variants-below",
         type=score_arg,
         default=None,
@@ -410,7 +403,6 @@ _PIPELINE_FIELDS = (
     "second_read_below",
     "second_precision",
     "reader_precision",
-    "small_reader_below",
     "variants_below",
     "read_variants",
 )

@@ -309,46 +309,6 @@ def test_second_reader_is_loaded_only_when_enabled() -> None:
     assert on._second_model is not None and off._second_model is None
 
 
-def _models_with_small_reader(tmp_path: Path, sidecar: dict[str, Any] | None = None) -> Path:
-    """A models folder: the committed models, with our reader also as `small_reader` (its
-    sidecar replaced by `sidecar` when given)."""
-    import json
-    import shutil
-
-    for f in MODELS_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, tmp_path / f.name)
-    for ext in ("xml", "bin", "json"):
-        shutil.copy(MODELS_DIR / f"reader.{ext}", tmp_path / f"small_reader.{ext}")
-    if sidecar is not None:
-        (tmp_path / "small_reader.json").write_text(json.dumps(sidecar))
-    return tmp_path
-
-
-def test_small_reader_is_loaded_only_when_enabled_and_reads_small_plates(tmp_path: Path) -> None:
-    models = _models_with_small_reader(tmp_path)
-    off = PlateRecognizer.from_dir(models, RuntimeOptions(threads=1))
-    on = PlateRecognizer.from_dir(
-        models, RuntimeOptions(threads=1), PipelineOptions(small_reader_below=1000.0)
-    )
-    assert off._small_model is None and on._small_model is not None
-    frame, box, text = compose_scene()
-    assert [p.text for p in on.recognize(frame, region="us", boxes=[box]).plates] == [text]
-
-
-def test_small_reader_missing_or_unlike_the_reader_stops_loading(tmp_path: Path) -> None:
-    import json
-
-    options = PipelineOptions(small_reader_below=80.0)
-    with pytest.raises(ModelLoadError, match="small_reader"):
-        PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
-    sidecar = json.loads((MODELS_DIR / "reader.json").read_text())
-    sidecar["input"]["height"] = 48
-    models = _models_with_small_reader(tmp_path, sidecar)
-    with pytest.raises(ModelLoadError, match="input_height: 48 differs"):
-        PlateRecognizer.from_dir(models, RuntimeOptions(threads=1), options)
-
-
 class _CountingModel:
     """An InferenceModel that counts its calls (the real second reader underneath)."""
 

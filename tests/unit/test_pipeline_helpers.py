@@ -547,50 +547,6 @@ def test_confident_read_is_not_read_again() -> None:
     assert reader.calls == 1 and [p.text for p in result.plates] == ["AB12"]
 
 
-def test_plates_narrower_than_small_reader_below_are_read_by_the_small_reader() -> None:
-    from services.edge.recognition.detector import DetectorSpec
-    from services.edge.recognition.pipeline import PipelineOptions
-
-    reader, spec = _reader_fake("BIG1")
-    small, _ = _reader_fake("SMALL1")
-    options = PipelineOptions(small_reader_below=80.0)
-    recognizer = PlateRecognizer(
-        FakeModel(("image",), {}), DetectorSpec(), reader, spec, options, small_reader_model=small
-    )
-    frame = np.zeros((200, 400, 3), np.uint8)
-    result = recognizer.recognize(frame, boxes=[(10, 20, 90, 40), (200, 100, 279.5, 120)])
-    assert [p.text for p in result.plates] == ["BIG1", "SMALL1"]  # 80 px wide, then 79.5
-    assert reader.calls == 1 and small.calls == 1
-
-
-def test_every_read_of_a_small_plate_uses_the_small_reader() -> None:
-    from services.edge.recognition.detector import DetectorSpec
-    from services.edge.recognition.pipeline import PipelineOptions
-
-    _, spec = _reader_fake("A")
-    unsure = _probs_for(spec, [{"-": 1}, {"A": 0.55, "4": 0.45}, {"-": 1}, {"B": 1}, {"-": 1}])
-    small = SequenceModel(("crop",), [{"logits": unsure[None]}])
-    reader = SequenceModel(("crop",), [{"logits": unsure[None]}])
-    options = PipelineOptions(small_reader_below=100.0, read_variants=((0.0, 0.0), (0.2, 0.2)))
-    recognizer = PlateRecognizer(
-        FakeModel(("image",), {}), DetectorSpec(), reader, spec, options, small_reader_model=small
-    )
-    recognizer.recognize(np.zeros((100, 200, 3), np.uint8), boxes=[(10, 20, 90, 40)])
-    assert small.calls == 3 and reader.calls == 0  # the first read and both variants
-
-
-def test_small_reader_is_unused_when_the_option_is_off() -> None:
-    from services.edge.recognition.detector import DetectorSpec
-
-    reader, spec = _reader_fake("BIG1")
-    small, _ = _reader_fake("SMALL1")
-    recognizer = PlateRecognizer(
-        FakeModel(("image",), {}), DetectorSpec(), reader, spec, small_reader_model=small
-    )
-    result = recognizer.recognize(np.zeros((100, 200, 3), np.uint8), boxes=[(10, 20, 30, 30)])
-    assert [p.text for p in result.plates] == ["BIG1"] and small.calls == 0
-
-
 def _det_outputs(cells: list[tuple[int, int, float, float]], grid: int = 8) -> dict:
     """heat/ltrb for a 64 px, stride-8 detector: (row, col, score, half-size) per peak."""
     heat = np.zeros((1, 1, grid, grid), np.float32)

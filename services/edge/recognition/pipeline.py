@@ -111,13 +111,6 @@ class PipelineOptions:
     # CPU); CPUs without native BF16 compute exactly as before.
     second_precision: Literal["f32", "auto"] = "auto"
     reader_precision: Literal["f32", "auto"] = "auto"
-    # Plates whose box is narrower than this many frame pixels are read by the small-plate
-    # reader (`models/small_reader.xml`: our reader's network fine-tuned mostly on real crops
-    # shrunk until the plate is 35-75 px wide) instead of our reader, for every read of the
-    # plate (first read and variants); 0 turns it off (and skips loading the model). The
-    # small-plate training helps far plates and costs full-resolution ones (sessions 10-11),
-    # so each reader reads the plates it was trained for (session 13, docs/models.md).
-    small_reader_below: float = 0.0
     second_min_detector: float = 0.6
     second_min_confidence: float = 0.9
     second_max_length: int = 10
@@ -275,7 +268,6 @@ class PlateRecognizer:
         detector_at: Callable[[int, int], InferenceModel] | None = None,
         refine_at: Callable[[int], InferenceModel] | None = None,
         detector_u8: bool = False,
-        small_reader_model: InferenceModel | None = None,
     ) -> None:
         self.options = options or PipelineOptions()
         if self.options.detect_fit not in ("aspect", "square", "trim"):
@@ -332,8 +324,6 @@ class PlateRecognizer:
         )
         self._reader_model = reader_model
         self._reader_spec = reader_spec
-        # takes the same input and gives the same output as reader_model (from_dir checks)
-        self._small_model = small_reader_model if self.options.small_reader_below > 0 else None
         self._second_model = second_model if second_spec is not None else None
         self._second_spec = second_spec
         self._second_rule = sr.SecondReadRule(
@@ -354,13 +344,10 @@ class PlateRecognizer:
         detector_spec_name: str | None = None,
         reader_spec_name: str | None = None,
         second_reader_name: str | None = "second_reader",
-        small_reader_name: str = "small_reader",
     ) -> PlateRecognizer:
         """Load `<detector_name>.xml` and `<reader_name>.xml` from `models_dir`, with their
         sidecars `<name>.json` (or `<*_spec_name>.json`, e.g. an INT8 IR sharing the FP32 one),
-        `<second_reader_name>.xml` when present and `options.second_read_below` > 0, and
-        `<small_reader_name>.xml` when `options.small_reader_below` > 0 (its sidecar must give
-        the reader's input and classes: ModelLoadError otherwise, or when it is missing)."""
+        and `<second_reader_name>.xml` when present and `options.second_read_below` > 0."""
         import openvino as ov
 
         core = ov.Core()
@@ -397,13 +384,6 @@ class PlateRecognizer:
                 _at_precision(runtime, opts.reader_precision),
                 core,
             )
-        small_model: InferenceModel | None = None
-        if reader_model is not None and reader_spec is not None and opts.small_reader_below > 0:
-            small_xml = models_dir / f"{small_reader_name}.xml"
-            _check_same_io(reader_spec, small_xml.with_suffix(".json"))
-            small_model = OpenVinoModel.load(
-                small_xml, _at_precision(runtime, opts.reader_precision), core
-            )
         second_model: InferenceModel | None = None
         second_spec: sr.SecondReaderSpec | None = None
         second_xml = models_dir / f"{second_reader_name}.xml"
@@ -429,7 +409,6 @@ class PlateRecognizer:
             detector_at=detector_at,
             refine_at=refine_at,
             detector_u8=True,
-            small_reader_model=small_model,
         )
 
     def recognize_bytes(self, data: bytes, region: str | None = None) -> RecognitionResult:
@@ -676,28 +655,19 @@ class PlateRecognizer:
         mx: float,
         my: float,
         region: str | None,
-        model: InferenceModel,
     ) -> tuple[rdr.PlateReading, npt.NDArray[np.float32]] | None:
         """Read one crop of `box` widened by mx/my; None when the crop is degenerate."""
         crop = crop_box(image, box, mx, my)
-        return None if crop is None else self._read_crop(crop, region, model)
-
-    def _reader_for(self, box: tuple[float, float, float, float]) -> InferenceModel:
-        """Our reader, or the small-plate reader for a box narrower than `small_reader_below`."""
-        assert self._reader_model is not None
-        if self._small_model is not None and box[2] - box[0] < self.options.small_reader_below:
-            return self._small_model
-        return self._reader_model
+        return None if crop is None else self._read_crop(crop, region)
 
     def _read_crop(
-        self, crop: npt.NDArray[np.uint8], region: str | None, model: InferenceModel
+        self, crop: npt.NDArray[np.uint8], region: str | None
     ) -> tuple[rdr.PlateReading, npt.NDArray[np.float32]]:
-        """A reader of ours (`model`) on one crop: the reading and the per-step class
-        probabilities."""
-        assert self._reader_spec is not None
+        """Our reader on one crop: the reading and the per-step class probabilities."""
+        assert self._reader_model is not None and self._reader_spec is not None
         x = rdr.preprocess(crop, self._reader_spec)
-        out = model.infer({model.input_names[0]: x})
-        probs = rdr.probabilities(out[model.output_names[0]], self._reader_spec)
+        out = self._reader_model.infer({self._reader_model.input_names[0]: x})
+        probs = rdr.probabilities(out[self._reader_model.output_names[0]], self._reader_spec)
         reading = rdr.postprocess(probs, self._reader_spec, region=region, top_n=self.options.top_n)
         return reading, probs
 
@@ -714,12 +684,11 @@ class PlateRecognizer:
         box: tuple[float, float, float, float],
         region: str | None,
         first: tuple[rdr.PlateReading, npt.NDArray[np.float32]],
-        model: InferenceModel,
     ) -> rdr.PlateReading:
         assert self._reader_spec is not None
         reads = [first]
         for mx, my in self.options.read_variants:
-            read = self._read_box(image, box, mx, my, region, model)
+            read = self._read_box(image, box, mx, my, region)
             if read is not None:
                 reads.append(read)
         return _combine(reads, self._reader_spec, region, self.options.top_n)
@@ -741,11 +710,10 @@ class PlateRecognizer:
             crop = crop_box(image, detection.box, mx, my)
             if crop is None:
                 continue
-            model = self._reader_for(detection.box)
-            read = self._read_crop(crop, region, model)
+            read = self._read_crop(crop, region)
             reading = read[0]
             if not crops and opts.read_variants and reading.confidence < opts.variants_below:
-                reading = self._read_variants(image, detection.box, region, read, model)
+                reading = self._read_variants(image, detection.box, region, read)
             if (
                 self._second_model is not None
                 and reading.confidence < opts.second_read_below
@@ -771,34 +739,6 @@ class PlateRecognizer:
                 )
             )
         return tuple(_dedupe(plates))
-
-
-_SAME_IO_FIELDS = (
-    "input_height",
-    "input_width",
-    "channels",
-    "mean",
-    "std",
-    "charset",
-    "blank_index",
-    "sequence_rows",
-)
-
-
-def _check_same_io(reader: rdr.ReaderSpec, sidecar: Path) -> None:
-    """The small-plate reader shares our reader's pre/post-processing: its sidecar must give
-    the same input and classes (ModelLoadError naming the file and field otherwise)."""
-    try:
-        small = rdr.ReaderSpec.from_file(sidecar)
-    except rdr.ReaderSpecError as exc:
-        raise ModelLoadError(sidecar, str(exc)) from exc
-    for name in _SAME_IO_FIELDS:
-        if getattr(small, name) != getattr(reader, name):
-            raise ModelLoadError(
-                sidecar,
-                f"{name}: {getattr(small, name)!r} differs from the reader's "
-                f"{getattr(reader, name)!r}",
-            )
 
 
 def _at_precision(runtime: RuntimeOptions | None, precision: str) -> RuntimeOptions:
