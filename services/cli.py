@@ -50,6 +50,11 @@ COMMANDS: Final = (
         "services.correlator.lists_cli:main",
     ),
     Command(
+        "registry",
+        "Sites, nodes and cameras: show; set location, time zone, node key, gate.",
+        "services.correlator.registry_cli:main",
+    ),
+    Command(
         "docs",
         "Regenerate docs/mqtt.md, docs/schemas/ and docs/configuration.md from the code.",
         "services.docs:main",

@@ -418,6 +418,11 @@ class CrossSiteState:
         payload = json.dumps({"list_id": list_id, "version": version}, separators=(",", ":"))
         return int(self._redis.publish(self.keys.list_changes(), payload))
 
+    def publish_registry_change(self) -> int:
+        """Tell every process that sites, nodes or cameras changed: they reload everything
+        (lists and registry, built in the background); returns how many subscribers heard it."""
+        return int(self._redis.publish(self.keys.list_changes(), _REGISTRY_CHANGE))
+
     def list_change_listener(
         self,
         callback: Callable[[int, int], None],
@@ -427,8 +432,14 @@ class CrossSiteState:
         return ListChangeListener(self._redis, self.keys.prefix, callback, on_resync=on_resync)
 
 
+_REGISTRY_CHANGE = '{"registry":true}'
+
+
 class ListChangeListener:
     """Calls ``callback(list_id, version)`` for each watch-list change, from a thread of its own.
+
+    A registry change (sites, nodes, cameras: ``publish_registry_change``) calls ``on_resync()``:
+    the registry is small but read with the lists, so everything is reloaded.
 
     Robust to Redis restarts and dropped connections: it resubscribes with backoff, and pings
     to notice a silently dead connection. Changes published while it was not subscribed are
@@ -540,6 +551,9 @@ class ListChangeListener:
             log.exception("list change resync callback failed", extra={"channel": self.channel})
 
     def _deliver(self, data: object) -> None:
+        if _text(data) == _REGISTRY_CHANGE:
+            self._resync()
+            return
         try:
             body = json.loads(_text(data))
             list_id, version = int(body["list_id"]), int(body["version"])

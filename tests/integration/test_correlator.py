@@ -269,6 +269,35 @@ def test_gate_denies_unregistered_plate_and_allows_registered(harness: Harness) 
     assert harness.alerts.empty()  # the resident raised nothing
 
 
+def test_registry_changes_reach_a_running_correlator_without_a_restart(
+    harness: Harness,
+    db_url: str,
+    redis_settings: RedisSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.correlator.registry_cli import main as registry
+
+    monkeypatch.setenv("PW_CORRELATOR_DB__URL", db_url)
+    monkeypatch.setenv("PW_CORRELATOR_REDIS__URL", redis_settings.url)
+    monkeypatch.setenv("PW_CORRELATOR_REDIS__KEY_PREFIX", redis_settings.key_prefix)
+    assert registry(["site", "north-gate"]) == 0
+    assert registry(["camera", "north-gate", "cam-1", "--gate"]) == 0
+    key = generate_private_key()
+    assert (
+        registry(["node", "edge-1", "--site", "north-gate", "--public-key", public_key_b64(key)])
+        == 0
+    )
+    # no refresh() here: the correlator reloads on the registry's Redis announcement
+    harness.wait_for(lambda: "edge-1" in harness.c.ingestor.registry.nodes)
+    harness.publish(plate_read(track_id="unsigned"))  # the node must now sign
+    signed = sign_event(plate_read(plate="ZZZ9999", track_id="signed"), key, "edge-1")
+    harness.publish(signed)
+    denied = harness.decisions.get(timeout=10)  # cam-1 now guards a gate
+    assert (denied.decision, denied.sighting_event_id) == ("deny", signed.event_id)
+    harness.wait_for(lambda: harness.count(m.DeadLetterRecord) == 1)
+    assert harness.count(m.Sighting) == 1
+
+
 def test_unpublished_alert_is_swept_out_after_a_crash(harness: Harness) -> None:
     event = plate_read()
     with harness.c.sessions.begin() as s:
