@@ -375,6 +375,13 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "natively; default: the pipeline's)",
     )
     ap.add_argument(
+        "--rezoom-context",
+        type=pixels_arg,
+        default=None,
+        help="zoom each refined small box again in a window this many times its extent "
+        "(0 = off; default: the pipeline's)",
+    )
+    ap.add_argument(
         "--variants-below",
         type=score_arg,
         default=None,
@@ -400,6 +407,7 @@ _PIPELINE_FIELDS = (
     "refine_below",
     "refine_drops_unconfirmed",
     "refine_batch",
+    "rezoom_context",
     "second_read_below",
     "second_precision",
     "reader_precision",

@@ -150,6 +150,28 @@ def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
     assert refined_hits[0].score == coarse_hits[0].score
 
 
+def test_rezoom_boxes_a_small_plate_again_with_the_committed_detector() -> None:
+    """The same 45 px plate: `rezoom_context` runs a second zoomed pass on the refined box, whose
+    box replaces it and still fits the plate, with the coarse score."""
+    frame, (x1, y1, x2, y2), _ = compose_scene()
+    small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    big = np.full_like(frame, 128)
+    big[200 : 200 + small.shape[0], 600 : 600 + small.shape[1]] = small
+    box = (600 + x1 / 4, 200 + y1 / 4, 600 + x2 / 4, 200 + y2 / 4)
+    once = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(), reader_name=None
+    ).detect(big)
+    twice = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(rezoom_context=2.0), reader_name=None
+    ).detect(big)
+    once_hits = [d for d in once if _overlap(d.box, box) >= 0.5]
+    twice_hits = [d for d in twice if _overlap(d.box, box) >= 0.5]
+    assert once_hits and len(twice_hits) == len(once_hits), (once, twice)
+    assert twice_hits[0].box != once_hits[0].box  # the second pass replaced it
+    assert _iou(twice_hits[0].box, box) >= 0.7
+    assert twice_hits[0].score == once_hits[0].score
+
+
 def test_aspect_fit_detects_the_plate_with_a_detector_compiled_for_the_frame() -> None:
     """The committed IR reshaped to 512x288 for a 1280x720 frame finds the same plate."""
     frame, box, text = compose_scene()

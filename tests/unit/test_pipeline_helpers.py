@@ -588,6 +588,45 @@ def test_small_box_takes_the_zoomed_pass_box_and_keeps_its_coarse_score() -> Non
     assert x2 - x1 == pytest.approx(90.0)
 
 
+def _rezooming(zoomed: list[dict], **options: object) -> tuple[PlateRecognizer, SequenceModel]:
+    from services.edge.recognition.detector import DetectorSpec
+    from services.edge.recognition.pipeline import PipelineOptions
+
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    opts = PipelineOptions(refine_input=64, refine_below=64.0, refine_context=3.0, **options)  # type: ignore[arg-type]
+    zoom = SequenceModel(("image",), zoomed)
+    coarse = FakeModel(("image",), _det_outputs([(4, 4, 0.9, 8.0)]))
+    return PlateRecognizer(coarse, spec, None, None, opts, refine_model=zoom), zoom
+
+
+def test_rezoom_takes_the_tighter_windows_box() -> None:
+    # first zoom as above: box centred (390, 390), 90 x 45; the rezoom window is 2 x 90 = 180
+    # px from about (300, 300), 64 model px for it: a peak at cell (4, 4) with half-size 4 is
+    # centred near 300 + 36 * 180 / 64 = 401.25 and about 8 * 180 / 64 = 22.5 px wide (the
+    # window's corners are whole pixels)
+    first, second = _det_outputs([(4, 4, 0.8, 6.0)]), _det_outputs([(4, 4, 0.7, 4.0)])
+    recognizer, zoom = _rezooming([first, second], rezoom_context=2.0)
+    detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    assert zoom.calls == 2 and len(detections) == 1
+    x1, y1, x2, y2 = detections[0].box
+    assert ((x1 + x2) / 2, (y1 + y2) / 2) == pytest.approx((401.25, 401.25), abs=0.5)
+    assert x2 - x1 == pytest.approx(22.5, abs=0.5) and detections[0].score == pytest.approx(0.9)
+
+
+def test_rezoom_that_confirms_nothing_keeps_the_refined_box() -> None:
+    recognizer, zoom = _rezooming(
+        [_det_outputs([(4, 4, 0.8, 6.0)]), _det_outputs([])], rezoom_context=2.0
+    )
+    detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    assert zoom.calls == 2
+    assert [d.box for d in detections] == [pytest.approx((345.0, 367.5, 435.0, 412.5))]
+
+
+def test_rezoom_is_off_by_default() -> None:
+    recognizer, zoom = _rezooming([_det_outputs([(4, 4, 0.8, 6.0)]), _det_outputs([])])
+    assert len(recognizer.detect(np.zeros((640, 640, 3), np.uint8))) == 1 and zoom.calls == 1
+
+
 def test_unconfirmed_small_box_keeps_its_coarse_box_when_not_dropped() -> None:
     recognizer = _refining(
         _det_outputs([(4, 4, 0.9, 8.0)]), _det_outputs([]), refine_drops_unconfirmed=False

@@ -223,3 +223,28 @@ def test_a_crop_larger_than_its_quad_is_area_averaged_to_about_its_size() -> Non
     assert small.shape[:2] == (20, 81)  # the quad's longest edges, rounded up
     assert 100 < float(small.mean()) < 155  # averaged to grey, not sampled black or white
     assert shrink_for(crop, quad * 4) is crop  # no larger than its quad: left alone
+
+
+def test_far_camera_version_blurs_more_and_earlier_versions_replay() -> None:
+    import cv2
+
+    from services.edge.training.proxy_scenes import finish
+
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    v2 = finish(frame, random.Random(7), 2)
+    assert np.array_equal(v2, finish(frame, random.Random(7), 2))  # deterministic per seed
+    # version 2 draws exactly what the code before version 3 drew, in the same order
+    old_rng = random.Random(7)
+    soft = cv2.GaussianBlur(frame, (0, 0), old_rng.uniform(0.5, 0.9))
+    noise = np.random.default_rng(old_rng.randrange(1 << 31)).normal(
+        0, old_rng.uniform(1.5, 3.0), frame.shape
+    )
+    old = np.clip(np.asarray(soft, np.float64) + noise + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(v2, old)
+    v3 = finish(frame, random.Random(7), 3)
+
+    def sharpness(img: np.ndarray) -> float:
+        return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+    assert sharpness(v3) < 0.7 * sharpness(v2)

@@ -64,6 +64,12 @@ class PipelineOptions:
     refine_context: float = 3.0
     refine_input: int = 192
     refine_min_score: float = 0.3
+    # A refined small box is zoomed again in a window `rezoom_context` times its extent (tighter
+    # than the first: the plate takes more of the zoomed input) and takes that pass's box when
+    # it confirms one centred in it (`refine_min_score`); otherwise it keeps its refined box.
+    # Boxes of small, blurred plates come out loose from one zoom, and a loose box is read less
+    # surely (session 13, docs/models.md). 0 turns it off.
+    rezoom_context: float = 0.0
     # At most this many zoom windows of a frame go through the detector in one call (session
     # 12: two windows in one call cost about 60% of two calls); 1 = one call a window. 1 by
     # default: with the shipped defaults a frame rarely has two windows (x0.998), and the
@@ -613,12 +619,35 @@ class PlateRecognizer:
             first = main[checked : checked + opts.max_plates - len(refined)]
             outcomes = refine_all(first)
         refined.extend(kept for kept in confirmed if kept is not None)
+        if opts.rezoom_context > 0:
+            refined = self._rezoom(image, [(d, small(d)) for d in refined])
         if len(refined) > 1:  # two coarse boxes (a plate and its recess) may refine alike
             boxes = np.asarray([d.box for d in refined], np.float32)
             scores = np.asarray([d.score for d in refined], np.float32)
             keep = det.nms(boxes, scores, self._det_spec.nms_iou, len(refined))
             refined = [refined[i] for i in sorted(keep)]
         return refined + main[checked:]
+
+    def _rezoom(
+        self, image: npt.NDArray[np.uint8], detections: list[tuple[det.Detection, bool]]
+    ) -> list[det.Detection]:
+        """`rezoom_context`'s second zoomed pass over the detections flagged small: each takes
+        the box that pass confirms centred in it, or keeps its own."""
+        height, width = image.shape[:2]
+        context = self.options.rezoom_context
+        windows = [
+            det.refine_window(d.box, width, height, context) if is_small else None
+            for d, is_small in detections
+        ]
+        zoomed = iter(self._zoom(image, [w for w in windows if w is not None]))
+        out: list[det.Detection] = []
+        for (detection, _), window in zip(detections, windows, strict=True):
+            if window is not None:
+                best = det.pick_refined(detection.box, next(zoomed), (window[0], window[1]))
+                if best is not None:
+                    detection = det.Detection(box=best.box, score=detection.score)
+            out.append(detection)
+        return out
 
     def _zoom(
         self, image: npt.NDArray[np.uint8], windows: list[tuple[int, int, int, int]]

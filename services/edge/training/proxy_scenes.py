@@ -61,6 +61,8 @@ CROP_SETS: dict[str, str] = {
 }
 
 VERSION = 2  # 2: crops area-averaged to their size before the warp (1: session 8's figures)
+# 3 ("far camera", session 13): version 2 with the frame blurred and compressed as a far, cheap
+# camera does: dev's small US plates are blurred and JPEG-worn where version 2's are crisp.
 FRAME_WIDTH = 1280
 TALL_HEIGHTS = (1280, 1280, 960)  # padded/cropped frames: two square for one 4:3
 TALL_SHARE = 0.3
@@ -75,6 +77,9 @@ REGION_SHARES: dict[str, float] = {"us": 0.5, "br": 0.25, "eu": 0.25}
 MIN_PLATE_STD = 30.0  # grey levels: low-contrast crops (the br ones) are not made flatter
 PHOTOMETRIC_STRENGTH = 0.5  # 0: crop as is, 1: crop's mean/contrast set to the scene plate's
 JPEG_QUALITY = (80, 92)
+FAR_BLUR_SIGMA = (0.9, 1.7)  # version 3, px of the 1280-wide frame (version 2: 0.5-0.9)
+FAR_NOISE = (2.0, 4.0)  # version 3, grey levels (version 2: 1.5-3.0)
+FAR_JPEG_QUALITY = (55, 80)  # version 3
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -473,11 +478,13 @@ def warp_into(dst: Image, crop: Image, quad: Quad) -> None:
     dst[:] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def finish(frame: Image, rng: random.Random) -> Image:
-    """One mild blur and mild noise over the whole frame, so no part is sharper than the rest."""
-    soft = cv2.GaussianBlur(frame, (0, 0), rng.uniform(0.5, 0.9))
+def finish(frame: Image, rng: random.Random, version: int = VERSION) -> Image:
+    """One blur and noise over the whole frame, so no part is sharper than the rest: mild up
+    to version 2, a far camera's from version 3 (the same draws, so earlier seeds replay)."""
+    sigma, noise_std = ((0.5, 0.9), (1.5, 3.0)) if version < 3 else (FAR_BLUR_SIGMA, FAR_NOISE)
+    soft = cv2.GaussianBlur(frame, (0, 0), rng.uniform(*sigma))
     noise = np.random.default_rng(rng.randrange(1 << 31)).normal(
-        0, rng.uniform(1.5, 3.0), frame.shape
+        0, rng.uniform(*noise_std), frame.shape
     )
     return np.clip(np.asarray(soft, np.float64) + noise + 0.5, 0, 255).astype(np.uint8)
 
@@ -543,7 +550,7 @@ def render(
     plate = match_photometric(crop_img, light)
     warp_into(frame, shrink_for(plate, quad) if version >= 2 else plate, quad)
     box = clip_box(inner_box(quad, crop.inner), layout.width, layout.height)
-    return Rendered(finish(frame, rng), box, layout)
+    return Rendered(finish(frame, rng, version), box, layout)
 
 
 # ----------------------------------------------------------------------------- command
@@ -597,9 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--version",
         type=int,
-        choices=(1, 2),
+        choices=(1, 2, 3),
         default=VERSION,
-        help="1: session 8's proxy (crops shrunk by the warp alone); 2: anti-aliased",
+        help="1: session 8's proxy (crops shrunk by the warp alone); 2: anti-aliased; 3: as 2, "
+        "blurred and compressed like a far camera",
     )
     args = ap.parse_args(argv)
     if args.count < 1:
@@ -621,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in plan:
         scene, crop = scenes[item.scene], crops[item.region][item.crop]
         out = render(item, scene, crop, args.seed, args.version)
-        quality = random.Random(args.seed * 7 + item.index).randint(*JPEG_QUALITY)
+        jpeg = JPEG_QUALITY if args.version < 3 else FAR_JPEG_QUALITY
+        quality = random.Random(args.seed * 7 + item.index).randint(*jpeg)
         rel = f"images/proxy_{item.index:05d}.jpg"
         ok = cv2.imwrite(str(args.out / rel), out.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
