@@ -151,15 +151,15 @@ def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
 
 
 def test_rezoom_boxes_a_small_plate_again_with_the_committed_detector() -> None:
-    """The same 45 px plate: `rezoom_context` runs a second zoomed pass on the refined box, whose
-    box replaces it and still fits the plate, with the coarse score."""
+    """The same 45 px plate: `rezoom_context` (on by default) runs a second zoomed pass on the
+    refined box, whose box replaces it and still fits the plate, with the coarse score."""
     frame, (x1, y1, x2, y2), _ = compose_scene()
     small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
     big = np.full_like(frame, 128)
     big[200 : 200 + small.shape[0], 600 : 600 + small.shape[1]] = small
     box = (600 + x1 / 4, 200 + y1 / 4, 600 + x2 / 4, 200 + y2 / 4)
     once = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(), reader_name=None
+        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(rezoom_context=0), reader_name=None
     ).detect(big)
     twice = PlateRecognizer.from_dir(
         MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(rezoom_context=2.0), reader_name=None

@@ -228,6 +228,7 @@ def _cascade_recognizer(
     # `overrides` says otherwise
     overrides.setdefault("refine_drops_unconfirmed", False)
     overrides.setdefault("variants_below", 0.0)  # one read a box: the fake reader's sequence
+    overrides.setdefault("rezoom_context", 0.0)  # one zoomed pass: the fake zoom's answers
     options = replace(
         PipelineOptions(),
         refine_input=48,
@@ -562,6 +563,7 @@ def _refining(coarse: dict, zoomed: dict, **options: object) -> PlateRecognizer:
     from services.edge.recognition.pipeline import PipelineOptions
 
     spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    options.setdefault("rezoom_context", 0.0)  # the first zoomed pass alone
     opts = PipelineOptions(refine_input=64, refine_below=64.0, refine_context=3.0, **options)  # type: ignore[arg-type]
     return PlateRecognizer(
         FakeModel(("image",), coarse),
@@ -622,8 +624,11 @@ def test_rezoom_that_confirms_nothing_keeps_the_refined_box() -> None:
     assert [d.box for d in detections] == [pytest.approx((345.0, 367.5, 435.0, 412.5))]
 
 
-def test_rezoom_is_off_by_default() -> None:
-    recognizer, zoom = _rezooming([_det_outputs([(4, 4, 0.8, 6.0)]), _det_outputs([])])
+def test_rezoom_is_on_by_default_and_0_turns_it_off() -> None:
+    assert PipelineOptions().rezoom_context == 2.0
+    recognizer, zoom = _rezooming(
+        [_det_outputs([(4, 4, 0.8, 6.0)]), _det_outputs([])], rezoom_context=0.0
+    )
     assert len(recognizer.detect(np.zeros((640, 640, 3), np.uint8))) == 1 and zoom.calls == 1
 
 
