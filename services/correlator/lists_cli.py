@@ -13,12 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import select
 
+from services.correlator.announce import announce
 from services.correlator.config import CorrelatorSettings
 from services.correlator.matching import MatchingError, MatchMode, WatchEntry
-from services.correlator.state import CrossSiteState
 from shared.errors import ConfigError, PayloadError
 from shared.events import utc_now
 from shared.plates import normalise_plate
@@ -27,6 +26,7 @@ from shared.store import models as m
 from shared.store import repository as repo
 from shared.store.db import make_engine, session_factory
 
+MAX_ACTOR = 128  # the audit log's and the entries' owner column
 CSV_COLUMNS = ("pattern", "mode", "category", "priority", "valid_from", "valid_until", "reason")
 
 
@@ -106,6 +106,9 @@ def main(argv: list[str]) -> int:
     imp.add_argument("name")
     imp.add_argument("csv", type=Path)
     args = parser.parse_args(argv)
+    if len(args.actor) > MAX_ACTOR:
+        print(f"platewatch lists: --actor: at most {MAX_ACTOR} characters", file=sys.stderr)
+        return 2
     try:
         settings = load_settings(CorrelatorSettings, args.config)
     except ConfigError as exc:
@@ -163,8 +166,7 @@ def main(argv: list[str]) -> int:
     except (CsvError, PayloadError, OSError) as exc:
         print(f"platewatch lists: {exc}", file=sys.stderr)
         return 2
-    if changed is not None and settings.redis.url:
-        CrossSiteState(
-            redis.Redis.from_url(settings.redis.url), settings.redis.key_prefix
-        ).publish_list_change(*changed)
+    if changed is not None:
+        list_id, version = changed
+        announce(settings, "platewatch lists", lambda s: s.publish_list_change(list_id, version))
     return 0

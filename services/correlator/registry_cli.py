@@ -8,8 +8,12 @@ What the correlator needs to know about the places that report to it:
 - a **camera**'s site, node and whether it guards a gate (its reads get a `GateDecision`).
 
 `site`, `node` and `camera` create the record or change only the fields given. Every change is
-written to the audit log with each changed field's old and new value, and announced on Redis,
-so running correlators reload their registry at once (instead of at the hourly full reload).
+written to the audit log with each changed field's old and new value (a camera's row is keyed by
+its id and names it as SITE/CAMERA), and announced on Redis, so running correlators reload their
+registry at once (instead of at the hourly full reload).
+
+Edge nodes do not sign their events yet (the edge issue): register a node's key once it does.
+`--public-key` makes the node's unsigned events refused.
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.correlator.announce import announce
 from services.correlator.config import CorrelatorSettings
-from services.correlator.state import CrossSiteState
 from shared.errors import ConfigError, PayloadError, TopicError
 from shared.events import utc_now
 from shared.settings import load_settings
@@ -38,6 +41,16 @@ from shared.store.db import make_engine, session_factory
 from shared.topics import check_slug
 
 PROG = "platewatch registry"
+MAX_NAME = 128  # site and camera names, and --actor (the columns' width)
+MAX_RETENTION_DAYS = 36_500  # a century: more is a typo, and overflows date arithmetic
+# Time zone names that are files of the host's zone database, not zones to configure.
+_NOT_ZONES = ("localtime", "posixrules", "Factory")
+# What a created record's audit row lists, besides the fields given.
+_AUDITED = {
+    "site": ("name", "latitude", "longitude", "timezone", "retention_days", "privacy_mode"),
+    "node": ("site_id", "public_key", "require_signature"),
+    "camera": ("site_id", "slug", "name", "node_id", "is_gate"),
+}
 
 
 class RegistryError(PayloadError):
@@ -61,11 +74,29 @@ def parse_location(text: str) -> tuple[float, float]:
 
 def check_timezone(name: str) -> str:
     """An IANA time zone name (e.g. Europe/Berlin); RegistryError naming `--timezone`."""
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise RegistryError("--timezone", name, "not an IANA zone, e.g. Europe/Berlin") from exc
+    if (
+        name in _NOT_ZONES
+        or name.startswith(("posix/", "right/"))
+        or name not in zoneinfo.available_timezones()
+    ):
+        raise RegistryError("--timezone", name, "not an IANA zone, e.g. Europe/Berlin")
     return name
+
+
+def check_name(flag: str, value: str) -> str:
+    """A display name or actor: at most MAX_NAME characters; RegistryError naming `flag`."""
+    if len(value) > MAX_NAME:
+        raise RegistryError(flag, value[:40] + "...", f"at most {MAX_NAME} characters")
+    return value
+
+
+def check_retention(days: int) -> int | None:
+    """--retention-days: 0 is the global default (None), else 1..MAX_RETENTION_DAYS."""
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise RegistryError(
+            "--retention-days", days, f"want 1..{MAX_RETENTION_DAYS}, or 0 for the default"
+        )
+    return days or None
 
 
 def check_public_key(b64: str) -> str:
@@ -77,17 +108,17 @@ def check_public_key(b64: str) -> str:
     return b64
 
 
-def slug(kind: str, value: str) -> str:
-    """A site, node or camera slug as topics use them; RegistryError naming the kind."""
+def slug(flag: str, value: str) -> str:
+    """A site, node or camera slug as topics use them; RegistryError naming `flag`."""
     try:
-        return check_slug(kind, value)
+        return check_slug(flag, value)
     except TopicError as exc:
-        raise RegistryError(kind, value, str(exc)) from exc
+        raise RegistryError(flag, value, exc.reason) from exc
 
 
-def apply_changes(record: Any, changes: dict[str, Any]) -> dict[str, list[Any]]:
+def apply_changes(record: Any, changes: dict[str, Any]) -> dict[str, Any]:
     """Set `changes` on `record`; returns {field: [old, new]} for the fields that changed."""
-    changed: dict[str, list[Any]] = {}
+    changed: dict[str, Any] = {}
     for name, value in changes.items():
         old = getattr(record, name)
         if old != value:
@@ -100,7 +131,7 @@ def apply_changes(record: Any, changes: dict[str, Any]) -> dict[str, list[Any]]:
 def _site_changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if args.name is not None:
-        changes["name"] = args.name
+        changes["name"] = check_name("--name", args.name)
     if args.location is not None:
         changes["latitude"], changes["longitude"] = parse_location(args.location)
     if args.no_location:
@@ -108,37 +139,44 @@ def _site_changes(args: argparse.Namespace) -> dict[str, Any]:
     if args.timezone is not None:
         changes["timezone"] = check_timezone(args.timezone)
     if args.retention_days is not None:
-        if args.retention_days < 0:
-            raise RegistryError("--retention-days", args.retention_days, "want 0 or more")
-        changes["retention_days"] = args.retention_days or None  # 0: the global default
+        changes["retention_days"] = check_retention(args.retention_days)
     if args.privacy is not None:
         changes["privacy_mode"] = args.privacy
     return changes
 
 
-def _set_site(s: Session, args: argparse.Namespace, now: Any) -> tuple[str, dict[str, Any]]:
-    site_id = slug("site", args.slug)
+def created(kind: str, record: Any) -> dict[str, list[Any]]:
+    """The audit details of a new record: every audited field, from nothing to its value."""
+    return {name: [None, getattr(record, name)] for name in _AUDITED[kind]}
+
+
+Outcome = tuple[str, str, dict[str, Any]]  # created/updated, audit target id, audit details
+
+
+def _set_site(s: Session, args: argparse.Namespace, now: Any) -> Outcome:
+    site_id = slug("SITE", args.slug)
     changes = _site_changes(args)
     site = s.get(m.Site, site_id)
     if site is None:
-        site = m.Site(id=site_id, name=site_id, timezone="UTC", created_at=now)
+        site = m.Site(id=site_id, name=site_id, timezone="UTC", privacy_mode=False, created_at=now)
+        apply_changes(site, changes)
         s.add(site)
-        return "created", {"id": site_id, **apply_changes(site, changes)}
-    return "updated", apply_changes(site, changes)
+        return "created", site_id, created("site", site)
+    return "updated", site_id, apply_changes(site, changes)
 
 
-def _existing_site(s: Session, value: str) -> str:
-    site_id = slug("site", value)
+def _existing_site(s: Session, flag: str, value: str) -> str:
+    site_id = slug(flag, value)
     if s.get(m.Site, site_id) is None:
-        raise RegistryError("--site", value, f"no such site (add it with `{PROG} site {value}`)")
+        raise RegistryError(flag, value, f"no such site (add it with `{PROG} site {value}`)")
     return site_id
 
 
-def _set_node(s: Session, args: argparse.Namespace, now: Any) -> tuple[str, dict[str, Any]]:
-    node_id = slug("node", args.slug)
+def _set_node(s: Session, args: argparse.Namespace, now: Any) -> Outcome:
+    node_id = slug("NODE", args.slug)
     changes: dict[str, Any] = {}
     if args.site is not None:
-        changes["site_id"] = _existing_site(s, args.site)
+        changes["site_id"] = _existing_site(s, "--site", args.site)
     if args.public_key is not None:
         changes["public_key"] = check_public_key(args.public_key)
     if args.no_key:
@@ -151,20 +189,35 @@ def _set_node(s: Session, args: argparse.Namespace, now: Any) -> tuple[str, dict
     if node is None:
         if "site_id" not in changes:
             raise RegistryError("--site", None, "a new node needs its site")
-        node = m.Node(id=node_id, site_id=changes["site_id"])
+        node = m.Node(id=node_id, site_id=changes["site_id"], require_signature=False)
+        apply_changes(node, changes)
         s.add(node)
-        return "created", {"id": node_id, **apply_changes(node, changes)}
-    return "updated", apply_changes(node, changes)
+        return "created", node_id, created("node", node)
+    moved = changes.get("site_id", node.site_id)
+    if moved != node.site_id:
+        elsewhere = s.scalars(
+            select(m.Camera).where(m.Camera.node_id == node_id, m.Camera.site_id != moved)
+        ).all()
+        if elsewhere:
+            names = ", ".join(f"{c.site_id}/{c.slug}" for c in elsewhere)
+            raise RegistryError(
+                "--site", args.site, f"cameras of another site use this node: {names}"
+            )
+    return "updated", node_id, apply_changes(node, changes)
 
 
-def _set_camera(s: Session, args: argparse.Namespace, now: Any) -> tuple[str, dict[str, Any]]:
-    site_id = _existing_site(s, args.site)
-    cam_slug = slug("camera", args.slug)
+def _set_camera(s: Session, args: argparse.Namespace, now: Any) -> Outcome:
+    """Audited by the camera's id (SITE/CAMERA can be longer than the audit's target column);
+    the details name it."""
+    site_id = _existing_site(s, "SITE", args.site)
+    cam_slug = slug("CAMERA", args.slug)
     changes: dict[str, Any] = {}
     if args.name is not None:
-        changes["name"] = args.name
+        changes["name"] = check_name("--name", args.name)
+    if args.no_node:
+        changes["node_id"] = None
     if args.node is not None:
-        node = s.get(m.Node, slug("node", args.node))
+        node = s.get(m.Node, slug("--node", args.node))
         if node is None:
             raise RegistryError("--node", args.node, f"no such node (add it with `{PROG} node`)")
         if node.site_id != site_id:
@@ -175,11 +228,19 @@ def _set_camera(s: Session, args: argparse.Namespace, now: Any) -> tuple[str, di
     camera = s.scalars(
         select(m.Camera).where(m.Camera.site_id == site_id, m.Camera.slug == cam_slug)
     ).first()
+    outcome = "updated"
     if camera is None:
         camera = m.Camera(site_id=site_id, slug=cam_slug, name=cam_slug, is_gate=False)
+        apply_changes(camera, changes)
         s.add(camera)
-        return "created", {"site": site_id, "slug": cam_slug, **apply_changes(camera, changes)}
-    return "updated", apply_changes(camera, changes)
+        s.flush()  # its id
+        outcome, changed = "created", created("camera", camera)
+    else:
+        changed = apply_changes(camera, changes)
+    details: dict[str, Any] = dict(changed)
+    if changed and outcome == "updated":
+        details["camera"] = f"{site_id}/{cam_slug}"
+    return outcome, str(camera.id), details
 
 
 def _show(s: Session) -> None:
@@ -191,14 +252,19 @@ def _show(s: Session) -> None:
         )
         keep = f"{site.retention_days} days" if site.retention_days else "default retention"
         privacy = ", privacy mode" if site.privacy_mode else ""
-        print(f"site   {site.id:<20} {where:<22} {site.timezone:<20} {keep}{privacy}")
+        print(
+            f"site   {site.id:<20} {where:<22} {site.timezone:<20} {keep}{privacy}  {site.name!r}"
+        )
     for node in s.scalars(select(m.Node).order_by(m.Node.id)):
         key = "key registered" if node.public_key else "no key"
         must = ", must sign" if node.require_signature else ""
         print(f"node   {node.id:<20} site {node.site_id:<15} {key}{must}  state {node.state}")
     for cam in s.scalars(select(m.Camera).order_by(m.Camera.site_id, m.Camera.slug)):
-        gate = "gate" if cam.is_gate else "-"
-        print(f"camera {cam.site_id + '/' + cam.slug:<30} node {cam.node_id or '-':<15} {gate}")
+        gate = "guards a gate" if cam.is_gate else "-"
+        print(
+            f"camera {cam.site_id + '/' + cam.slug:<30} node {cam.node_id or '-':<15} {gate}"
+            f"  {cam.name!r}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,13 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--require-signature",
         action=argparse.BooleanOptionalAction,
-        help="Dead-letter this node's unsigned events.",
+        help="Dead-letter this node's unsigned events (with no key registered, every event).",
     )
     camera = sub.add_parser("camera", help="Add a camera or change its fields.")
     camera.add_argument("site")
     camera.add_argument("slug")
     camera.add_argument("--name")
-    camera.add_argument("--node", help="The node that reads this camera.")
+    which = camera.add_mutually_exclusive_group()
+    which.add_argument("--node", help="The node that reads this camera (of the same site).")
+    which.add_argument("--no-node", action="store_true", help="Forget the camera's node.")
     camera.add_argument(
         "--gate",
         action=argparse.BooleanOptionalAction,
@@ -262,29 +330,38 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
     try:
+        check_name("--actor", args.actor)
         settings = load_settings(CorrelatorSettings, args.config)
-    except ConfigError as exc:
+    except (ConfigError, RegistryError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    sessions = session_factory(make_engine(settings.db))
+    engine = make_engine(settings.db)
+    sessions = session_factory(engine)
     now = utc_now()
+    warning = ""
     try:
         with sessions.begin() as s:
             if args.action == "show":
                 _show(s)
                 return 0
-            outcome, changed = _COMMANDS[args.action](s, args, now)
-            target = args.slug if args.action != "camera" else f"{args.site}/{args.slug}"
+            outcome, target, changed = _COMMANDS[args.action](s, args, now)
+            name = f"{args.site}/{args.slug}" if args.action == "camera" else target
             if not changed:
-                print(f"{args.action} {target}: nothing to change")
+                print(f"{args.action} {name}: nothing to change")
                 return 0
             repo.audit(s, now, args.actor, f"registry.{args.action}", args.action, target, changed)
+            if args.action == "node":
+                node = s.get(m.Node, target)
+                if node is not None and node.require_signature and not node.public_key:
+                    warning = "it must sign but has no key: every event from it is refused"
     except RegistryError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    print(f"{outcome} {args.action} {target}: {', '.join(sorted(changed))}")
-    if settings.redis.url:
-        CrossSiteState(
-            redis.Redis.from_url(settings.redis.url), settings.redis.key_prefix
-        ).publish_registry_change()
+    finally:
+        engine.dispose()
+    fields = sorted(k for k in changed if k != "camera")
+    print(f"{outcome} {args.action} {name}: {', '.join(fields)}")
+    if warning:
+        print(f"{PROG}: warning: node {target}: {warning}", file=sys.stderr)
+    announce(settings, PROG, lambda state: state.publish_registry_change())
     return 0

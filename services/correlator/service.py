@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # How long start-up waits for the list-change subscription before loading the lists anyway.
 _SUBSCRIBE_WAIT_S = 5.0
+# A failed background reload is tried again after this long, not after reload_interval_s.
+_RETRY_RELOAD_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,15 @@ class Correlator:
                 extra={"waited_s": _SUBSCRIBE_WAIT_S},
             )
 
+    def _load_or_stop_listening(self) -> None:
+        """The first load of the lists; a failure stops the listener started for it."""
+        try:
+            _retry_db(self.refresh, "loading lists")
+        except BaseException:
+            if self._listener is not None:
+                self._listener.stop()
+            raise
+
     def notify_list_change(self, list_id: int) -> None:
         """Thread-safe: the ingest thread reloads the list and retro-hunts before the next batch."""
         self._changes.put(list_id)
@@ -284,7 +295,7 @@ class Correlator:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, wait_s: float | None = 15.0) -> None:
         self._listen_for_changes()
-        _retry_db(self.refresh, "loading lists")
+        self._load_or_stop_listening()
         self.consumer.start()
         self.status_consumer.start()
         self.mqtt.start(wait_s)
@@ -305,7 +316,7 @@ class Correlator:
         if self.settings.mqtt.protocol != "5":
             raise DrainError("draining needs MQTT 5 (mqtt.protocol: '5')")
         self._listen_for_changes()
-        _retry_db(self.refresh, "loading lists")
+        self._load_or_stop_listening()
         self.consumer.start(subscribe=False)
         self.status_consumer.start(subscribe=False)
         try:
@@ -409,10 +420,12 @@ class Correlator:
             self.ingestor.cross = self._cross_correlator(snap.locations)
         now = self._clock()
         self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
-        if self._reload_asked_at >= snap.began:  # asked for while this snapshot was loading
+        # the listener thread may ask for a reload at any moment: schedule the next one first,
+        # then honour a request made since this snapshot began loading (read after the write,
+        # so a request landing in between is never overwritten)
+        self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
+        if self._reload_asked_at >= snap.began:
             self._next_reload = 0.0
-        else:
-            self._next_reload = time.monotonic() + self.settings.matching.reload_interval_s
 
     def _reload_in_background(self) -> None:
         """The periodic full reload: built off the ingest thread (100,000 entries take seconds),
@@ -481,6 +494,8 @@ class Correlator:
                 self._install(snap)
                 for list_id in self._changed_during_reload:
                     self.apply_list_change(list_id)
+            else:  # failed (logged): a resync or registry change it carried must not wait an hour
+                self._next_reload = min(self._next_reload, time.monotonic() + _RETRY_RELOAD_S)
         self.ingestor.tick()
         now = time.monotonic()
         if now >= self._next_reload and not self._reloading:

@@ -530,8 +530,8 @@ class ListChangeListener:
                 kind = _text(msg.get("type"))
                 if kind == "subscribe":
                     self._backoff_s = self._reconnect_min_s
+                    self._resync()  # before `subscribed`: a waiter then loads after the request
                     self._subscribed.set()
-                    self._resync()
                 elif kind == "message":
                     self._deliver(msg.get("data"))
                 elif kind == "pong":
@@ -551,11 +551,11 @@ class ListChangeListener:
             log.exception("list change resync callback failed", extra={"channel": self.channel})
 
     def _deliver(self, data: object) -> None:
-        if _text(data) == _REGISTRY_CHANGE:
-            self._resync()
-            return
         try:
             body = json.loads(_text(data))
+            if isinstance(body, dict) and body.get("registry") is True:
+                self._resync()
+                return
             list_id, version = int(body["list_id"]), int(body["version"])
         except (ValueError, KeyError, TypeError):
             log.warning(

@@ -67,3 +67,29 @@ def test_apply_changes_reports_only_what_changed() -> None:
 def test_location_and_no_location_exclude_each_other() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["site", "x", "--location", "1,2", "--no-location"])
+
+
+def test_retention_is_0_for_the_default_or_1_to_a_century() -> None:
+    from services.correlator.registry_cli import check_retention
+
+    assert (check_retention(0), check_retention(30), check_retention(36_500)) == (None, 30, 36_500)
+    for bad in (-1, 36_501, 10**12):
+        with pytest.raises(RegistryError) as err:
+            check_retention(bad)
+        assert err.value.field == "--retention-days"
+
+
+def test_names_fit_their_columns() -> None:
+    from services.correlator.registry_cli import check_name
+
+    assert check_name("--name", "x" * 128) == "x" * 128
+    with pytest.raises(RegistryError) as err:
+        check_name("--actor", "x" * 129)
+    assert err.value.field == "--actor"
+
+
+def test_host_zone_files_are_not_zones() -> None:
+    for bad in ("localtime", "posixrules", "posix/Europe/Berlin", "right/UTC", "Factory"):
+        with pytest.raises(RegistryError):
+            check_timezone(bad)
+    assert check_timezone("UTC") == "UTC"
