@@ -443,10 +443,41 @@ class Correlator:
         threading.Thread(target=build, name="lists-reload", daemon=True).start()
         self._reloading = True
 
-    def apply_list_change(self, list_id: int) -> int:
-        """Reload one list; retro-hunt its new or changed entries. Returns alerts raised."""
-        before = self.cache.entry_ids(list_id)
-        loaded_at = self._list_loaded_at.get(list_id)
+    def _install_and_hunt(self, snap: _Snapshot) -> None:
+        """Swap a background snapshot in; retro-hunt the lists it changed. A change whose
+        message was lost (Redis down, a resync) or made without one shows as a new version:
+        its entries are hunted as if the message had come (`_claim` keeps it to one process
+        per list version), so a newly wanted car's recent path is known in any case."""
+        old = {
+            list_id: (
+                info.version,
+                self.cache.entry_ids(list_id),
+                self._list_loaded_at.get(list_id),
+            )
+            for list_id, info in self.cache.lists.items()
+        }
+        self._install(snap)
+        for list_id in self._changed_during_reload:  # their messages came: hunted then
+            self.apply_list_change(list_id)
+        for list_id, info in list(self.cache.lists.items()):
+            if list_id in self._changed_during_reload:
+                continue
+            version, before, loaded_at = old.get(list_id, (None, set(), None))
+            if version != info.version:
+                self.apply_list_change(list_id, before, loaded_at)
+
+    def apply_list_change(
+        self,
+        list_id: int,
+        before: set[int] | None = None,
+        loaded_at: datetime | None = None,
+    ) -> int:
+        """Reload one list; retro-hunt its new or changed entries: those not in `before` or
+        changed since `loaded_at` (default: this cache's entries and load time of the list).
+        Returns alerts raised."""
+        if before is None:
+            before = self.cache.entry_ids(list_id)
+            loaded_at = self._list_loaded_at.get(list_id)
         now = self._clock()
         with self.sessions() as session:
             wl = session.get(m.WatchList, list_id)
@@ -491,9 +522,7 @@ class Correlator:
             snap = self._snapshots.get()
             self._reloading = False
             if snap is not None:
-                self._install(snap)
-                for list_id in self._changed_during_reload:
-                    self.apply_list_change(list_id)
+                self._install_and_hunt(snap)
             else:  # failed (logged): a resync or registry change it carried must not wait an hour
                 self._next_reload = min(self._next_reload, time.monotonic() + _RETRY_RELOAD_S)
         self.ingestor.tick()

@@ -436,6 +436,22 @@ def test_new_entry_retro_hunts_recent_sightings_as_historical_alerts(harness: Ha
     assert not live.historical
 
 
+def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload(
+    harness: Harness,
+) -> None:
+    harness.publish(plate_read(plate="XYZ9876", track_id="before"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    with harness.c.sessions.begin() as s:  # no notify: its pub/sub message never came
+        wl = repo.create_list(s, "lost-message", utc_now(), category="stolen", severity="high")
+        repo.add_entries(s, wl, [{"pattern": "XYZ9876", "mode": "exact"}], utc_now())
+    harness.c._request_reload()  # what a Redis resync, a registry change or the hour does
+    alert = harness.alerts.get(timeout=10)
+    assert alert.historical and alert.plate == "XYZ9876"
+    harness.c._request_reload()  # the same version again: nothing more
+    time.sleep(1.0)
+    assert harness.alerts.empty()
+
+
 def test_retention_deletes_old_sightings_but_keeps_alerted_ones(harness: Harness) -> None:
     from services.correlator.config import RetentionSettings
     from services.correlator.retention import run_retention
