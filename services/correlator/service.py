@@ -62,6 +62,7 @@ _RETRY_RELOAD_S = 30.0
 @dataclass(frozen=True)
 class _Snapshot:
     began: float  # monotonic time its loading began
+    read_at: datetime  # the correlator clock's time then: entries changed since are news
     cache: ListCache
     cameras: set[tuple[str, str]]
     gates: set[tuple[str, str]]
@@ -397,12 +398,13 @@ class Correlator:
 
     def _load_snapshot(self) -> _Snapshot:
         """Read lists, registry and site locations and build a new list cache (any thread)."""
-        began = time.monotonic()
+        began, read_at = time.monotonic(), self._clock()
         cache = ListCache(self.settings.matching.fuzzy_max_cost)
         with self.sessions() as session:
             cache.load_all(repo.all_lists(session), repo.list_entries(session))
             return _Snapshot(
                 began=began,
+                read_at=read_at,
                 cache=cache,
                 cameras=repo.known_cameras(session),
                 gates=repo.gate_cameras(session),
@@ -418,8 +420,9 @@ class Correlator:
         reg.cameras, reg.gates, reg.nodes = snap.cameras, snap.gates, snap.nodes
         if self.ingestor.cross is not None:
             self.ingestor.cross = self._cross_correlator(snap.locations)
-        now = self._clock()
-        self._list_loaded_at = {wl_id: now for wl_id in self.cache.lists}
+        # as of the read, not the install: an entry changed while the snapshot loaded is
+        # still newer than its list's load time at the next comparison
+        self._list_loaded_at = {wl_id: snap.read_at for wl_id in self.cache.lists}
         # the listener thread may ask for a reload at any moment: schedule the next one first,
         # then honour a request made since this snapshot began loading (read after the write,
         # so a request landing in between is never overwritten)
