@@ -199,8 +199,16 @@ def exact_crop(item: RealItem) -> np.ndarray:
 TINY_WIDTHS = (35.0, 75.0)
 
 
+#: plate widths (pixels) `far_p` shrinks a crop to before degrading it at that size
+FAR_WIDTHS = (35.0, 90.0)
+
+
 def augment_real(
-    item: RealItem, rng: np.random.Generator, loose_p: float = 0.0, tiny_p: float = 0.0
+    item: RealItem,
+    rng: np.random.Generator,
+    loose_p: float = 0.0,
+    tiny_p: float = 0.0,
+    far_p: float = 0.0,
 ) -> np.ndarray:
     """A jittered, rotated, photometrically changed crop of `item` (BGR uint8).
 
@@ -208,7 +216,11 @@ def augment_real(
     or recess: each side out by 5-30% (x) and 0-25% (y) of the box (beyond the context kept
     around the plate, the warp's border fill shows). With probability `tiny_p` the result is
     area-shrunk until the plate is `TINY_WIDTHS` pixels wide (when it is wider) and stretched
-    back: a plate far from a 1280 px camera."""
+    back: a plate far from a 1280 px camera. With probability `far_p` it is shrunk until the
+    plate is `FAR_WIDTHS` wide and blurred, noised and JPEG-compressed *at that size*
+    (`degrade_small`) before it is stretched back: the tiny shrink, coming after the blur and
+    JPEG of the full-size crop, averages them away and leaves a clean small plate, where a far
+    camera's plate is blurred and blocky at its own few pixels (session 13)."""
     x1, y1, x2, y2 = item.box
     bw, bh = x2 - x1, y2 - y1
     if loose_p > 0 and rng.random() < loose_p:  # no draw at 0: earlier runs replay
@@ -262,7 +274,34 @@ def augment_real(
             img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if tiny_p > 0 and rng.random() < tiny_p:  # no draw at 0: earlier runs replay
         img = shrink_to_width(img, bw * ow / max(1.0, out_w), float(rng.uniform(*TINY_WIDTHS)))
+    if far_p > 0 and rng.random() < far_p:  # no draw at 0: earlier runs replay
+        img = degrade_small(img, bw * ow / max(1.0, out_w), float(rng.uniform(*FAR_WIDTHS)), rng)
     return img
+
+
+def degrade_small(
+    img: np.ndarray, plate_width: float, target: float, rng: np.random.Generator
+) -> np.ndarray:
+    """`img` area-shrunk so that its plate is `target` px wide, then, at that size, blurred
+    (70%: sigma 0.4-1.2 px), noised (50%: 2-6 grey levels) and JPEG-compressed (70%: quality
+    30-80), and stretched back (bilinear) to its own size. A plate already that small is
+    degraded at its own size."""
+    h, w = img.shape[:2]
+    factor = min(1.0, target / max(1.0, plate_width))
+    small = cv2.resize(
+        img, (max(4, round(w * factor)), max(4, round(h * factor))), interpolation=cv2.INTER_AREA
+    )
+    if rng.random() < 0.7:
+        small = cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.4, 1.2)))
+    if rng.random() < 0.5:
+        noisy = small.astype(np.float32) + rng.normal(0, rng.uniform(2, 6), small.shape)
+        small = np.clip(noisy, 0, 255).astype(np.uint8)
+    if rng.random() < 0.7:
+        quality = int(rng.integers(30, 81))
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
 
 
 def shrink_to_width(img: np.ndarray, plate_width: float, target: float) -> np.ndarray:

@@ -106,6 +106,7 @@ def make_batch(
     rng: np.random.Generator,
     loose_p: float = 0.0,
     tiny_p: float = 0.0,
+    far_p: float = 0.0,
 ) -> tuple[torch.Tensor, list[Rows], list[list[int]]]:
     """Images, per-row labels (None where the line split is unknown) and full labels."""
     xs: list[np.ndarray] = []
@@ -115,7 +116,7 @@ def make_batch(
     idx = rng.choice(len(real), size=n_real, p=real_weights)
     for i in idx:
         item = real[int(i)]
-        xs.append(preprocess(augment_real(item, rng, loose_p, tiny_p), SPEC)[0])
+        xs.append(preprocess(augment_real(item, rng, loose_p, tiny_p, far_p), SPEC)[0])
         enc = encode_text(item.text, SPEC)
         rows.append((enc, []) if item.lines == 1 else None)
         full.append(enc)
@@ -257,6 +258,7 @@ def train(args: argparse.Namespace) -> nn.Module:
             rng,
             args.loose_p,
             args.tiny_p,
+            args.far_p,
         )
         loss = ctc_loss(model(x), rows, full)
         opt.zero_grad()
@@ -369,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         "(far plates of 1280 px frames; reader 1.5.0)",
     )
     ap.add_argument(
+        "--far-p",
+        type=float,
+        default=0.0,
+        help="share of real crops shrunk until the plate is 35-90 px wide and blurred, noised "
+        "and JPEG-compressed at that size, then stretched back (a far camera; session 13)",
+    )
+    ap.add_argument(
         "--pseudo-labels",
         default="",
         help="JSON lines from reader_pseudo: teacher-read train boxes added as real crops",
@@ -394,8 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args(argv)
-    if not 0.0 <= args.tiny_p <= 1.0:  # also refuses nan
-        ap.error(f"--tiny-p must be in [0, 1], got {args.tiny_p}")
+    for flag in ("tiny_p", "far_p"):
+        value = getattr(args, flag)
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            ap.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
     logging.basicConfig(level=logging.INFO)
     model = train(args)
     torch.save(model.state_dict(), Path(args.work) / "reader.pt")
