@@ -30,6 +30,7 @@ from services.correlator.consumer import (
     retry_outages,
 )
 from services.correlator.lists import ListCache
+from services.correlator.matching import WatchEntry
 from services.correlator.retention import run_retention
 from services.correlator.retro import retro_hunt
 from services.correlator.rules import (
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 _SUBSCRIBE_WAIT_S = 5.0
 # A failed background reload is tried again after this long, not after reload_interval_s.
 _RETRY_RELOAD_S = 30.0
+# A retro-hunt that failed (Redis or the database down) is tried again after this long.
+_RETRY_HUNT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,9 @@ class Correlator:
         self._snapshots: queue.Queue[_Snapshot | None] = queue.Queue()
         self._reloading = False
         self._changed_during_reload: set[int] = set()
+        # retro-hunts to run, one a tick, by (list id, version), oldest first
+        self._hunts: dict[tuple[int, int], list[WatchEntry]] = {}
+        self._next_hunt = 0.0
         self._next_reload = 0.0
         self._reload_asked_at = -math.inf  # monotonic time of the last resync request
         self._next_sweep = 0.0
@@ -401,6 +407,10 @@ class Correlator:
         began, read_at = time.monotonic(), self._clock()
         cache = ListCache(self.settings.matching.fuzzy_max_cost)
         with self.sessions() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # one snapshot for every read below: lists and their entries of one version
+                # (SQLite's read transaction is one snapshot already)
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             cache.load_all(repo.all_lists(session), repo.list_entries(session))
             return _Snapshot(
                 began=began,
@@ -447,40 +457,30 @@ class Correlator:
         self._reloading = True
 
     def _install_and_hunt(self, snap: _Snapshot) -> None:
-        """Swap a background snapshot in; retro-hunt the lists it changed. A change whose
-        message was lost (Redis down, a resync) or made without one shows as a new version:
-        its entries are hunted as if the message had come (`_claim` keeps it to one process
-        per list version), so a newly wanted car's recent path is known in any case."""
-        old = {
-            list_id: (
-                info.version,
-                self.cache.entry_ids(list_id),
-                self._list_loaded_at.get(list_id),
-            )
-            for list_id, info in self.cache.lists.items()
-        }
+        """Swap a background snapshot in; queue retro-hunts of the lists it changed. A change
+        whose message was lost (Redis down, a resync) or made without one shows as a new
+        version: its new entries are hunted as if the message had come (`_claim` keeps it to
+        one process per list version), so a newly wanted car's recent path is known in any
+        case. The entries come from the snapshot: nothing is read again."""
+        old = self.cache
         self._install(snap)
         for list_id in self._changed_during_reload:  # their messages came: hunted then
             self.apply_list_change(list_id)
-        for list_id, info in list(self.cache.lists.items()):
-            if list_id in self._changed_during_reload:
+        for list_id, info in snap.cache.lists.items():
+            previous = old.lists.get(list_id)
+            if list_id in self._changed_during_reload or (
+                previous is not None and previous.version == info.version
+            ):
                 continue
-            version, before, loaded_at = old.get(list_id, (None, set(), None))
-            if version != info.version:
-                self.apply_list_change(list_id, before, loaded_at)
+            before = old.entry_ids(list_id)
+            entries = [snap.cache.index.get(i) for i in snap.cache.entry_ids(list_id) - before]
+            self._queue_hunt(list_id, info.version, [e for e in entries if e is not None])
 
-    def apply_list_change(
-        self,
-        list_id: int,
-        before: set[int] | None = None,
-        loaded_at: datetime | None = None,
-    ) -> int:
-        """Reload one list; retro-hunt its new or changed entries: those not in `before` or
-        changed since `loaded_at` (default: this cache's entries and load time of the list).
-        Returns alerts raised."""
-        if before is None:
-            before = self.cache.entry_ids(list_id)
-            loaded_at = self._list_loaded_at.get(list_id)
+    def apply_list_change(self, list_id: int) -> None:
+        """Reload one list (its change message came); queue a retro-hunt of its entries that are
+        new to this process or changed since it last loaded the list."""
+        before = self.cache.entry_ids(list_id)
+        loaded_at = self._list_loaded_at.get(list_id)
         now = self._clock()
         with self.sessions() as session:
             wl = session.get(m.WatchList, list_id)
@@ -493,18 +493,48 @@ class Correlator:
             fresh = self.cache.reload_list(wl, list_id, rows)
             version = wl.version if wl is not None else 0
         self._list_loaded_at[list_id] = now
-        hunt = [e for e in fresh if e.entry_id in changed]
-        days = self.settings.matching.retro_hunt_days
-        if not hunt or days == 0 or not self._claim(f"retro:{list_id}:{version}"):
-            return 0
+        self._queue_hunt(list_id, version, [e for e in fresh if e.entry_id in changed])
+
+    def _queue_hunt(self, list_id: int, version: int, entries: list[WatchEntry]) -> None:
+        if entries and self.settings.matching.retro_hunt_days > 0:
+            self._hunts.setdefault((list_id, version), []).extend(entries)
+
+    def _run_hunts(self) -> None:
+        """One queued retro-hunt per tick (each is a query over 14 days of sightings, run on
+        the ingest thread). One that fails (Redis or the database down) stays queued and is
+        tried again after `_RETRY_HUNT_S`: a failure never loses a hunt."""
+        now_s = time.monotonic()
+        if not self._hunts or now_s < self._next_hunt:
+            return
+        key = next(iter(self._hunts))
+        try:
+            self._hunt(*key, self._hunts[key])
+        except Exception:
+            self._next_hunt = now_s + _RETRY_HUNT_S
+            log.exception(
+                "retro-hunt failed; tried again later",
+                extra={"list_id": key[0], "version": key[1], "retry_in_s": _RETRY_HUNT_S},
+            )
+            return
+        del self._hunts[key]
+
+    def _hunt(self, list_id: int, version: int, entries: list[WatchEntry]) -> int:
+        """Retro-hunt `entries` of list `list_id` at `version`, in the one process that claims
+        it; returns the alerts raised here."""
+        ttl_s = max(3600, int(2 * self.settings.matching.reload_interval_s))
+        if not self._claim(f"retro:{list_id}:{version}", ttl_s):
+            return 0  # another process hunts it (claims outlive a full reload's interval)
+        now = self._clock()
         with self.sessions.begin() as session:
-            alerts = retro_hunt(session, hunt, self.cache.lists, now, days)
+            alerts = retro_hunt(
+                session, entries, self.cache.lists, now, self.settings.matching.retro_hunt_days
+            )
             inserted = repo.insert_alerts(session, alerts)
         fresh_alerts = [a for a in alerts if a.event_id in inserted]
         self.ingestor.publish_alerts(fresh_alerts)
         log.info(
             "retro-hunt done",
-            extra={"list_id": list_id, "entries": len(hunt), "alerts": len(fresh_alerts)},
+            extra={"list_id": list_id, "entries": len(entries), "alerts": len(fresh_alerts)},
         )
         return len(fresh_alerts)
 
@@ -528,6 +558,7 @@ class Correlator:
                 self._install_and_hunt(snap)
             else:  # failed (logged): a resync or registry change it carried must not wait an hour
                 self._next_reload = min(self._next_reload, time.monotonic() + _RETRY_RELOAD_S)
+        self._run_hunts()
         self.ingestor.tick()
         now = time.monotonic()
         if now >= self._next_reload and not self._reloading:

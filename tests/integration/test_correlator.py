@@ -452,6 +452,33 @@ def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload
     assert harness.alerts.empty()
 
 
+def test_a_retro_hunt_that_fails_is_tried_again_not_lost(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    harness.publish(plate_read(plate="XYZ9876", track_id="before"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    claim = harness.c._claim
+    calls: list[str] = []
+
+    def flaky(job: str, ttl_s: int = 3600) -> bool:
+        calls.append(job)
+        if len(calls) == 1:
+            raise redis.ConnectionError("redis down for a moment")
+        return claim(job, ttl_s)
+
+    monkeypatch.setattr(harness.c, "_claim", flaky)
+    with harness.c.sessions.begin() as s:
+        wl = repo.create_list(s, "flaky", utc_now(), category="stolen", severity="high")
+        repo.add_entries(s, wl, [{"pattern": "XYZ9876", "mode": "exact"}], utc_now())
+        list_id = wl.id
+    harness.c.notify_list_change(list_id)
+    alert = harness.alerts.get(timeout=15)  # the retry, about 5 s later
+    assert alert.historical and alert.plate == "XYZ9876"
+    assert len([j for j in calls if j.startswith("retro:")]) == 2
+
+
 def test_retention_deletes_old_sightings_but_keeps_alerted_ones(harness: Harness) -> None:
     from services.correlator.config import RetentionSettings
     from services.correlator.retention import run_retention
