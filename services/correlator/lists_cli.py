@@ -26,7 +26,7 @@ from shared.store import models as m
 from shared.store import repository as repo
 from shared.store.db import make_engine, session_factory
 
-MAX_ACTOR = 128  # the audit log's and the entries' owner column
+MAX_ACTOR = 128  # the audit log's actor, the entries' owner and the list's name columns
 CSV_COLUMNS = ("pattern", "mode", "category", "priority", "valid_from", "valid_until", "reason")
 
 
@@ -106,9 +106,10 @@ def main(argv: list[str]) -> int:
     imp.add_argument("name")
     imp.add_argument("csv", type=Path)
     args = parser.parse_args(argv)
-    if len(args.actor) > MAX_ACTOR:
-        print(f"platewatch lists: --actor: at most {MAX_ACTOR} characters", file=sys.stderr)
-        return 2
+    for flag, value in (("--actor", args.actor), ("NAME", getattr(args, "name", ""))):
+        if len(value) > MAX_ACTOR:
+            print(f"platewatch lists: {flag}: at most {MAX_ACTOR} characters", file=sys.stderr)
+            return 2
     try:
         settings = load_settings(CorrelatorSettings, args.config)
     except ConfigError as exc:

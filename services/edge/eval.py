@@ -376,7 +376,7 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--rezoom-context",
-        type=pixels_arg,
+        type=context_arg,
         default=None,
         help="zoom each refined small box again in a window this many times its extent "
         "(0 = off; default: the pipeline's)",
@@ -444,6 +444,13 @@ def _checked_arg(text: str, parse: Callable[[str], T], ok: Callable[[T], bool], 
 def positive_int_arg(text: str) -> int:
     """A whole number >= 1 (argparse type)."""
     return _checked_arg(text, int, lambda v: v >= 1, "a whole number >= 1")
+
+
+def context_arg(text: str) -> float:
+    """A zoom window's size in multiples of its box: 0 (off) or a finite number >= 1."""
+    return _checked_arg(
+        text, float, lambda v: v == 0 or (math.isfinite(v) and v >= 1), "0 or a number >= 1"
+    )
 
 
 def pixels_arg(text: str) -> float:

@@ -138,6 +138,7 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
         ("--second-read-below", "1.5"),
         ("--variants-below", "1"),
         ("--rezoom-context", "-1"),
+        ("--rezoom-context", "0.5"),
         ("--max-candidates", "0"),
         ("--max-candidates", "1.5"),
     ],

@@ -615,6 +615,30 @@ def test_rezoom_takes_the_tighter_windows_box() -> None:
     assert x2 - x1 == pytest.approx(22.5, abs=0.5) and detections[0].score == pytest.approx(0.9)
 
 
+def test_rezoom_window_offsets_x_and_y_apart_and_skips_large_boxes() -> None:
+    from services.edge.recognition.detector import DetectorSpec
+    from services.edge.recognition.pipeline import PipelineOptions
+
+    spec = DetectorSpec(input_width=64, input_height=64, stride=8, score_threshold=0.5)
+    opts = PipelineOptions(
+        refine_input=64, refine_below=64.0, refine_context=3.0, rezoom_context=2.0
+    )
+    # a small plate off the diagonal (row 2, col 5) and a large one (80 model px wide)
+    coarse = FakeModel(("image",), _det_outputs([(2, 5, 0.9, 8.0), (6, 2, 0.8, 40.0)]))
+    first, second = _det_outputs([(3, 4, 0.8, 6.0)]), _det_outputs([(4, 4, 0.7, 4.0)])
+    zoom = SequenceModel(("image",), [first, second])
+    recognizer = PlateRecognizer(coarse, spec, None, None, opts, refine_model=zoom)
+    detections = recognizer.detect(np.zeros((640, 640, 3), np.uint8))
+    assert zoom.calls == 2  # one zoom and one rezoom, both for the small plate only
+    small = min(detections, key=lambda d: d.box[2] - d.box[0])
+    x1, y1, x2, y2 = small.box
+    # coarse box (360, 160)-(520, 240); the first zoom's window (160, 0)-(640, 480) puts its
+    # box at (430, 210), 90 x 45; the rezoom window (340, 120)-(520, 300) puts the peak at
+    # about (441.25, 221.25): x and y offsets apart (one for both would miss the box)
+    assert (x1 + x2) / 2 - (y1 + y2) / 2 == pytest.approx(220.0, abs=1.0)
+    assert x2 - x1 == pytest.approx(22.5, abs=0.5)
+
+
 def test_rezoom_that_confirms_nothing_keeps_the_refined_box() -> None:
     recognizer, zoom = _rezooming(
         [_det_outputs([(4, 4, 0.8, 6.0)]), _det_outputs([])], rezoom_context=2.0

@@ -248,3 +248,9 @@ def test_far_camera_version_blurs_more_and_earlier_versions_replay() -> None:
         return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
 
     assert sharpness(v3) < 0.7 * sharpness(v2)
+
+
+def test_the_readme_says_which_version_degraded_the_frames() -> None:
+    from services.edge.training.proxy_scenes import finish_text
+
+    assert "80-92" in finish_text(2) and "55-80" in finish_text(3)

@@ -560,6 +560,17 @@ def layout_name(layout: Layout) -> str:
     return "4:3" if layout.height * 4 == layout.width * 3 else "scene-aspect"
 
 
+def finish_text(version: int) -> str:
+    """What `finish` and the JPEG quality of `version` do to the whole frame (for the README)."""
+    if version < 3:
+        return "Gaussian blur sigma 0.5-0.9, Gaussian noise sigma 1.5-3, JPEG quality 80-92"
+    (b0, b1), (n0, n1), (q0, q1) = FAR_BLUR_SIGMA, FAR_NOISE, FAR_JPEG_QUALITY
+    return (
+        f"Gaussian blur sigma {b0:g}-{b1:g}, Gaussian noise sigma {n0:g}-{n1:g}, "
+        f"JPEG quality {q0}-{q1} (version 3, a far camera)"
+    )
+
+
 def readme(args: argparse.Namespace, summary: dict[str, object]) -> str:
     return f"""# proxy-hd: held-out high-resolution frames with small plates
 
@@ -583,7 +594,7 @@ How it is made (see the module docstring for details):
   scene's largest box, plate width log-uniform in 45-200 px (larger widths go, by noisy rank, to
   scenes whose own plate is larger). The label box is
   the plate's inner rectangle after warping (the us crops have ~3%/4% margins).
-- Whole frame: Gaussian blur sigma 0.5-0.9, Gaussian noise sigma 1.5-3, JPEG quality 80-92.
+- Whole frame: {finish_text(args.version)}.
 - One labelled plate per image. The scenes' labels are incomplete: plates that were never boxed
   are still in the frames (most in ro-dashcam), so extra reads here overstate real ones.
 - openalpr-endtoend-dev was not read.
