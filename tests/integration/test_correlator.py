@@ -437,8 +437,16 @@ def test_new_entry_retro_hunts_recent_sightings_as_historical_alerts(harness: Ha
 
 
 def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload(
-    harness: Harness,
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    hunt = harness.c._hunt
+    hunted: list[tuple[int, int]] = []
+
+    def counting(list_id: int, version: int, entries: list[Any]) -> int:
+        hunted.append((list_id, version))
+        return hunt(list_id, version, entries)
+
+    monkeypatch.setattr(harness.c, "_hunt", counting)
     harness.publish(plate_read(plate="XYZ9876", track_id="before"))
     harness.wait_for(lambda: harness.count(m.Sighting) == 1)
     with harness.c.sessions.begin() as s:  # no notify: its pub/sub message never came
@@ -447,9 +455,12 @@ def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload
     harness.c._request_reload()  # what a Redis resync, a registry change or the hour does
     alert = harness.alerts.get(timeout=10)
     assert alert.historical and alert.plate == "XYZ9876"
-    harness.c._request_reload()  # the same version again: nothing more
-    time.sleep(1.0)
-    assert harness.alerts.empty()
+    assert len(hunted) == 1
+    loaded = harness.c.cache
+    harness.c._request_reload()  # the same version again: nothing to hunt
+    harness.wait_for(lambda: harness.c.cache is not loaded)
+    time.sleep(0.3)
+    assert len(hunted) == 1 and harness.alerts.empty()
 
 
 def test_a_retro_hunt_that_fails_is_tried_again_not_lost(
