@@ -125,23 +125,33 @@ def test_detector_finds_the_plate_on_a_composed_scene(recognizer: PlateRecognize
     assert any(_overlap(d.box, box) >= 0.5 for d in detections), detections
 
 
+def _small_plate_scene() -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The composed scene shrunk to a quarter in a grey 1280x720 frame: a plate about 45 px
+    wide (14 px at the model's 384 px), and its box."""
+    frame, (x1, y1, x2, y2), _ = compose_scene()
+    small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    big = np.full_like(frame, 128)
+    big[200 : 200 + small.shape[0], 600 : 600 + small.shape[1]] = small
+    return big, (600 + x1 / 4, 200 + y1 / 4, 600 + x2 / 4, 200 + y2 / 4)
+
+
+def _detections(frame: np.ndarray, options: PipelineOptions) -> list[Any]:
+    """The committed detector's detections of `frame` with these pipeline options."""
+    recognizer = PlateRecognizer.from_dir(
+        MODELS_DIR, RuntimeOptions(threads=1), options, reader_name=None
+    )
+    return recognizer.detect(frame)
+
+
 def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
     """A plate about 45 px wide in a 1280 px frame (14 px at the model's 384 px) is detected
     again in a zoomed window: the refined box replaces the coarse one, still fits the plate, and
     keeps the coarse detection's score. (With detector 1.3.0 the refined box fitted better than
     the coarse one here; 1.4.0, trained on small plates, already boxes this one at IoU 0.92 and
     the zoomed pass gives 0.79, so "better" is not a property of every detector.)"""
-    frame, (x1, y1, x2, y2), _ = compose_scene()
-    small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
-    big = np.full_like(frame, 128)
-    big[200 : 200 + small.shape[0], 600 : 600 + small.shape[1]] = small
-    box = (600 + x1 / 4, 200 + y1 / 4, 600 + x2 / 4, 200 + y2 / 4)
-    coarse = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(refine_below=0), reader_name=None
-    ).detect(big)
-    refined = PlateRecognizer.from_dir(  # the first zoomed pass alone
-        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(rezoom_context=0), reader_name=None
-    ).detect(big)
+    big, box = _small_plate_scene()
+    coarse = _detections(big, PipelineOptions(refine_below=0))
+    refined = _detections(big, PipelineOptions(rezoom_context=0))  # the first zoomed pass alone
     coarse_hits = [d for d in coarse if _overlap(d.box, box) >= 0.5]
     refined_hits = [d for d in refined if _overlap(d.box, box) >= 0.5]
     assert coarse_hits and len(refined_hits) == len(coarse_hits), (coarse, refined)
@@ -153,17 +163,9 @@ def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
 def test_rezoom_boxes_a_small_plate_again_with_the_committed_detector() -> None:
     """The same 45 px plate: `rezoom_context` (on by default) runs a second zoomed pass on the
     refined box, whose box replaces it and still fits the plate, with the coarse score."""
-    frame, (x1, y1, x2, y2), _ = compose_scene()
-    small = cv2.resize(frame, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
-    big = np.full_like(frame, 128)
-    big[200 : 200 + small.shape[0], 600 : 600 + small.shape[1]] = small
-    box = (600 + x1 / 4, 200 + y1 / 4, 600 + x2 / 4, 200 + y2 / 4)
-    once = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(rezoom_context=0), reader_name=None
-    ).detect(big)
-    twice = PlateRecognizer.from_dir(
-        MODELS_DIR, RuntimeOptions(threads=1), PipelineOptions(rezoom_context=2.0), reader_name=None
-    ).detect(big)
+    big, box = _small_plate_scene()
+    once = _detections(big, PipelineOptions(rezoom_context=0))
+    twice = _detections(big, PipelineOptions(rezoom_context=2.0))
     once_hits = [d for d in once if _overlap(d.box, box) >= 0.5]
     twice_hits = [d for d in twice if _overlap(d.box, box) >= 0.5]
     assert once_hits and len(twice_hits) == len(once_hits), (once, twice)
