@@ -576,13 +576,12 @@ class PlateRecognizer:
         def decide(
             detection: det.Detection,
             window: tuple[int, int, int, int] | None,
-            zoomed: list[det.Detection],
+            best: det.Detection | None,
         ) -> det.Detection | None:
             """The detection with its zoomed box, as it is, or None when it is dropped."""
             candidate = self._is_candidate(detection)
             if window is None:
                 return None if candidate else detection
-            best = det.pick_refined(detection.box, zoomed, (window[0], window[1]))
             if candidate and (best is None or best.score < opts.candidate_confirm):
                 return None
             if best is None:
@@ -591,12 +590,8 @@ class PlateRecognizer:
 
         def refine_all(chunk: list[det.Detection]) -> list[det.Detection | None]:
             windows = [window_of(d) for d in chunk]
-            zoomed = self._zoom(image, [w for w in windows if w is not None])
-            found = iter(zoomed)
-            return [
-                decide(d, w, next(found) if w is not None else [])
-                for d, w in zip(chunk, windows, strict=True)
-            ]
+            picks = self._zoomed_picks(image, chunk, windows)
+            return [decide(*outcome) for outcome in zip(chunk, windows, picks, strict=True)]
 
         # only as many candidates as can still be read, after the detector's own boxes; they
         # exist only when every one of those fits in the first chunk, and share its zoom calls
@@ -621,7 +616,7 @@ class PlateRecognizer:
             outcomes = refine_all(first)
         refined.extend(kept for kept in confirmed if kept is not None)
         if opts.rezoom_context > 0:
-            refined = self._rezoom(image, [(d, small(d)) for d in refined])
+            refined = self._rezoom(image, refined, small)
         if len(refined) > 1:  # two coarse boxes (a plate and its recess) may refine alike
             boxes = np.asarray([d.box for d in refined], np.float32)
             scores = np.asarray([d.score for d in refined], np.float32)
@@ -630,25 +625,38 @@ class PlateRecognizer:
         return refined + main[checked:]
 
     def _rezoom(
-        self, image: npt.NDArray[np.uint8], detections: list[tuple[det.Detection, bool]]
+        self,
+        image: npt.NDArray[np.uint8],
+        detections: list[det.Detection],
+        small: Callable[[det.Detection], bool],
     ) -> list[det.Detection]:
-        """`rezoom_context`'s second zoomed pass over the detections flagged small: each takes
-        the box that pass confirms centred in it, or keeps its own."""
+        """`rezoom_context`'s second zoomed pass over the `small` detections: each takes the
+        box that pass confirms centred in it, or keeps its own."""
         height, width = image.shape[:2]
         context = self.options.rezoom_context
         windows = [
-            det.refine_window(d.box, width, height, context) if is_small else None
-            for d, is_small in detections
+            det.refine_window(d.box, width, height, context) if small(d) else None
+            for d in detections
         ]
-        zoomed = iter(self._zoom(image, [w for w in windows if w is not None]))
-        out: list[det.Detection] = []
-        for (detection, _), window in zip(detections, windows, strict=True):
-            if window is not None:
-                best = det.pick_refined(detection.box, next(zoomed), (window[0], window[1]))
-                if best is not None:
-                    detection = det.Detection(box=best.box, score=detection.score)
-            out.append(detection)
-        return out
+        picks = self._zoomed_picks(image, detections, windows)
+        return [
+            d if best is None else det.Detection(box=best.box, score=d.score)
+            for d, best in zip(detections, picks, strict=True)
+        ]
+
+    def _zoomed_picks(
+        self,
+        image: npt.NDArray[np.uint8],
+        detections: list[det.Detection],
+        windows: list[tuple[int, int, int, int] | None],
+    ) -> list[det.Detection | None]:
+        """For each detection with a window: the zoomed pass's detection (frame pixels) centred
+        in its box (`det.pick_refined`), or None; None too where there is no window."""
+        found = iter(self._zoom(image, [w for w in windows if w is not None]))
+        return [
+            None if w is None else det.pick_refined(d.box, next(found), (w[0], w[1]))
+            for d, w in zip(detections, windows, strict=True)
+        ]
 
     def _zoom(
         self, image: npt.NDArray[np.uint8], windows: list[tuple[int, int, int, int]]
