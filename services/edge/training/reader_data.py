@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -288,20 +289,21 @@ def degrade_small(
     degraded at its own size."""
     h, w = img.shape[:2]
     factor = min(1.0, target / max(1.0, plate_width))
-    small = cv2.resize(
-        img, (max(4, round(w * factor)), max(4, round(h * factor))), interpolation=cv2.INTER_AREA
-    )
-    if rng.random() < 0.7:
-        small = cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.4, 1.2)))
-    if rng.random() < 0.5:
-        noisy = small.astype(np.float32) + rng.normal(0, rng.uniform(2, 6), small.shape)
-        small = np.clip(noisy, 0, 255).astype(np.uint8)
-    if rng.random() < 0.7:
-        quality = int(rng.integers(30, 81))
-        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if ok:
-            small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return np.asarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8)
+
+    def wear(small: np.ndarray) -> np.ndarray:
+        if rng.random() < 0.7:
+            small = cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.4, 1.2)))
+        if rng.random() < 0.5:
+            noisy = small.astype(np.float32) + rng.normal(0, rng.uniform(2, 6), small.shape)
+            small = np.clip(noisy, 0, 255).astype(np.uint8)
+        if rng.random() < 0.7:
+            quality = int(rng.integers(30, 81))
+            ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        return small
+
+    return _down_and_up(img, max(4, round(w * factor)), max(4, round(h * factor)), at_size=wear)
 
 
 def shrink_to_width(img: np.ndarray, plate_width: float, target: float) -> np.ndarray:
@@ -315,11 +317,18 @@ def shrink_to_width(img: np.ndarray, plate_width: float, target: float) -> np.nd
 
 
 def _down_and_up(
-    img: np.ndarray, width: int, height: int, down: int = cv2.INTER_AREA
+    img: np.ndarray,
+    width: int,
+    height: int,
+    down: int = cv2.INTER_AREA,
+    at_size: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """`img` resized to width x height (`down`: area by default) and stretched back (bilinear)
-    to its own size: the detail a camera would have lost at that size."""
+    """`img` resized to width x height (`down`: area by default), passed through `at_size`
+    there when given, and stretched back (bilinear) to its own size: the detail a camera would
+    have lost at that size."""
     small = cv2.resize(img, (width, height), interpolation=down)
+    if at_size is not None:
+        small = at_size(small)
     return np.asarray(
         cv2.resize(small, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR),
         dtype=np.uint8,
