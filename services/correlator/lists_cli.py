@@ -18,6 +18,7 @@ from sqlalchemy import select
 from services.correlator.announce import announce
 from services.correlator.config import CorrelatorSettings
 from services.correlator.matching import MatchingError, MatchMode, WatchEntry
+from services.correlator.registry_cli import RegistryError, check_name
 from shared.errors import ConfigError, PayloadError
 from shared.events import utc_now
 from shared.plates import normalise_plate
@@ -26,7 +27,6 @@ from shared.store import models as m
 from shared.store import repository as repo
 from shared.store.db import make_engine, session_factory
 
-MAX_ACTOR = 128  # the audit log's actor, the entries' owner and the list's name columns
 CSV_COLUMNS = ("pattern", "mode", "category", "priority", "valid_from", "valid_until", "reason")
 
 
@@ -106,13 +106,11 @@ def main(argv: list[str]) -> int:
     imp.add_argument("name")
     imp.add_argument("csv", type=Path)
     args = parser.parse_args(argv)
-    for flag, value in (("--actor", args.actor), ("NAME", getattr(args, "name", ""))):
-        if len(value) > MAX_ACTOR:
-            print(f"platewatch lists: {flag}: at most {MAX_ACTOR} characters", file=sys.stderr)
-            return 2
-    try:
+    try:  # the audit log's actor, the entries' owner and the list's name: 128-wide columns
+        check_name("--actor", args.actor)
+        check_name("NAME", getattr(args, "name", ""))
         settings = load_settings(CorrelatorSettings, args.config)
-    except ConfigError as exc:
+    except (ConfigError, RegistryError) as exc:
         print(f"platewatch lists: {exc}", file=sys.stderr)
         return 2
     sessions = session_factory(make_engine(settings.db))

@@ -19,7 +19,6 @@ Edge nodes do not sign their events yet (the edge issue): register a node's key 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import zoneinfo
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from services.correlator.announce import announce
 from services.correlator.config import CorrelatorSettings
+from services.correlator.rules import RuleConfigError, SiteLocation
 from shared.errors import ConfigError, PayloadError, TopicError
 from shared.events import utc_now
 from shared.settings import load_settings
@@ -41,7 +41,7 @@ from shared.store.db import make_engine, session_factory
 from shared.topics import check_slug
 
 PROG = "platewatch registry"
-MAX_NAME = 128  # site and camera names, and --actor (the columns' width)
+MAX_NAME = 128  # names and --actor (the columns' width; `platewatch lists` checks with it too)
 MAX_RETENTION_DAYS = 36_500  # a century: more is a typo, and overflows date arithmetic
 # Time zone names that are files of the host's zone database, not zones to configure.
 _NOT_ZONES = ("localtime", "posixrules", "Factory")
@@ -65,10 +65,10 @@ def parse_location(text: str) -> tuple[float, float]:
         lat, lon = (float(p) for p in parts)
     except ValueError as exc:
         raise RegistryError("--location", text, "want LAT,LON in degrees") from exc
-    if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
-        raise RegistryError("--location", text, "latitude must be in -90..90")
-    if not (math.isfinite(lon) and -180.0 <= lon <= 180.0):
-        raise RegistryError("--location", text, "longitude must be in -180..180")
+    try:  # the impossible-travel rule's own check of a site's coordinates
+        SiteLocation("", lat, lon)
+    except RuleConfigError as exc:
+        raise RegistryError("--location", text, exc.reason) from exc
     return lat, lon
 
 
@@ -228,19 +228,16 @@ def _set_camera(s: Session, args: argparse.Namespace, now: Any) -> Outcome:
     camera = s.scalars(
         select(m.Camera).where(m.Camera.site_id == site_id, m.Camera.slug == cam_slug)
     ).first()
-    outcome = "updated"
     if camera is None:
         camera = m.Camera(site_id=site_id, slug=cam_slug, name=cam_slug, is_gate=False)
         apply_changes(camera, changes)
         s.add(camera)
         s.flush()  # its id
-        outcome, changed = "created", created("camera", camera)
-    else:
-        changed = apply_changes(camera, changes)
-    details: dict[str, Any] = dict(changed)
-    if changed and outcome == "updated":
-        details["camera"] = f"{site_id}/{cam_slug}"
-    return outcome, str(camera.id), details
+        return "created", str(camera.id), created("camera", camera)
+    changed = apply_changes(camera, changes)
+    if changed:
+        changed["camera"] = f"{site_id}/{cam_slug}"
+    return "updated", str(camera.id), changed
 
 
 def _show(s: Session) -> None:

@@ -518,12 +518,12 @@ class Correlator:
             return
         del self._hunts[key]
 
-    def _hunt(self, list_id: int, version: int, entries: list[WatchEntry]) -> int:
+    def _hunt(self, list_id: int, version: int, entries: list[WatchEntry]) -> None:
         """Retro-hunt `entries` of list `list_id` at `version`, in the one process that claims
-        it; returns the alerts raised here."""
+        it."""
         ttl_s = max(3600, int(2 * self.settings.matching.reload_interval_s))
         if not self._claim(f"retro:{list_id}:{version}", ttl_s):
-            return 0  # another process hunts it (claims outlive a full reload's interval)
+            return  # another process hunts it (claims outlive a full reload's interval)
         now = self._clock()
         with self.sessions.begin() as session:
             alerts = retro_hunt(
@@ -536,7 +536,6 @@ class Correlator:
             "retro-hunt done",
             extra={"list_id": list_id, "entries": len(entries), "alerts": len(fresh_alerts)},
         )
-        return len(fresh_alerts)
 
     def _claim(self, job: str, ttl_s: int = 3600) -> bool:
         """True for the one correlator process that should run this job (Redis SET NX)."""

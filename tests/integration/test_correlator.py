@@ -442,9 +442,9 @@ def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload
     hunt = harness.c._hunt
     hunted: list[tuple[int, int]] = []
 
-    def counting(list_id: int, version: int, entries: list[Any]) -> int:
+    def counting(list_id: int, version: int, entries: list[Any]) -> None:
         hunted.append((list_id, version))
-        return hunt(list_id, version, entries)
+        hunt(list_id, version, entries)
 
     monkeypatch.setattr(harness.c, "_hunt", counting)
     harness.publish(plate_read(plate="XYZ9876", track_id="before"))
