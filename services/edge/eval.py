@@ -361,6 +361,13 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "pipeline's)",
     )
     ap.add_argument(
+        "--second-min-detector",
+        type=score_arg,
+        default=None,
+        help="second-opinion read only in boxes the detector scores at least this (0: every "
+        "box; default: the pipeline's)",
+    )
+    ap.add_argument(
         "--second-precision",
         choices=("f32", "auto"),
         default=None,
@@ -409,6 +416,7 @@ _PIPELINE_FIELDS = (
     "refine_batch",
     "rezoom_context",
     "second_read_below",
+    "second_min_detector",
     "second_precision",
     "reader_precision",
     "variants_below",

@@ -119,12 +119,13 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
     from services.edge.eval import pipeline_overrides
 
     flags = ["--variants-below", "0", "--max-candidates", "2", "--variants", "0.02,0.03"]
-    flags += ["--rezoom-context", "2"]
+    flags += ["--rezoom-context", "2", "--second-min-detector", "0"]
     want = {
         "variants_below": 0.0,
         "max_candidates": 2,
         "read_variants": ((0.02, 0.03),),
         "rezoom_context": 2.0,
+        "second_min_detector": 0.0,
     }
     assert pipeline_overrides(build_parser().parse_args(["d", "--out", "o", *flags])) == want
     assert pipeline_overrides(bench_parser().parse_args(flags)) == want
@@ -136,6 +137,7 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
         ("--second-precision", "bf16"),
         ("--reader-precision", "fp16"),
         ("--second-read-below", "1.5"),
+        ("--second-min-detector", "-0.1"),
         ("--variants-below", "1"),
         ("--rezoom-context", "-1"),
         ("--rezoom-context", "0.5"),
