@@ -105,22 +105,18 @@ class ListCache:
 
     def reload_list(
         self, wl: models.WatchList | None, list_id: int, entries: Iterable[models.WatchEntry]
-    ) -> list[WatchEntry]:
-        """Apply one list's current state; returns the entries that are new to this cache."""
+    ) -> None:
+        """Apply one list's current state (its change message came)."""
         for entry_id in self._ids_by_list.pop(list_id, set()):
             self.index.remove(entry_id)
         self.lists.pop(list_id, None)
         if wl is None or not wl.enabled:
-            return []
+            return
         info = ListInfo.of(wl)
         self.lists[list_id] = info
         fresh = [to_entry(row, info) for row in entries]
         self.index.add_many(fresh)
         self._ids_by_list[list_id] = {e.entry_id for e in fresh}
-        return fresh
-
-    def entry_ids(self, list_id: int) -> set[int]:
-        return set(self._ids_by_list.get(list_id, set()))
 
     def hits(self, plate: str, site: str, now: datetime) -> Hits:
         """(watch-list hits that apply at this site, allow-list hits of this site)."""

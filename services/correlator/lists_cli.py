@@ -105,6 +105,13 @@ def main(argv: list[str]) -> int:
     imp = sub.add_parser("import", help="Add the entries of a CSV file to a list.")
     imp.add_argument("name")
     imp.add_argument("csv", type=Path)
+    imp.add_argument(
+        "--no-retro-hunt",
+        dest="retro_hunt",
+        action="store_false",
+        help="Do not match the new entries against stored sightings (for example a first "
+        "import of a large list whose past hits are not wanted as alerts).",
+    )
     args = parser.parse_args(argv)
     try:  # the audit log's actor, the entries' owner and the list's name: 128-wide columns
         check_name("--actor", args.actor)
@@ -150,7 +157,13 @@ def main(argv: list[str]) -> int:
                     return 2
                 wl = found
                 entries = parse_csv(args.csv, wl.category)
-                repo.add_entries(s, wl, [{**e, "owner": args.actor} for e in entries], now)
+                repo.add_entries(
+                    s,
+                    wl,
+                    [{**e, "owner": args.actor} for e in entries],
+                    now,
+                    retro_hunt=args.retro_hunt,
+                )
                 repo.audit(
                     s,
                     now,
@@ -158,7 +171,7 @@ def main(argv: list[str]) -> int:
                     "list.import",
                     "watch_list",
                     str(wl.id),
-                    {"file": str(args.csv), "entries": len(entries)},
+                    {"file": str(args.csv), "entries": len(entries), "retro_hunt": args.retro_hunt},
                 )
                 print(f"imported {len(entries)} entries into {args.name!r}")
             changed = (wl.id, wl.version)

@@ -29,8 +29,7 @@ from services.correlator.consumer import (
     StoringDeadLetters,
     retry_outages,
 )
-from services.correlator.lists import ListCache
-from services.correlator.matching import WatchEntry
+from services.correlator.lists import ListCache, ListInfo, to_entry
 from services.correlator.retention import run_retention
 from services.correlator.retro import retro_hunt
 from services.correlator.rules import (
@@ -58,14 +57,19 @@ log = logging.getLogger(__name__)
 _SUBSCRIBE_WAIT_S = 5.0
 # A failed background reload is tried again after this long, not after reload_interval_s.
 _RETRY_RELOAD_S = 30.0
-# A retro-hunt that failed (Redis or the database down) is tried again after this long.
+# A retro-hunt that failed (the database down) is tried again after this long.
 _RETRY_HUNT_S = 5.0
+# Entries waiting for a retro-hunt are looked for this often even without a change message
+# (one read of an index that holds only the waiting entries), and at once after a message.
+_HUNT_POLL_S = 10.0
+# At most this many waiting entries are hunted a tick, in one transaction (each is a query over
+# `retro_hunt_days` of sightings, on the ingest thread).
+_HUNT_CHUNK = 100
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     began: float  # monotonic time its loading began
-    read_at: datetime  # the correlator clock's time then: entries changed since are news
     cache: ListCache
     cameras: set[tuple[str, str]]
     gates: set[tuple[str, str]]
@@ -223,16 +227,13 @@ class Correlator:
         self._snapshots: queue.Queue[_Snapshot | None] = queue.Queue()
         self._reloading = False
         self._changed_during_reload: set[int] = set()
-        # retro-hunts to run, one a tick, by (list id, version), oldest first
-        self._hunts: dict[tuple[int, int], list[WatchEntry]] = {}
-        self._next_hunt = 0.0
+        self._next_hunt = 0.0  # monotonic time of the next look for entries to retro-hunt
         self._next_reload = 0.0
         self._reload_asked_at = -math.inf  # monotonic time of the last resync request
         self._next_sweep = 0.0
         self._next_retention = time.monotonic() + 60.0
         self._stopped = threading.Event()
         self._stop_outcome = "not stopped"
-        self._list_loaded_at: dict[int, datetime] = {}
 
     def _cross_site(self) -> tuple[CrossSite | None, AlertStream | None, ChangeListener | None]:
         """Redis-backed cross-site rules, alert stream and list-change listener."""
@@ -404,7 +405,7 @@ class Correlator:
 
     def _load_snapshot(self) -> _Snapshot:
         """Read lists, registry and site locations and build a new list cache (any thread)."""
-        began, read_at = time.monotonic(), self._clock()
+        began = time.monotonic()
         cache = ListCache(self.settings.matching.fuzzy_max_cost)
         with self.sessions() as session:
             if session.get_bind().dialect.name == "postgresql":
@@ -414,7 +415,6 @@ class Correlator:
             cache.load_all(repo.all_lists(session), repo.list_entries(session))
             return _Snapshot(
                 began=began,
-                read_at=read_at,
                 cache=cache,
                 cameras=repo.known_cameras(session),
                 gates=repo.gate_cameras(session),
@@ -430,9 +430,6 @@ class Correlator:
         reg.cameras, reg.gates, reg.nodes = snap.cameras, snap.gates, snap.nodes
         if self.ingestor.cross is not None:
             self.ingestor.cross = self._cross_correlator(snap.locations)
-        # as of the read, not the install: an entry changed while the snapshot loaded is
-        # still newer than its list's load time at the next comparison
-        self._list_loaded_at = {wl_id: snap.read_at for wl_id in self.cache.lists}
         # the listener thread may ask for a reload at any moment: schedule the next one first,
         # then honour a request made since this snapshot began loading (read after the write,
         # so a request landing in between is never overwritten)
@@ -456,86 +453,52 @@ class Correlator:
         threading.Thread(target=build, name="lists-reload", daemon=True).start()
         self._reloading = True
 
-    def _install_and_hunt(self, snap: _Snapshot) -> None:
-        """Swap a background snapshot in; queue retro-hunts of the lists it changed. A change
-        whose message was lost (Redis down, a resync) or made without one shows as a new
-        version: its new entries are hunted as if the message had come (`_claim` keeps it to
-        one process per list version), so a newly wanted car's recent path is known in any
-        case. The entries come from the snapshot: nothing is read again."""
-        old = self.cache
-        self._install(snap)
-        for list_id in self._changed_during_reload:  # their messages came: hunted then
-            self.apply_list_change(list_id)
-        for list_id, info in snap.cache.lists.items():
-            previous = old.lists.get(list_id)
-            if list_id in self._changed_during_reload or (
-                previous is not None and previous.version == info.version
-            ):
-                continue
-            before = old.entry_ids(list_id)
-            entries = [snap.cache.index.get(i) for i in snap.cache.entry_ids(list_id) - before]
-            self._queue_hunt(list_id, info.version, [e for e in entries if e is not None])
-
     def apply_list_change(self, list_id: int) -> None:
-        """Reload one list (its change message came); queue a retro-hunt of its entries that are
-        new to this process or changed since it last loaded the list."""
-        before = self.cache.entry_ids(list_id)
-        loaded_at = self._list_loaded_at.get(list_id)
-        now = self._clock()
+        """Reload one list (its change message came) and look for entries to retro-hunt now."""
         with self.sessions() as session:
             wl = session.get(m.WatchList, list_id)
             rows = repo.list_entries(session, list_id) if wl is not None else []
-            changed = {
-                r.id
-                for r in rows
-                if r.id not in before or (loaded_at and r.updated_at >= loaded_at)
-            }
-            fresh = self.cache.reload_list(wl, list_id, rows)
-            version = wl.version if wl is not None else 0
-        self._list_loaded_at[list_id] = now
-        self._queue_hunt(list_id, version, [e for e in fresh if e.entry_id in changed])
-
-    def _queue_hunt(self, list_id: int, version: int, entries: list[WatchEntry]) -> None:
-        if entries and self.settings.matching.retro_hunt_days > 0:
-            self._hunts.setdefault((list_id, version), []).extend(entries)
+            self.cache.reload_list(wl, list_id, rows)
+        self._next_hunt = 0.0
 
     def _run_hunts(self) -> None:
-        """One queued retro-hunt per tick (each is a query over 14 days of sightings, run on
-        the ingest thread). One that fails (Redis or the database down) stays queued and is
-        tried again after `_RETRY_HUNT_S`: a failure never loses a hunt."""
+        """Retro-hunt the entries waiting for it (`watch_entry.hunted_at`), a chunk a tick,
+        looking every `_HUNT_POLL_S` and at once after a change message or a full reload. The
+        waiting is kept in the database, not in a process: a change made while every
+        correlator was down, or whose message was lost, is hunted all the same, by one process
+        (FOR UPDATE SKIP LOCKED on PostgreSQL). A hunt that fails (the database down) rolls back,
+        so its entries wait on and are tried again after `_RETRY_HUNT_S`: none is lost."""
+        days = self.settings.matching.retro_hunt_days
         now_s = time.monotonic()
-        if not self._hunts or now_s < self._next_hunt:
+        if days == 0 or now_s < self._next_hunt:
             return
-        key = next(iter(self._hunts))
         try:
-            self._hunt(*key, self._hunts[key])
+            hunted = self._hunt_waiting(days)
         except Exception:
             self._next_hunt = now_s + _RETRY_HUNT_S
             log.exception(
-                "retro-hunt failed; tried again later",
-                extra={"list_id": key[0], "version": key[1], "retry_in_s": _RETRY_HUNT_S},
+                "retro-hunt failed; tried again later", extra={"retry_in_s": _RETRY_HUNT_S}
             )
             return
-        del self._hunts[key]
+        self._next_hunt = 0.0 if hunted == _HUNT_CHUNK else now_s + _HUNT_POLL_S
 
-    def _hunt(self, list_id: int, version: int, entries: list[WatchEntry]) -> None:
-        """Retro-hunt `entries` of list `list_id` at `version`, in the one process that claims
-        it."""
-        ttl_s = max(3600, int(2 * self.settings.matching.reload_interval_s))
-        if not self._claim(f"retro:{list_id}:{version}", ttl_s):
-            return  # another process hunts it (claims outlive a full reload's interval)
+    def _hunt_waiting(self, days: int) -> int:
+        """One chunk of waiting entries hunted, their alerts stored and the entries marked
+        hunted in one transaction, then the alerts published; returns the entries taken."""
         now = self._clock()
         with self.sessions.begin() as session:
-            alerts = retro_hunt(
-                session, entries, self.cache.lists, now, self.settings.matching.retro_hunt_days
-            )
+            rows = repo.pending_hunts(session, _HUNT_CHUNK)
+            if not rows:
+                return 0
+            lists = {r.list_id: ListInfo.of(r.watch_list) for r in rows if r.watch_list.enabled}
+            entries = [to_entry(r, lists[r.list_id]) for r in rows if r.list_id in lists]
+            alerts = retro_hunt(session, entries, lists, now, days)
             inserted = repo.insert_alerts(session, alerts)
+            repo.mark_hunted(session, [r.id for r in rows])
         fresh_alerts = [a for a in alerts if a.event_id in inserted]
         self.ingestor.publish_alerts(fresh_alerts)
-        log.info(
-            "retro-hunt done",
-            extra={"list_id": list_id, "entries": len(entries), "alerts": len(fresh_alerts)},
-        )
+        log.info("retro-hunt done", extra={"entries": len(rows), "alerts": len(fresh_alerts)})
+        return len(rows)
 
     def _claim(self, job: str, ttl_s: int = 3600) -> bool:
         """True for the one correlator process that should run this job (Redis SET NX)."""
@@ -554,7 +517,10 @@ class Correlator:
             snap = self._snapshots.get()
             self._reloading = False
             if snap is not None:
-                self._install_and_hunt(snap)
+                self._install(snap)
+                for list_id in self._changed_during_reload:  # newer than the snapshot
+                    self.apply_list_change(list_id)
+                self._next_hunt = 0.0
             else:  # failed (logged): a resync or registry change it carried must not wait an hour
                 self._next_reload = min(self._next_reload, time.monotonic() + _RETRY_RELOAD_S)
         self._run_hunts()

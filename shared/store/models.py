@@ -3,7 +3,7 @@
 Sightings are keyed by the edge's UUIDv7 `event_id`. A UUIDv7 starts with its millisecond
 timestamp, so on PostgreSQL the table can be range-partitioned by `event_id` (one partition a
 month) while `event_id` stays the primary key: inserts stay idempotent across partitions.
-See docs/storage.md.
+See docs/decisions.md (storage).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -146,9 +147,23 @@ class WatchList(Base):
     )
 
 
+#: A watch entry not yet retro-hunted at its current version (see `WatchEntry.hunted_at`).
+HUNT_PENDING_SQL = "hunted_at IS NULL OR hunted_at <> updated_at"
+
+
 class WatchEntry(Base):
     __tablename__ = "watch_entry"
-    __table_args__ = (Index("ix_watch_entry_list_pattern", "list_id", "pattern"),)
+    __table_args__ = (
+        Index("ix_watch_entry_list_pattern", "list_id", "pattern"),
+        # only the entries waiting for a retro-hunt: the correlators' poll reads an empty
+        # index, not a million rows
+        Index(
+            "ix_watch_entry_hunt_pending",
+            "id",
+            postgresql_where=text(HUNT_PENDING_SQL),
+            sqlite_where=text(HUNT_PENDING_SQL),
+        ),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("watch_list.id", ondelete="CASCADE"))
     pattern: Mapped[str] = mapped_column(String(32))
@@ -161,7 +176,11 @@ class WatchEntry(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     owner: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
+    updated_at: Mapped[datetime]  # set on every change: the entry then waits for a retro-hunt
+    hunted_at: Mapped[datetime | None] = mapped_column(
+        comment="The updated_at the entry was last retro-hunted at; NULL: never. The entry "
+        "waits for a retro-hunt while it differs from updated_at."
+    )
     watch_list: Mapped[WatchList] = relationship(back_populates="entries")
 
 

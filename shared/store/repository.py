@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import TypeAdapter
-from sqlalchemy import Select, Table, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, Table, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shared.errors import FieldError
 from shared.events import Alert, DeadLetter, NodeStatus, PlateCandidate, PlateRead
@@ -491,15 +491,22 @@ def create_list(
 
 
 def add_entries(
-    session: Session, watch_list: WatchList, entries: Sequence[dict[str, Any]], now: datetime
+    session: Session,
+    watch_list: WatchList,
+    entries: Sequence[dict[str, Any]],
+    now: datetime,
+    *,
+    retro_hunt: bool = True,
 ) -> list[WatchEntry]:
-    """Add entries (dicts of WatchEntry columns) and bump the list's version."""
+    """Add entries (dicts of WatchEntry columns) and bump the list's version. They wait for a
+    retro-hunt by the correlators unless `retro_hunt` is False (marked hunted at once)."""
     made = [
         WatchEntry(
             list_id=watch_list.id,
             category=e.get("category", watch_list.category),
             created_at=now,
             updated_at=now,
+            hunted_at=None if retro_hunt else now,
             **{k: v for k, v in e.items() if k != "category"},
         )
         for e in entries
@@ -522,11 +529,36 @@ def list_entries(session: Session, list_id: int | None = None) -> list[WatchEntr
     return list(session.scalars(stmt))
 
 
-def entries_changed_since(session: Session, list_id: int, since: datetime) -> list[WatchEntry]:
-    return list(
-        session.scalars(
-            select(WatchEntry).where(WatchEntry.list_id == list_id, WatchEntry.updated_at >= since)
-        )
+def hunt_pending() -> ColumnElement[bool]:
+    """The entries waiting for a retro-hunt: the partial index's predicate (`HUNT_PENDING_SQL`)."""
+    return or_(WatchEntry.hunted_at.is_(None), WatchEntry.hunted_at != WatchEntry.updated_at)
+
+
+def pending_hunts(session: Session, limit: int) -> list[WatchEntry]:
+    """Up to `limit` entries waiting for a retro-hunt (changed since their last one), oldest
+    first, with their lists. On PostgreSQL the rows stay locked until the session's transaction
+    ends and other correlators skip them (FOR UPDATE SKIP LOCKED): each waiting entry is hunted
+    by one process, and a hunt cut short leaves its entries waiting."""
+    stmt = (
+        select(WatchEntry)
+        .where(hunt_pending())
+        .order_by(WatchEntry.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=WatchEntry)
+        .options(joinedload(WatchEntry.watch_list, innerjoin=True))
+    )
+    return list(session.scalars(stmt).unique())
+
+
+def mark_hunted(session: Session, entry_ids: Iterable[int]) -> None:
+    """The entries were retro-hunted at their current version: `hunted_at` takes the stored
+    `updated_at` as it is (the same bytes, whoever wrote it), so they wait no more. Call it in
+    the transaction of `pending_hunts`, whose locks keep the version from changing between."""
+    session.execute(
+        update(WatchEntry)
+        .where(WatchEntry.id.in_(list(entry_ids)))
+        .values(hunted_at=WatchEntry.updated_at)
+        .execution_options(synchronize_session=False)
     )
 
 

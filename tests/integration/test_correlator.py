@@ -436,17 +436,14 @@ def test_new_entry_retro_hunts_recent_sightings_as_historical_alerts(harness: Ha
     assert not live.historical
 
 
+def _waiting_entries(harness: Harness) -> int:
+    with harness.c.sessions() as s:
+        return len(repo.pending_hunts(s, 1000))
+
+
 def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: Harness,
 ) -> None:
-    hunt = harness.c._hunt
-    hunted: list[tuple[int, int]] = []
-
-    def counting(list_id: int, version: int, entries: list[Any]) -> None:
-        hunted.append((list_id, version))
-        hunt(list_id, version, entries)
-
-    monkeypatch.setattr(harness.c, "_hunt", counting)
     harness.publish(plate_read(plate="XYZ9876", track_id="before"))
     harness.wait_for(lambda: harness.count(m.Sighting) == 1)
     with harness.c.sessions.begin() as s:  # no notify: its pub/sub message never came
@@ -455,39 +452,100 @@ def test_a_list_change_whose_message_was_lost_is_retro_hunted_by_the_full_reload
     harness.c._request_reload()  # what a Redis resync, a registry change or the hour does
     alert = harness.alerts.get(timeout=10)
     assert alert.historical and alert.plate == "XYZ9876"
-    assert len(hunted) == 1
+    assert _waiting_entries(harness) == 0  # hunted at its version: not again
     loaded = harness.c.cache
-    harness.c._request_reload()  # the same version again: nothing to hunt
+    harness.c._request_reload()
     harness.wait_for(lambda: harness.c.cache is not loaded)
     time.sleep(0.3)
-    assert len(hunted) == 1 and harness.alerts.empty()
+    assert harness.alerts.empty()
+
+
+def test_a_changed_entry_waits_for_a_retro_hunt_again(harness: Harness) -> None:
+    harness.publish(plate_read(plate="XYZ9876", track_id="before"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    list_id = harness.add_list("edited", [{"pattern": "AAA1111", "mode": "exact"}])
+    harness.c.notify_list_change(list_id)
+    harness.wait_for(lambda: _waiting_entries(harness) == 0)
+    assert harness.alerts.empty()  # nothing matched AAA1111
+    with harness.c.sessions.begin() as s:  # an operator corrects the pattern
+        entry = s.scalars(select(m.WatchEntry).where(m.WatchEntry.list_id == list_id)).one()
+        entry.pattern, entry.updated_at = "XYZ9876", utc_now()
+    harness.c.notify_list_change(list_id)
+    alert = harness.alerts.get(timeout=10)
+    assert alert.historical and alert.plate == "XYZ9876"
 
 
 def test_a_retro_hunt_that_fails_is_tried_again_not_lost(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import redis
+    from sqlalchemy.exc import OperationalError
 
     harness.publish(plate_read(plate="XYZ9876", track_id="before"))
     harness.wait_for(lambda: harness.count(m.Sighting) == 1)
-    claim = harness.c._claim
-    calls: list[str] = []
+    insert_alerts = repo.insert_alerts
+    calls: list[int] = []
 
-    def flaky(job: str, ttl_s: int = 3600) -> bool:
-        calls.append(job)
-        if len(calls) == 1:
-            raise redis.ConnectionError("redis down for a moment")
-        return claim(job, ttl_s)
+    def flaky(session: Any, alerts: Any) -> Any:
+        calls.append(len(alerts))
+        if len(calls) == 1:  # the database drops the connection in the middle of the hunt
+            raise OperationalError("INSERT INTO alert", {}, Exception("connection lost"))
+        return insert_alerts(session, alerts)
 
-    monkeypatch.setattr(harness.c, "_claim", flaky)
+    monkeypatch.setattr(repo, "insert_alerts", flaky)
     with harness.c.sessions.begin() as s:
         wl = repo.create_list(s, "flaky", utc_now(), category="stolen", severity="high")
         repo.add_entries(s, wl, [{"pattern": "XYZ9876", "mode": "exact"}], utc_now())
         list_id = wl.id
     harness.c.notify_list_change(list_id)
+    harness.wait_for(lambda: len(calls) == 1)
+    assert _waiting_entries(harness) == 1  # rolled back: the entry still waits
     alert = harness.alerts.get(timeout=15)  # the retry, about 5 s later
     assert alert.historical and alert.plate == "XYZ9876"
-    assert len([j for j in calls if j.startswith("retro:")]) == 2
+    assert len(calls) == 2 and _waiting_entries(harness) == 0
+
+
+def test_entries_added_while_every_correlator_was_down_are_hunted_at_start(
+    mqtt_settings: MqttSettings, db_url: str, redis_settings: RedisSettings, client_id: str
+) -> None:
+    migrate.upgrade(db_url)
+    settings = CorrelatorSettings(
+        instance=client_id, mqtt=mqtt_settings, db=DbSettings(url=db_url), redis=redis_settings
+    )
+    got: queue.Queue[Alert] = queue.Queue()
+    watcher = MqttClient(mqtt_settings, client_id + "-ops")
+    watcher.subscribe(
+        alert_filter(mqtt_settings.topic_root), lambda d: got.put(decode_event(d.payload, Alert))
+    )
+    watcher.start()
+    first = Correlator(settings)
+    first.start()
+    edge = MqttClient(mqtt_settings, client_id + "-edge")
+    edge.start()
+    try:
+        read = plate_read(plate="XYZ9876", track_id="before")
+        edge.publish(
+            plate_topic(read.site, read.camera, mqtt_settings.topic_root), encode_event(read)
+        ).wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with first.sessions() as s:
+                if s.get(m.Sighting, read.event_id) is not None:
+                    break
+            time.sleep(0.05)
+        first.stop()
+        with first.sessions.begin() as s:  # listed while no correlator runs: nobody hears of it
+            wl = repo.create_list(s, "while-down", utc_now(), category="wanted", severity="high")
+            repo.add_entries(s, wl, [{"pattern": "XYZ9876", "mode": "exact"}], utc_now())
+        second = Correlator(settings)
+        second.start()
+        try:
+            alert = got.get(timeout=10)
+            assert alert.historical and alert.sighting_event_id == read.event_id
+        finally:
+            second.stop()
+    finally:
+        edge.stop()
+        watcher.stop()
 
 
 def test_retention_deletes_old_sightings_but_keeps_alerted_ones(harness: Harness) -> None:

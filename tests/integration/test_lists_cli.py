@@ -54,6 +54,7 @@ def test_import_csv_creates_entries_audits_and_announces_the_change(
             ("KLM5821", "fuzzy", "stolen"),
         ]
         assert entries[1].valid_until is not None and entries[0].owner == "alice"
+        assert all(e.hunted_at is None for e in entries)  # each waits for a retro-hunt
         actions = [a.action for a in s.scalars(select(m.AuditLog).order_by(m.AuditLog.id))]
         assert actions == ["list.create", "list.import"]
     import time
@@ -63,6 +64,23 @@ def test_import_csv_creates_entries_audits_and_announces_the_change(
         time.sleep(0.05)
     listener.stop()
     assert [lid for lid, _ in heard] == [1, 1] and heard[1][1] > heard[0][1]
+
+
+def test_import_without_retro_hunt_marks_the_entries_hunted(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate.upgrade(db_url)
+    monkeypatch.setenv("PW_CORRELATOR_DB__URL", db_url)
+    monkeypatch.delenv("PW_CORRELATOR_REDIS__URL", raising=False)
+    assert main(["create", "Initial"]) == 0
+    path = _csv(tmp_path, "pattern\nABC123\nXYZ987\n")
+    assert main(["import", "Initial", str(path), "--no-retro-hunt"]) == 0
+    sessions = session_factory(make_engine(DbSettings(url=db_url)))
+    with sessions() as s:
+        entries = s.scalars(select(m.WatchEntry)).all()
+        assert len(entries) == 2 and all(e.hunted_at == e.updated_at for e in entries)
+        audit = s.scalars(select(m.AuditLog).where(m.AuditLog.action == "list.import")).one()
+        assert audit.details["retro_hunt"] is False
 
 
 @pytest.mark.parametrize(
