@@ -11,12 +11,12 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Select, Table, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload
 
@@ -572,24 +572,35 @@ def sightings_of_plate(
     return list(session.scalars(stmt.order_by(Sighting.seen_at).limit(limit)))
 
 
-def wildcard_to_like(pattern: str) -> str:
-    """`AB?12*` -> `AB_12%` (plates hold only A-Z0-9, so nothing needs escaping)."""
-    return pattern.replace("?", "_").replace("*", "%")
+def distinct_plates_since(
+    session: Session, since: datetime, batch: int = 5_000
+) -> Iterator[list[str]]:
+    """Every distinct plate (not hashed) seen since `since`, `batch` at a time (streamed)."""
+    stmt = (
+        select(Sighting.plate)
+        .where(Sighting.seen_at >= since, Sighting.plate_hashed.is_(False))
+        .distinct()
+    )
+    result = session.execute(stmt.execution_options(yield_per=batch))
+    for part in result.scalars().partitions():
+        yield list(part)
 
 
-def retro_candidates(
-    session: Session, mode: str, pattern: str, since: datetime, limit: int = 100_000
-) -> list[Sighting]:
-    """Stored sightings since `since` that may match an entry; the caller verifies fuzzy ones."""
-    stmt = select(Sighting).where(Sighting.seen_at >= since, Sighting.plate_hashed.is_(False))
-    if mode == "exact":
-        stmt = stmt.where(Sighting.plate == pattern)
-    elif mode == "wildcard":
-        stmt = stmt.where(Sighting.plate.like(wildcard_to_like(pattern)))
-    else:
-        n = len(pattern)
-        stmt = stmt.where(func.length(Sighting.plate).between(max(1, n - 2), n + 2))
-    return list(session.scalars(stmt.order_by(Sighting.seen_at).limit(limit)))
+def sightings_of_plates(
+    session: Session, plates: Iterable[str], since: datetime, chunk: int = 1_000
+) -> Iterator[Sighting]:
+    """The sightings (not hashed) of these plates since `since`, newest first."""
+    wanted = sorted(set(plates))
+    rows: list[Sighting] = []
+    for start in range(0, len(wanted), chunk):
+        stmt = select(Sighting).where(
+            Sighting.plate.in_(wanted[start : start + chunk]),
+            Sighting.seen_at >= since,
+            Sighting.plate_hashed.is_(False),
+        )
+        rows.extend(session.scalars(stmt))
+    rows.sort(key=lambda r: (r.seen_at, r.event_id), reverse=True)
+    yield from rows
 
 
 def delete_expired_sightings(
