@@ -227,7 +227,10 @@ class Correlator:
         self._snapshots: queue.Queue[_Snapshot | None] = queue.Queue()
         self._reloading = False
         self._changed_during_reload: set[int] = set()
-        self._next_hunt = 0.0  # monotonic time of the next look for entries to retro-hunt
+        # retro-hunts run on a thread of their own, woken by list changes and full reloads
+        self._hunt_wake = threading.Event()
+        self._hunter_stop = threading.Event()
+        self._hunter: threading.Thread | None = None
         self._next_reload = 0.0
         self._reload_asked_at = -math.inf  # monotonic time of the last resync request
         self._next_sweep = 0.0
@@ -304,6 +307,7 @@ class Correlator:
     def start(self, wait_s: float | None = 15.0) -> None:
         self._listen_for_changes()
         self._load_or_stop_listening()
+        self._start_hunter()
         self.consumer.start()
         self.status_consumer.start()
         self.mqtt.start(wait_s)
@@ -325,6 +329,7 @@ class Correlator:
             raise DrainError("draining needs MQTT 5 (mqtt.protocol: '5')")
         self._listen_for_changes()
         self._load_or_stop_listening()
+        self._start_hunter()
         self.consumer.start(subscribe=False)
         self.status_consumer.start(subscribe=False)
         try:
@@ -367,6 +372,7 @@ class Correlator:
         The last batch is flushed only once the ingest thread has finished (never beside it);
         alerts it published are given a few seconds to be acknowledged and marked, so that the
         sweeper of another instance does not publish them again."""
+        self._stop_hunter()  # first: its alerts are published while MQTT is still up
         finished = self.consumer.stop()
         self.status_consumer.stop()
         if finished:
@@ -459,28 +465,43 @@ class Correlator:
             wl = session.get(m.WatchList, list_id)
             rows = repo.list_entries(session, list_id) if wl is not None else []
             self.cache.reload_list(wl, list_id, rows)
-        self._next_hunt = 0.0
+        self._hunt_wake.set()
 
-    def _run_hunts(self) -> None:
-        """Retro-hunt the entries waiting for it (`watch_entry.hunted_at`), a chunk a tick,
-        looking every `_HUNT_POLL_S` and at once after a change message or a full reload. The
-        waiting is kept in the database, not in a process: a change made while every
-        correlator was down, or whose message was lost, is hunted all the same, by one process
-        (FOR UPDATE SKIP LOCKED on PostgreSQL). A hunt that fails (the database down) rolls back,
-        so its entries wait on and are tried again after `_RETRY_HUNT_S`: none is lost."""
+    def _start_hunter(self) -> None:
+        if self.settings.matching.retro_hunt_days > 0 and self._hunter is None:
+            self._hunter = threading.Thread(target=self._hunt_loop, name="retro-hunt", daemon=True)
+            self._hunter.start()
+
+    def _stop_hunter(self) -> None:
+        self._hunter_stop.set()
+        self._hunt_wake.set()
+        if self._hunter is not None:
+            self._hunter.join(timeout=30.0)
+            if self._hunter.is_alive():  # a hunt's transaction still running: it rolls back
+                log.warning("retro-hunt still running at stop; its entries wait for the next")
+
+    def _hunt_loop(self) -> None:
+        """Retro-hunt the entries waiting for it (`watch_entry.hunted_at`), a chunk at a time,
+        on this thread (a hunt reads the sightings of `retro_hunt_days`, which can take seconds
+        that the ingest thread must not wait for). It looks every `_HUNT_POLL_S`, at start-up,
+        and at once after a change message or a full reload. The waiting is kept in the
+        database, not in a process: a change made while every correlator was down, or whose
+        message was lost, is hunted all the same, by one process (FOR UPDATE SKIP LOCKED on
+        PostgreSQL). A hunt that fails (the database down) rolls back, so its entries wait on
+        and are tried again after `_RETRY_HUNT_S`: none is lost."""
         days = self.settings.matching.retro_hunt_days
-        now_s = time.monotonic()
-        if days == 0 or now_s < self._next_hunt:
-            return
-        try:
-            hunted = self._hunt_waiting(days)
-        except Exception:
-            self._next_hunt = now_s + _RETRY_HUNT_S
-            log.exception(
-                "retro-hunt failed; tried again later", extra={"retry_in_s": _RETRY_HUNT_S}
-            )
-            return
-        self._next_hunt = 0.0 if hunted == _HUNT_CHUNK else now_s + _HUNT_POLL_S
+        while not self._hunter_stop.is_set():
+            self._hunt_wake.clear()
+            try:
+                while not self._hunter_stop.is_set() and self._hunt_waiting(days) == _HUNT_CHUNK:
+                    pass
+            except Exception:
+                log.exception(
+                    "retro-hunt failed; tried again later", extra={"retry_in_s": _RETRY_HUNT_S}
+                )
+                self._hunter_stop.wait(_RETRY_HUNT_S)
+                continue
+            self._hunt_wake.wait(_HUNT_POLL_S)
 
     def _hunt_waiting(self, days: int) -> int:
         """One chunk of waiting entries hunted, their alerts stored and the entries marked
@@ -520,10 +541,9 @@ class Correlator:
                 self._install(snap)
                 for list_id in self._changed_during_reload:  # newer than the snapshot
                     self.apply_list_change(list_id)
-                self._next_hunt = 0.0
+                self._hunt_wake.set()
             else:  # failed (logged): a resync or registry change it carried must not wait an hour
                 self._next_reload = min(self._next_reload, time.monotonic() + _RETRY_RELOAD_S)
-        self._run_hunts()
         self.ingestor.tick()
         now = time.monotonic()
         if now >= self._next_reload and not self._reloading:

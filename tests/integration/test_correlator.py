@@ -475,6 +475,30 @@ def test_a_changed_entry_waits_for_a_retro_hunt_again(harness: Harness) -> None:
     assert alert.historical and alert.plate == "XYZ9876"
 
 
+def test_retro_hunts_run_off_the_ingest_thread(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hunt reads days of sightings: the ingest thread never waits for it."""
+    import threading
+
+    import services.correlator.service as service
+
+    hunt = service.retro_hunt
+    threads: list[str] = []
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return hunt(*args, **kw)
+
+    monkeypatch.setattr(service, "retro_hunt", recording)
+    harness.publish(plate_read(plate="XYZ9876", track_id="before"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    list_id = harness.add_list("w", [{"pattern": "XYZ9876", "mode": "exact"}])
+    harness.c.notify_list_change(list_id)
+    assert harness.alerts.get(timeout=10).historical
+    assert threads and set(threads) == {"retro-hunt"}
+
+
 def test_a_retro_hunt_that_fails_is_tried_again_not_lost(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
