@@ -69,7 +69,14 @@ class MatchSettings(SettingsBlock):
         ge=0,
         le=365,
         description="A new or changed entry is matched against this many "
-        "days of stored sightings (0: off).",
+        "days of stored sightings (0: off; entries are then marked hunted unmatched).",
+    )
+    retro_poll_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often each correlator looks for entries waiting for a retro-hunt "
+        "without a change message (a change message or a full reload looks at once).",
     )
 
 

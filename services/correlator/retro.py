@@ -13,9 +13,11 @@ entry become alerts.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from services.correlator.evaluate import SILENT_CATEGORIES, watchlist_alert
 from services.correlator.lists import ListHit, ListInfo
-from services.correlator.matching import Match, MatchMode, WatchEntry, WatchIndex
+from services.correlator.matching import MatchMode, WatchEntry, WatchIndex, match_entry
 from shared.events import PLATE_PATTERN, Alert, PlateRead
 from shared.store import models as m
 from shared.store import repository as repo
@@ -68,16 +70,22 @@ def hunted_entries(
     return out
 
 
+class HuntStoppedError(Exception):
+    """The correlator is stopping: the hunt's transaction rolls back, its entries wait on."""
+
+
 def retro_hunt(
     session: Session,
     entries: Iterable[WatchEntry],
     lists: dict[int, ListInfo],
     now: datetime,
     days: int,
-    limit_per_entry: int = 10_000,
+    limit_per_entry: int = 1_000,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[Alert]:
     """Historical alerts for the stored sightings of the last `days` that the entries match,
-    the newest `limit_per_entry` of each entry."""
+    the newest `limit_per_entry` of each entry (newest first). Memory holds the keys of those
+    newest hits, never every matching sighting; `should_stop` is asked between batches."""
     hunted = hunted_entries(entries, lists, now)
     if not hunted:
         return []
@@ -86,31 +94,60 @@ def retro_hunt(
     plates = {e.pattern for e in hunted if e.mode is MatchMode.EXACT}
     if any(e.mode is not MatchMode.EXACT for e in hunted):
         for batch in repo.distinct_plates_since(session, since):
+            if should_stop():
+                raise HuntStoppedError
             batch = [p for p in batch if _PLATE.fullmatch(p)]  # the contract's; never fails a hunt
             hits = index.match_many(batch, now)
             plates.update(p for p, hit in zip(batch, hits, strict=True) if hit)
-    matches: dict[str, list[Match]] = {}
-    per_entry: dict[int, int] = {}
+    # each entry's newest hits, as a min-heap of (seen_at, event_id) no longer than the limit
+    newest: dict[int, list[tuple[datetime, uuid.UUID]]] = {}
+    # per plate: the entries it matches, with the site their list is limited to (None: any)
+    matched: dict[str, tuple[tuple[int, str | None], ...]] = {}
     capped: set[int] = set()
-    alerts: list[Alert] = []
-    for row in repo.sightings_of_plates(session, plates, since):  # newest first
-        if not _PLATE.fullmatch(row.plate):
-            continue
-        if row.plate not in matches:
-            matches[row.plate] = index.match(row.plate, now)
-        for found in matches[row.plate]:
-            info = lists[found.entry.list_id]
-            if info.site_id is not None and row.site_id != info.site_id:
-                continue
-            n = per_entry.get(found.entry.entry_id, 0)
-            if n == limit_per_entry:
-                capped.add(found.entry.entry_id)
-                continue
-            per_entry[found.entry.entry_id] = n + 1
-            alerts.append(watchlist_alert(as_read(row), ListHit(found, info), now, historical=True))
+    for keys in repo.sighting_keys_of_plates(session, plates, since):
+        if should_stop():
+            raise HuntStoppedError
+        for sighting_id, plate, site_id, seen_at in keys:
+            if plate not in matched:
+                found = index.match(plate, now) if _PLATE.fullmatch(plate) else []
+                matched[plate] = tuple(
+                    (f.entry.entry_id, lists[f.entry.list_id].site_id) for f in found
+                )
+            for entry_id, only_site in matched[plate]:
+                if only_site is not None and only_site != site_id:
+                    continue
+                heap = newest.setdefault(entry_id, [])
+                key = (seen_at, sighting_id)
+                if len(heap) < limit_per_entry:
+                    heapq.heappush(heap, key)
+                elif key > heap[0]:
+                    heapq.heapreplace(heap, key)
+                    capped.add(entry_id)
+                else:
+                    capped.add(entry_id)
     if capped:
         log.warning(
             "retro-hunt kept only the newest hits of some entries",
             extra={"entries": sorted(capped)[:20], "limit_per_entry": limit_per_entry},
         )
+    wanted = {event_id for heap in newest.values() for _, event_id in heap}
+    rows = {row.event_id: row for row in repo.sightings_by_id(session, wanted)}
+    by_id = {e.entry_id: e for e in hunted}
+    alerts: list[Alert] = []
+    for entry_id, heap in newest.items():
+        entry = by_id[entry_id]
+        info = lists[entry.list_id]
+        for _, event_id in sorted(heap, reverse=True):
+            row = rows.get(event_id)
+            if row is None:  # deleted by retention in between
+                continue
+            match = match_entry(entry, row.plate, now)
+            if match is None:  # cannot happen: the index matched it
+                continue
+            try:
+                read = as_read(row)
+            except ValueError:  # a stored row the contract no longer accepts: skip, say so
+                log.exception("retro-hunt skipped a sighting", extra={"event_id": str(event_id)})
+                continue
+            alerts.append(watchlist_alert(read, ListHit(match, info), now, historical=True))
     return alerts

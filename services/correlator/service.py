@@ -30,8 +30,9 @@ from services.correlator.consumer import (
     retry_outages,
 )
 from services.correlator.lists import ListCache, ListInfo, to_entry
+from services.correlator.matching import MatchingError
 from services.correlator.retention import run_retention
-from services.correlator.retro import retro_hunt
+from services.correlator.retro import HuntStoppedError, retro_hunt
 from services.correlator.rules import (
     CooldownPolicy,
     IncidentPolicy,
@@ -43,7 +44,7 @@ from services.correlator.rules import (
 from services.correlator.state import CrossSiteCorrelator, CrossSiteState
 from shared.consumer import EventConsumer, MqttDeadLetterSink
 from shared.errors import ConfigError, PlatewatchError
-from shared.events import NodeStatus, PlateRead, utc_now
+from shared.events import Alert, NodeStatus, PlateRead, utc_now
 from shared.mqtt import MqttClient, MqttError
 from shared.store import migrate
 from shared.store import models as m
@@ -59,12 +60,17 @@ _SUBSCRIBE_WAIT_S = 5.0
 _RETRY_RELOAD_S = 30.0
 # A retro-hunt that failed (the database down) is tried again after this long.
 _RETRY_HUNT_S = 5.0
-# Entries waiting for a retro-hunt are looked for this often even without a change message
-# (one read of an index that holds only the waiting entries), and at once after a message.
-_HUNT_POLL_S = 10.0
-# At most this many waiting entries are hunted a tick, in one transaction (each is a query over
-# `retro_hunt_days` of sightings, on the ingest thread).
+# At most this many waiting entries are hunted together, in one transaction (one pass over the
+# window's distinct plates when fuzzy or wildcard entries are among them).
 _HUNT_CHUNK = 100
+# How long the hunter waits for the ingest thread to load the lists it is about to hunt.
+_CACHE_WAIT_S = 10.0
+# How long `stop` waits for a hunt to notice it (the hunt then rolls back).
+_HUNTER_JOIN_S = 5.0
+
+
+class _ListsNotLoadedError(Exception):
+    """The ingest thread has not loaded the lists of the entries to hunt yet (tried again)."""
 
 
 @dataclass(frozen=True)
@@ -300,17 +306,18 @@ class Correlator:
             raise
 
     def notify_list_change(self, list_id: int) -> None:
-        """Thread-safe: the ingest thread reloads the list and retro-hunts before the next batch."""
+        """Thread-safe: the ingest thread reloads the list before the next batch, and the
+        hunter thread retro-hunts its waiting entries."""
         self._changes.put(list_id)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, wait_s: float | None = 15.0) -> None:
         self._listen_for_changes()
         self._load_or_stop_listening()
-        self._start_hunter()
         self.consumer.start()
         self.status_consumer.start()
         self.mqtt.start(wait_s)
+        self._start_hunter()  # after MQTT: its alerts are published at once
         log.info("correlator started", extra={"instance": self.settings.instance})
 
     def drain(self, quiet_s: float = 3.0, max_s: float = 3600.0, wait_s: float = 15.0) -> int:
@@ -329,7 +336,6 @@ class Correlator:
             raise DrainError("draining needs MQTT 5 (mqtt.protocol: '5')")
         self._listen_for_changes()
         self._load_or_stop_listening()
-        self._start_hunter()
         self.consumer.start(subscribe=False)
         self.status_consumer.start(subscribe=False)
         try:
@@ -468,7 +474,7 @@ class Correlator:
         self._hunt_wake.set()
 
     def _start_hunter(self) -> None:
-        if self.settings.matching.retro_hunt_days > 0 and self._hunter is None:
+        if self._hunter is None:
             self._hunter = threading.Thread(target=self._hunt_loop, name="retro-hunt", daemon=True)
             self._hunter.start()
 
@@ -476,50 +482,109 @@ class Correlator:
         self._hunter_stop.set()
         self._hunt_wake.set()
         if self._hunter is not None:
-            self._hunter.join(timeout=30.0)
-            if self._hunter.is_alive():  # a hunt's transaction still running: it rolls back
-                log.warning("retro-hunt still running at stop; its entries wait for the next")
+            self._hunter.join(timeout=_HUNTER_JOIN_S)
+            if self._hunter.is_alive():
+                log.warning("retro-hunt still finishing at stop; an unfinished hunt rolls back")
 
     def _hunt_loop(self) -> None:
         """Retro-hunt the entries waiting for it (`watch_entry.hunted_at`), a chunk at a time,
         on this thread (a hunt reads the sightings of `retro_hunt_days`, which can take seconds
-        that the ingest thread must not wait for). It looks every `_HUNT_POLL_S`, at start-up,
-        and at once after a change message or a full reload. The waiting is kept in the
-        database, not in a process: a change made while every correlator was down, or whose
+        that the ingest thread must not wait for). It looks every `matching.retro_poll_s`, at
+        start-up, and at once after a change message or a full reload. The waiting is kept in
+        the database, not in a process: a change made while every correlator was down, or whose
         message was lost, is hunted all the same, by one process (FOR UPDATE SKIP LOCKED on
         PostgreSQL). A hunt that fails (the database down) rolls back, so its entries wait on
         and are tried again after `_RETRY_HUNT_S`: none is lost."""
-        days = self.settings.matching.retro_hunt_days
-        while not self._hunter_stop.is_set():
-            self._hunt_wake.clear()
+        stop, wake = self._hunter_stop, self._hunt_wake
+        while not stop.is_set():
+            wake.clear()
+            if stop.is_set():  # set between the loop's test and the clear
+                break
             try:
-                while not self._hunter_stop.is_set() and self._hunt_waiting(days) == _HUNT_CHUNK:
+                while not stop.is_set() and self._hunt_waiting() == _HUNT_CHUNK:
                     pass
-            except Exception:
-                log.exception(
-                    "retro-hunt failed; tried again later", extra={"retry_in_s": _RETRY_HUNT_S}
-                )
-                self._hunter_stop.wait(_RETRY_HUNT_S)
+            except HuntStoppedError:
+                break
+            except Exception as exc:
+                if isinstance(exc, _ListsNotLoadedError):
+                    log.warning("retro-hunt waits for the lists to load", extra={"lists": str(exc)})
+                else:
+                    log.exception("retro-hunt failed; tried again later")
+                stop.wait(_RETRY_HUNT_S)
                 continue
-            self._hunt_wake.wait(_HUNT_POLL_S)
+            wake.wait(self.settings.matching.retro_poll_s)
 
-    def _hunt_waiting(self, days: int) -> int:
-        """One chunk of waiting entries hunted, their alerts stored and the entries marked
-        hunted in one transaction, then the alerts published; returns the entries taken."""
-        now = self._clock()
+    def _hunt_waiting(self) -> int:
+        """One chunk of waiting entries: once the ingest thread's lists hold them (so no live
+        sighting falls between the hunt and live matching), hunted, their alerts stored and
+        the entries marked hunted in one transaction, then the alerts published; returns the
+        entries taken. With `retro_hunt_days` 0 they are only marked."""
+        days = self.settings.matching.retro_hunt_days
         with self.sessions.begin() as session:
             rows = repo.pending_hunts(session, _HUNT_CHUNK)
             if not rows:
                 return 0
-            lists = {r.list_id: ListInfo.of(r.watch_list) for r in rows if r.watch_list.enabled}
-            entries = [to_entry(r, lists[r.list_id]) for r in rows if r.list_id in lists]
-            alerts = retro_hunt(session, entries, lists, now, days)
+            alerts: list[Alert] = []
+            if days > 0:
+                self._wait_for_lists({r.list_id: r.watch_list for r in rows})
+                lists = {r.list_id: ListInfo.of(r.watch_list) for r in rows if r.watch_list.enabled}
+                entries = []
+                for r in rows:
+                    if r.list_id not in lists:
+                        continue
+                    try:
+                        entries.append(to_entry(r, lists[r.list_id]))
+                    except (ValueError, MatchingError):  # live matching cannot load it either
+                        log.exception("retro-hunt skipped a bad entry", extra={"entry_id": r.id})
+                found = retro_hunt(
+                    session,
+                    entries,
+                    lists,
+                    self._clock(),
+                    days,
+                    should_stop=self._hunter_stop.is_set,
+                )
+                now = self._clock()  # raised when stored: the sweeper leaves them to us
+                alerts = [a.model_copy(update={"raised_at": now}) for a in found]
             inserted = repo.insert_alerts(session, alerts)
-            repo.mark_hunted(session, [r.id for r in rows])
+            repo.mark_hunted(session, [(r.id, r.updated_at) for r in rows])
         fresh_alerts = [a for a in alerts if a.event_id in inserted]
-        self.ingestor.publish_alerts(fresh_alerts)
+        try:
+            self.ingestor.publish_alerts(fresh_alerts)
+        except Exception:  # stored already: the sweeper publishes them
+            log.exception("retro-hunt alerts not published; the sweeper will")
         log.info("retro-hunt done", extra={"entries": len(rows), "alerts": len(fresh_alerts)})
         return len(rows)
+
+    def _wait_for_lists(self, lists: dict[int, m.WatchList]) -> None:
+        """Have the ingest thread load these lists at (at least) these versions, and wait
+        until it has: a hunt before that would leave live sightings of its entries unmatched
+        until the next full reload (no change message came, or Redis is not used)."""
+        stale = self._stale_lists(lists)
+        if not stale:
+            return
+        for list_id in stale:
+            self.notify_list_change(list_id)
+        deadline = time.monotonic() + _CACHE_WAIT_S
+        while stale and time.monotonic() < deadline:
+            if self._hunter_stop.wait(0.05):
+                raise HuntStoppedError
+            stale = self._stale_lists(lists)
+        if stale:
+            raise _ListsNotLoadedError(",".join(map(str, stale)))
+
+    def _stale_lists(self, lists: dict[int, m.WatchList]) -> list[int]:
+        """The lists the ingest thread's cache has at an older version than these rows (or
+        still has although disabled)."""
+        cached = self.cache.lists  # one read: the ingest thread swaps whole caches
+        stale = []
+        for list_id, wl in lists.items():
+            have = cached.get(list_id)
+            if (wl.enabled and (have is None or have.version < wl.version)) or (
+                not wl.enabled and have is not None
+            ):
+                stale.append(list_id)
+        return stale
 
     def _claim(self, job: str, ttl_s: int = 3600) -> bool:
         """True for the one correlator process that should run this job (Redis SET NX)."""

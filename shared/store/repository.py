@@ -550,16 +550,17 @@ def pending_hunts(session: Session, limit: int) -> list[WatchEntry]:
     return list(session.scalars(stmt).unique())
 
 
-def mark_hunted(session: Session, entry_ids: Iterable[int]) -> None:
-    """The entries were retro-hunted at their current version: `hunted_at` takes the stored
-    `updated_at` as it is (the same bytes, whoever wrote it), so they wait no more. Call it in
-    the transaction of `pending_hunts`, whose locks keep the version from changing between."""
-    session.execute(
-        update(WatchEntry)
-        .where(WatchEntry.id.in_(list(entry_ids)))
-        .values(hunted_at=WatchEntry.updated_at)
-        .execution_options(synchronize_session=False)
-    )
+def mark_hunted(session: Session, entries: Iterable[tuple[int, datetime]]) -> None:
+    """(entry id, the updated_at it was hunted at): each entry waits no more, unless it was
+    changed since (compare-and-set: on SQLite nothing locks the rows a hunt read, so a change
+    made meanwhile by another process must leave its entry waiting)."""
+    for entry_id, updated_at in entries:
+        session.execute(
+            update(WatchEntry)
+            .where(WatchEntry.id == entry_id, WatchEntry.updated_at == updated_at)
+            .values(hunted_at=updated_at)
+            .execution_options(synchronize_session=False)
+        )
 
 
 # -- sightings: search, retro-hunt, retention ---------------------------------------------
@@ -586,21 +587,32 @@ def distinct_plates_since(
         yield list(part)
 
 
-def sightings_of_plates(
+def sighting_keys_of_plates(
     session: Session, plates: Iterable[str], since: datetime, chunk: int = 1_000
-) -> Iterator[Sighting]:
-    """The sightings (not hashed) of these plates since `since`, newest first."""
+) -> Iterator[list[tuple[uuid.UUID, str, str, datetime]]]:
+    """(event_id, plate, site_id, seen_at) of the sightings (not hashed) of these plates since
+    `since`, in batches (streamed: a broad entry's hits are never all in memory)."""
     wanted = sorted(set(plates))
-    rows: list[Sighting] = []
     for start in range(0, len(wanted), chunk):
-        stmt = select(Sighting).where(
+        stmt = select(Sighting.event_id, Sighting.plate, Sighting.site_id, Sighting.seen_at).where(
             Sighting.plate.in_(wanted[start : start + chunk]),
             Sighting.seen_at >= since,
             Sighting.plate_hashed.is_(False),
         )
-        rows.extend(session.scalars(stmt))
-    rows.sort(key=lambda r: (r.seen_at, r.event_id), reverse=True)
-    yield from rows
+        result = session.execute(stmt.execution_options(yield_per=chunk))
+        for part in result.partitions():
+            yield [(r[0], r[1], r[2], r[3]) for r in part]
+
+
+def sightings_by_id(
+    session: Session, event_ids: Iterable[uuid.UUID], chunk: int = 1_000
+) -> Iterator[Sighting]:
+    """The stored sightings with these event ids (those that exist)."""
+    ids = list(event_ids)
+    for start in range(0, len(ids), chunk):
+        yield from session.scalars(
+            select(Sighting).where(Sighting.event_id.in_(ids[start : start + chunk]))
+        )
 
 
 def delete_expired_sightings(

@@ -66,9 +66,10 @@ def test_upgrade_marks_existing_entries_hunted_and_new_ones_wait(db_url: str) ->
         quiet = repo.add_entries(s, wl, [{"pattern": "BULK99"}], utc_now(), retro_hunt=False)
     with sessions.begin() as s:
         waiting = repo.pending_hunts(s, 10)
-        assert [e.id for e in waiting] == [added[0].id] and quiet[0].id != added[0].id
+        assert [e.id for e in waiting] == [added[0].id]  # not `quiet`, marked hunted at once
+        assert quiet[0].hunted_at == quiet[0].updated_at
         assert waiting[0].watch_list.name == "old"
-        repo.mark_hunted(s, [e.id for e in waiting])
+        repo.mark_hunted(s, [(e.id, e.updated_at) for e in waiting])
     with sessions.begin() as s:
         assert repo.pending_hunts(s, 10) == []
         entry = s.get(m.WatchEntry, added[0].id)
@@ -93,9 +94,9 @@ def test_correlators_split_the_waiting_entries_without_hunting_one_twice(pg_url:
         wl = repo.create_list(s, "w", utc_now())
         repo.add_entries(s, wl, [{"pattern": f"ABC{i:03d}"} for i in range(6)], utc_now())
     with one.begin() as a:
-        first = [e.id for e in repo.pending_hunts(a, 4)]
+        first = [(e.id, e.updated_at) for e in repo.pending_hunts(a, 4)]
         with two.begin() as b:
-            second = [e.id for e in repo.pending_hunts(b, 4)]
+            second = [(e.id, e.updated_at) for e in repo.pending_hunts(b, 4)]
             assert len(first) == 4 and len(second) == 2 and not set(first) & set(second)
             repo.mark_hunted(b, second)
         repo.mark_hunted(a, first)
@@ -110,7 +111,31 @@ def test_a_hunt_cut_short_leaves_its_entries_waiting(pg_url: str) -> None:
         wl = repo.create_list(s, "w", utc_now())
         repo.add_entries(s, wl, [{"pattern": "ABC123"}], utc_now())
     with pytest.raises(RuntimeError), sessions.begin() as s:
-        repo.mark_hunted(s, [e.id for e in repo.pending_hunts(s, 10)])
+        repo.mark_hunted(s, [(e.id, e.updated_at) for e in repo.pending_hunts(s, 10)])
         raise RuntimeError("the process dies before its commit")
     with sessions() as s:
         assert len(repo.pending_hunts(s, 10)) == 1
+
+
+def test_an_entry_changed_during_its_hunt_waits_for_another(db_url: str) -> None:
+    """Compare-and-set: on SQLite nothing locks what a hunt read, so a change committed by
+    another writer meanwhile must not be marked hunted with it."""
+    migrate.upgrade(db_url)
+    hunter = session_factory(make_engine(DbSettings(url=db_url)))
+    writer = session_factory(make_engine(DbSettings(url=db_url)))
+    with writer.begin() as s:
+        wl = repo.create_list(s, "w", utc_now())
+        (entry,) = repo.add_entries(s, wl, [{"pattern": "OLD123"}], utc_now())
+        entry_id = entry.id
+    with hunter() as s:
+        read = [(e.id, e.updated_at) for e in repo.pending_hunts(s, 10)]
+        s.rollback()  # what SQLite's hunt holds meanwhile: nothing
+    with writer.begin() as s:  # the operator corrects the pattern during the hunt
+        changed = s.get(m.WatchEntry, entry_id)
+        assert changed is not None
+        changed.pattern, changed.updated_at = "NEW123", utc_now()
+    with hunter.begin() as s:
+        repo.mark_hunted(s, read)  # the hunt of OLD123 ends
+    with hunter() as s:
+        (waiting,) = repo.pending_hunts(s, 10)
+        assert waiting.pattern == "NEW123"

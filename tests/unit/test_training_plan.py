@@ -11,11 +11,19 @@ def _flag(args: list[str], name: str) -> str:
 
 def test_the_last_stage_of_each_trainer_writes_the_models_folder() -> None:
     stages = plan(None, "services/edge/models", quick=False)
-    assert [t for t, _ in stages] == [t for t, _, _ in RECIPE]
+    assert [t for t, _ in stages if t != "reader_int8"] == [t for t, _, _ in RECIPE]
     last = {trainer: args for trainer, args in stages}  # the last stage of each trainer wins
-    assert set(last) == {"detector", "reader", "second_reader"}
-    for args in last.values():
-        assert _flag(args, "--out") == "services/edge/models"
+    assert set(last) == {"detector", "reader", "reader_int8", "second_reader"}
+    for trainer, args in last.items():
+        folder = "--models" if trainer == "reader_int8" else "--out"
+        assert _flag(args, folder) == "services/edge/models"
+
+
+def test_the_int8_reader_is_made_once_right_after_the_shipped_reader() -> None:
+    stages = [t for t, _ in plan(None, "out", quick=False)]
+    assert stages.count("reader_int8") == 1
+    at = stages.index("reader_int8")
+    assert stages[at - 1] == "reader" and "reader" not in stages[at:]
 
 
 def test_the_second_reader_stage_has_its_own_work_folder_and_version() -> None:
@@ -28,6 +36,10 @@ def test_the_second_reader_stage_has_its_own_work_folder_and_version() -> None:
 def test_quick_mode_runs_every_stage_briefly_into_its_own_folder() -> None:
     stages = plan(None, "services/edge/models", quick=True)
     for trainer, args in stages:
+        if trainer == "reader_int8":  # quantises the quick reader, with a few crops
+            assert _flag(args, "--models").startswith("work-data/quick/")
+            assert int(_flag(args, "--calibration")) <= 8
+            continue
         assert _flag(args, "--out").startswith("work-data/quick/"), trainer
         assert int(_flag(args, "--steps")) <= 3, trainer
 

@@ -1,7 +1,9 @@
-"""`python -m services.edge.training {detector,reader,second_reader,all} [args...]`: reproduce
-the models.
+"""`python -m services.edge.training {detector,reader,reader_int8,second_reader,all} [args...]`:
+reproduce the models.
 
-`detector ARGS`, `reader ARGS` and `second_reader ARGS` pass ARGS to that trainer.
+`detector ARGS`, `reader ARGS` and `second_reader ARGS` pass ARGS to that trainer;
+`reader_int8 --models DIR` quantises DIR/reader.xml to DIR/reader_int8.xml (reader_quantize;
+`all` runs it after the last reader stage).
 `all [--data DIR] [--out DIR]` reproduces the shipped models stage by stage, each from the
 previous one's weights, with the recorded seeds and settings (RECIPE; docs/models.md and
 docs/models-reader.md say why each stage exists). Its stage budgets add up to about 6 hours of
@@ -24,7 +26,10 @@ PSEUDO_LABELS = "work-data/reader/pseudo.jsonl"
 # the 39 teacher labels readers 1.4.x were trained with (a bf16 teacher run; the f32 teacher
 # gives the 37 of PSEUDO_LABELS that 1.2.0 used)
 PSEUDO_LABELS_140 = "services/edge/training/checkpoints/reader-1.4.0-pseudo.jsonl"
-USAGE = "usage: python -m services.edge.training {detector,reader,second_reader,all} [args...]"
+USAGE = (
+    "usage: python -m services.edge.training {detector,reader,reader_int8,second_reader,all} "
+    "[args...]"
+)
 
 # The shipped models: detector 1.4.0 (session 4: 1.1.0 -> the session-3 candidate 1.2.0 with
 # plates in frames -> 4,000 more steps = 1.3.0; session 8: 3,000 more with 40% whole scenes
@@ -264,11 +269,14 @@ def plan(data: str | None, out: str | None, quick: bool) -> list[tuple[str, list
             args = _override(args, QUICK[trainer])
         prev[trainer] = weights
         stages.append((trainer, args))
+        if trainer == "reader" and last[trainer] == version:  # the shipped reader's INT8 copy
+            int8 = ["--models", target, "--work", str(root / "reader-int8")]
+            stages.append(("reader_int8", int8 + (["--calibration", "8"] if quick else [])))
     return stages
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"detector", "reader", "second_reader", "all"}:
+    if not argv or argv[0] not in {"detector", "reader", "reader_int8", "second_reader", "all"}:
         print(USAGE, file=sys.stderr)
         return 2
     what, rest = argv[0], argv[1:]
@@ -284,6 +292,10 @@ def main(argv: list[str]) -> int:
         from services.edge.training import second_reader_train
 
         return int(second_reader_train.main(rest))
+    if what == "reader_int8":
+        from services.edge.training import reader_quantize
+
+        return int(reader_quantize.main(rest))
     ap = argparse.ArgumentParser(prog="python -m services.edge.training all")
     ap.add_argument("--data", default=None, help="shared data folder (detector)")
     ap.add_argument("--out", default=None, help="models folder (both)")
@@ -300,6 +312,10 @@ def main(argv: list[str]) -> int:
             from services.edge.training import second_reader_train
 
             rc = int(second_reader_train.main(stage_args))
+        elif trainer == "reader_int8":
+            from services.edge.training import reader_quantize
+
+            rc = int(reader_quantize.main(stage_args))
         else:
             if not pseudo_done:
                 from services.edge.training import reader_pseudo  # teacher labels

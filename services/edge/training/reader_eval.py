@@ -26,6 +26,7 @@ import openvino as ov
 from services.edge.recognition.reader import ReaderSpec, postprocess, preprocess
 from services.edge.recognition.runtime import RuntimeOptions
 from services.edge.training.reader_data import RealItem, exact_crop, load_real_cached
+from services.edge.training.reader_quantize import quantize
 
 Reader = Callable[[np.ndarray, str | None], str]
 
@@ -115,18 +116,6 @@ class PPOCRv4Reader:
         self.infer_s.append(t2 - t1)
         self.total_s.append(t3 - t0)
         return reading.text, reading.confidence
-
-
-def make_int8(core: ov.Core, xml: Path, spec: ReaderSpec, train: list[RealItem], out: Path) -> Path:
-    import nncf
-
-    rng = np.random.default_rng(0)
-    idx = rng.choice(len(train), size=min(300, len(train)), replace=False)
-    calib = [preprocess(exact_crop(train[int(i)]), spec) for i in idx]
-    model = core.read_model(str(xml))
-    q = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
-    ov.save_model(q, str(out), compress_to_fp16=False)
-    return out
 
 
 def loose_crop(item: RealItem, grow_x: float, grow_y: float) -> np.ndarray:
@@ -247,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     xml = Path(args.reader_xml) if args.reader_xml else models / "reader.xml"
     readers: dict[str, Reader] = {"ours_fp32": OurReader(core, xml, spec)}
     if args.int8:
-        int8_xml = make_int8(core, xml, spec, train, Path(args.work) / "reader_int8.xml")
+        int8_xml = quantize(core, xml, spec, train, Path(args.work) / "reader_int8.xml")
         readers["ours_int8"] = OurReader(core, int8_xml, spec)
     if not args.no_ppocr:
         readers["ppocr_v4_rec"] = PPOCRv4Reader(core)

@@ -1,0 +1,69 @@
+"""`python -m services.edge.training reader_int8 --models DIR`: the INT8 reader.
+
+NNCF post-training quantisation of `DIR/reader.xml` with real crops of the training split
+(the labelled boxes, a fixed random choice), written as `DIR/reader_int8.{xml,bin}`; the
+pipeline loads it by default and keeps `reader.json` as its sidecar (docs/models.md, session
+14). Held-out crops are never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from services.edge.recognition.reader import ReaderSpec, preprocess
+from services.edge.training.reader_data import RealItem, exact_crop, load_real_cached
+
+
+def quantize(
+    core: ov.Core,
+    xml: Path,
+    spec: ReaderSpec,
+    train: list[RealItem],
+    out: Path,
+    calibration: int = 300,
+    seed: int = 0,
+) -> Path:
+    """INT8 IR of `xml` at `out`, calibrated on `calibration` crops of `train` drawn with
+    `seed` (the same crops, so the same file, on every run)."""
+    import nncf  # a [train] dependency
+
+    if any(item.split != "train" for item in train):
+        raise ValueError("calibration crops must all come from the training split")
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(train), size=min(calibration, len(train)), replace=False)
+    calib = [preprocess(exact_crop(train[int(i)]), spec) for i in idx]
+    model = core.read_model(str(xml))
+    quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m services.edge.training reader_int8")
+    ap.add_argument("--models", type=Path, required=True, help="folder with reader.xml/.json")
+    ap.add_argument("--work", type=Path, default=Path("work-data/reader"), help="crop cache")
+    ap.add_argument("--calibration", type=int, default=300, help="training crops to calibrate")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    spec = ReaderSpec.from_file(args.models / "reader.json")
+    train = [r for r in load_real_cached(args.work / "real.pkl") if r.split == "train"]
+    out = quantize(
+        ov.Core(),
+        args.models / "reader.xml",
+        spec,
+        train,
+        args.models / "reader_int8.xml",
+        args.calibration,
+        args.seed,
+    )
+    print(f"wrote {out} ({args.calibration} training crops, seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
