@@ -288,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="detector_int8",
         help="detector IR name in --models (sidecar: the same name without _int8)",
     )
-    ap.add_argument("--reader", default="reader", help="reader IR name in --models")
+    ap.add_argument(
+        "--reader",
+        default="reader_int8",
+        help="reader IR name in --models (sidecar: the same name without _int8; the FP32 "
+        "'reader' when the INT8 one is absent)",
+    )
     ap.add_argument("--min-overlap", type=float, default=0.5)
     ap.add_argument(
         "--label-boxes",

@@ -474,3 +474,27 @@ def test_the_detector_converting_the_uint8_image_itself_gives_the_same_outputs(n
         assert set(got) == set(want)
         for key, value in want.items():
             np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_the_int8_reader_is_the_default_and_reads_as_the_fp32_one(tmp_path: Path) -> None:
+    """reader_int8.xml loads by default (sidecar reader.json); without it, reader.xml does.
+    On rendered plates the two read the same texts (rule 2 measured the held-out data)."""
+    import shutil
+
+    from services.edge.training.synth import PlateSynth
+
+    default = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1))
+    fp32 = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), reader_name="reader")
+    assert Path(default._reader_model.path).name == "reader_int8.xml"  # type: ignore[union-attr]
+    bare = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, bare, ignore=shutil.ignore_patterns("reader_int8.*"))
+    fallback = PlateRecognizer.from_dir(bare, RuntimeOptions(threads=1))
+    assert Path(fallback._reader_model.path).name == "reader.xml"  # type: ignore[union-attr]
+    synth = PlateSynth(seed=5)
+    same = 0
+    for i in range(12):
+        crop = synth.sample(i, degrade=False).image
+        a = default.recognize(crop, crops=True).plates
+        b = fp32.recognize(crop, crops=True).plates
+        same += [p.text for p in a] == [p.text for p in b]
+    assert same >= 11, same
