@@ -373,6 +373,14 @@ def add_pipeline_flags(ap: argparse.ArgumentParser) -> None:
         "box; default: the pipeline's)",
     )
     ap.add_argument(
+        "--second-low-detector",
+        type=score_arg,
+        default=None,
+        help="also read again unsure plates in boxes scored from this up to "
+        "--second-min-detector, keeping the second reading there only when it looks like a "
+        "plate (0: off; default: the pipeline's)",
+    )
+    ap.add_argument(
         "--second-precision",
         choices=("f32", "auto"),
         default=None,
@@ -422,6 +430,7 @@ _PIPELINE_FIELDS = (
     "rezoom_context",
     "second_read_below",
     "second_min_detector",
+    "second_low_detector",
     "second_precision",
     "reader_precision",
     "variants_below",

@@ -124,6 +124,11 @@ class PipelineOptions:
     second_precision: Literal["f32", "auto"] = "auto"
     reader_precision: Literal["f32", "auto"] = "auto"
     second_min_detector: float = 0.6
+    # Boxes scored from `second_low_detector` up to `second_min_detector` are read again too,
+    # but there the second reading counts only when it looks like a plate (five characters or
+    # more, a digit among them: `second_reader.looks_like_a_plate`). 0 turns it off. Session 14
+    # (rule 1: the second reader in every box read clutter words as surely as plates).
+    second_low_detector: float = 0.0
     second_min_confidence: float = 0.9
     second_max_length: int = 10
     min_read_confidence: float = 0.3
@@ -759,14 +764,17 @@ class PlateRecognizer:
             reading = read[0]
             if not crops and opts.read_variants and reading.confidence < opts.variants_below:
                 reading = self._read_variants(image, detection.box, region, read)
+            sure_box = detection.score >= opts.second_min_detector
+            unsure_box = not sure_box and 0 < opts.second_low_detector <= detection.score
             if (
                 self._second_model is not None
                 and reading.confidence < opts.second_read_below
-                and detection.score >= opts.second_min_detector
+                and (sure_box or unsure_box)
                 and reading.lines == 1  # the second reader reads one text line
             ):
                 second = self._read_second(crop)
-                reading = sr.choose(reading, second, region, self._second_rule)
+                if sure_box or sr.looks_like_a_plate(second.text):
+                    reading = sr.choose(reading, second, region, self._second_rule)
             if len(reading.text) < opts.min_text_length:
                 continue
             if reading.confidence < opts.min_read_confidence and not crops:

@@ -164,6 +164,13 @@ class SecondReadRule:
     max_length: int = 10
 
 
+def looks_like_a_plate(text: str) -> bool:
+    """At least five characters with a digit among them: what a second reading must look like
+    in a box the detector is unsure of, where words on signs and bodywork are read as surely as
+    plates (docs/models.md, session 14). Pure."""
+    return len(text) >= 5 and any(c.isdigit() for c in text)
+
+
 def choose(
     first: PlateReading, second: SecondReading, region: str | None, rule: SecondReadRule
 ) -> PlateReading:
