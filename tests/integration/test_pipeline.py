@@ -498,3 +498,40 @@ def test_the_int8_reader_is_the_default_and_reads_as_the_fp32_one(tmp_path: Path
         b = fp32.recognize(crop, crops=True).plates
         same += [p.text for p in a] == [p.text for p in b]
     assert same >= 11, same
+
+
+@pytest.mark.parametrize(
+    ("score", "second_text", "kept"),
+    [
+        (0.7, "AUTO", "AUTO"),  # a box the detector is sure of: the second reading as before
+        (0.45, "AUTO", None),  # unsure box: a word is not taken for a plate
+        (0.45, "XK55123", "XK55123"),  # unsure box: a plate-like reading counts
+        (0.2, "XK55123", None),  # under second_low_detector: not read again at all
+    ],
+)
+def test_second_readings_in_unsure_boxes_must_look_like_plates(
+    score: float, second_text: str, kept: str | None
+) -> None:
+    from services.edge.recognition import detector as det
+    from services.edge.recognition import second_reader as sr
+
+    frame, _, _ = compose_scene(seed=5, format_name="eu_de")
+    box = (20.0, 20.0, 160.0, 55.0)  # background, which our reader reads unsure (or not at all)
+    options = PipelineOptions(
+        second_read_below=1.01, second_low_detector=0.35, min_read_confidence=0.0
+    )
+    recognizer = PlateRecognizer.from_dir(MODELS_DIR, RuntimeOptions(threads=1), options)
+    asked: list[int] = []
+
+    def second(crop: np.ndarray) -> sr.SecondReading:
+        asked.append(1)
+        return sr.SecondReading(second_text, 0.999, (0.999,) * len(second_text))
+
+    recognizer._read_second = second  # type: ignore[method-assign]
+    plates = recognizer._read_all(frame, [det.Detection(box, score)], None, crops=False)
+    assert len(asked) == (0 if score < 0.35 else 1)
+    texts = [p.text for p in plates]
+    if kept is None:
+        assert second_text not in texts
+    else:
+        assert texts == [kept]

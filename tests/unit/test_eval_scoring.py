@@ -120,12 +120,14 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
 
     flags = ["--variants-below", "0", "--max-candidates", "2", "--variants", "0.02,0.03"]
     flags += ["--rezoom-context", "2", "--second-min-detector", "0"]
+    flags += ["--second-low-detector", "0.35"]
     want = {
         "variants_below": 0.0,
         "max_candidates": 2,
         "read_variants": ((0.02, 0.03),),
         "rezoom_context": 2.0,
         "second_min_detector": 0.0,
+        "second_low_detector": 0.35,
     }
     assert pipeline_overrides(build_parser().parse_args(["d", "--out", "o", *flags])) == want
     assert pipeline_overrides(bench_parser().parse_args(flags)) == want
@@ -138,6 +140,7 @@ def test_bench_shares_the_variant_and_cascade_cap_flags_with_eval() -> None:
         ("--reader-precision", "fp16"),
         ("--second-read-below", "1.5"),
         ("--second-min-detector", "-0.1"),
+        ("--second-low-detector", "2"),
         ("--variants-below", "1"),
         ("--rezoom-context", "-1"),
         ("--rezoom-context", "0.5"),

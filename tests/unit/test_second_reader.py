@@ -153,3 +153,21 @@ def test_the_first_reading_stays(second: SecondReading, region: str, why: str) -
 def test_an_unsure_second_reading_never_beats_a_surer_first() -> None:
     first = PlateReading("ABC1234", 0.96, (), ())
     assert choose(first, SecondReading("XYZ1234", 0.95, ()), None, RULE) is first
+
+
+@pytest.mark.parametrize(
+    ("text", "plate"),
+    [
+        ("AB12345", True),
+        ("KINGS1", True),
+        ("46914", True),
+        ("AUTO", False),  # a word on a sign
+        ("MAQARP", False),  # no digit
+        ("KKT9", False),  # under five characters
+        ("", False),
+    ],
+)
+def test_a_reading_in_an_unsure_box_must_look_like_a_plate(text: str, plate: bool) -> None:
+    from services.edge.recognition.second_reader import looks_like_a_plate
+
+    assert looks_like_a_plate(text) is plate
