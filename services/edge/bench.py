@@ -6,7 +6,8 @@
 
 Frames are real scene images centre-cropped to 16:9 and resized to 1280x720 and 1920x1080, then
 JPEG-encoded so that decoding is measured too. Threads 0 means all cores. FP32 / INT8 name the
-detector's IR; the readers run at the pipeline's reader precisions. `--compare` times a
+IRs of the detector and our reader (the second reader runs at the pipeline's
+`second_precision` in both). `--compare` times a
 second pipeline configuration (the same pipeline flags and `--models DIR`, as one string) frame
 by frame beside the first, alternating which goes first, so that a VM's drift in speed hits both
 alike; it adds the median over frames of the compared / base ratio of detect + read. INT8 uses
@@ -48,8 +49,10 @@ from services.edge.eval import (
 from services.edge.recognition.pipeline import (
     MODELS_DIR,
     STAGES,
+    PipelineOptionError,
     PipelineOptions,
     PlateRecognizer,
+    check_options,
 )
 from services.edge.recognition.runtime import RuntimeOptions
 from shared.machine import cpu_isa, cpu_model, git_sha
@@ -341,6 +344,13 @@ def main(argv: list[str]) -> int:
         if args.compare is not None
         else None
     )
+    try:
+        for checked in (options, compared):
+            if checked is not None:
+                check_options(checked)
+    except PipelineOptionError as exc:
+        print(f"platewatch bench: {exc}", file=sys.stderr)
+        return 2
     compared_models = args.models
     if args.compare is not None and args.compare.models is not None:
         compared_models = args.compare.models

@@ -516,7 +516,12 @@ def main(argv: list[str]) -> int:
     else:
         from dataclasses import replace
 
-        from services.edge.recognition.pipeline import MODELS_DIR, PipelineOptions
+        from services.edge.recognition.pipeline import (
+            MODELS_DIR,
+            PipelineOptionError,
+            PipelineOptions,
+            check_options,
+        )
 
         options = PipelineOptions()
         if args.margin_x is not None:
@@ -526,6 +531,11 @@ def main(argv: list[str]) -> int:
         if args.min_confidence is not None:
             options = replace(options, min_read_confidence=args.min_confidence)
         options = replace(options, **pipeline_overrides(args))
+        try:
+            check_options(options)
+        except PipelineOptionError as exc:
+            print(f"platewatch eval: {exc}", file=sys.stderr)
+            return 2
         engine = platewatch_engine(
             args.models or MODELS_DIR, args.threads, args.detector, args.reader, options
         )

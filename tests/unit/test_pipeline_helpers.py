@@ -420,7 +420,8 @@ def test_score_threshold_option_replaces_the_sidecar_threshold() -> None:
     ("field", "value"),
     [("score_threshold", 1.0), ("score_threshold", -0.1), ("score_threshold", float("nan")),
      ("second_precision", "bf16"), ("reader_precision", "f16"), ("detect_fit", "round"),
-     ("refine_batch", 0)],
+     ("refine_batch", 0), ("second_low_detector", 0.6), ("second_low_detector", -0.1),
+     ("second_low_detector", float("nan"))],
 )  # fmt: skip
 def test_bad_pipeline_options_are_refused_by_name(field: str, value: object) -> None:
     from dataclasses import replace

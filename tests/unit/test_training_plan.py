@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from services.edge.training.__main__ import RECIPE, plan
 
 
@@ -37,7 +39,9 @@ def test_quick_mode_runs_every_stage_briefly_into_its_own_folder() -> None:
     stages = plan(None, "services/edge/models", quick=True)
     for trainer, args in stages:
         if trainer == "reader_int8":  # quantises the quick reader, with a few crops
-            assert _flag(args, "--models").startswith("work-data/quick/")
+            (reader,) = [a for t, a in stages if t == "reader"][-1:]
+            assert _flag(args, "--models") == _flag(reader, "--out")  # the reader just trained
+            assert _flag(args, "--work") == _flag(reader, "--work")  # and its crop cache
             assert int(_flag(args, "--calibration")) <= 8
             continue
         assert _flag(args, "--out").startswith("work-data/quick/"), trainer
@@ -57,3 +61,14 @@ def test_the_recipe_ends_with_the_shipped_detector_and_its_threshold() -> None:
     # the shipped files were exported from the checkpoint this stage trains again
     assert _flag(list(args), "--seed") == str(sidecar["training"]["seed"])
     assert float(_flag(list(args), "--small-p")) == sidecar["training"]["small_p"]
+
+
+def test_a_new_reader_removes_the_int8_copy_of_the_previous_one(tmp_path: Path) -> None:
+    from services.edge.training.reader_quantize import remove_stale_int8
+
+    (tmp_path / "reader.xml").write_text("new")
+    (tmp_path / "reader_int8.xml").write_text("old")
+    (tmp_path / "reader_int8.bin").write_bytes(b"old")
+    assert remove_stale_int8(tmp_path) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reader.xml"]
+    assert remove_stale_int8(tmp_path) is False

@@ -267,6 +267,28 @@ class PipelineOptionError(ValueError):
         self.field = field
 
 
+def check_options(options: PipelineOptions) -> None:
+    """Raise PipelineOptionError, naming the field, for a value the pipeline cannot use."""
+    if options.detect_fit not in ("aspect", "square", "trim"):
+        raise PipelineOptionError("detect_fit", options.detect_fit, "'aspect', 'square' or 'trim'")
+    if not 0.0 <= options.score_threshold < 1.0:  # also refuses nan
+        raise PipelineOptionError(
+            "score_threshold", options.score_threshold, "want 0 (the sidecar's) to < 1"
+        )
+    if options.refine_batch < 1:
+        raise PipelineOptionError(
+            "refine_batch", options.refine_batch, "want at least 1 window a call"
+        )
+    for name in ("second_precision", "reader_precision"):
+        if getattr(options, name) not in ("f32", "auto"):
+            raise PipelineOptionError(name, getattr(options, name), "'f32' or 'auto'")
+    low, sure = options.second_low_detector, options.second_min_detector
+    if not (low == 0 or 0 < low < sure):  # also refuses nan
+        raise PipelineOptionError(
+            "second_low_detector", low, f"want 0 (off) or above 0 and under {sure}"
+        )
+
+
 # ----------------------------------------------------------------------------- recogniser
 class PlateRecognizer:
     """Detect and read plates in one frame at a time (not thread-safe: one per thread)."""
@@ -287,21 +309,7 @@ class PlateRecognizer:
         detector_u8: bool = False,
     ) -> None:
         self.options = options or PipelineOptions()
-        if self.options.detect_fit not in ("aspect", "square", "trim"):
-            raise PipelineOptionError(
-                "detect_fit", self.options.detect_fit, "'aspect', 'square' or 'trim'"
-            )
-        if not 0.0 <= self.options.score_threshold < 1.0:  # also refuses nan
-            raise PipelineOptionError(
-                "score_threshold", self.options.score_threshold, "want 0 (the sidecar's) to < 1"
-            )
-        if self.options.refine_batch < 1:
-            raise PipelineOptionError(
-                "refine_batch", self.options.refine_batch, "want at least 1 window a call"
-            )
-        for name in ("second_precision", "reader_precision"):
-            if getattr(self.options, name) not in ("f32", "auto"):
-                raise PipelineOptionError(name, getattr(self.options, name), "'f32' or 'auto'")
+        check_options(self.options)
         if self.options.score_threshold > 0:
             detector_spec = dataclasses.replace(
                 detector_spec, score_threshold=self.options.score_threshold
@@ -393,6 +401,10 @@ class PlateRecognizer:
         reader_spec: rdr.ReaderSpec | None = None
         if reader_name is not None:
             if not (models_dir / f"{reader_name}.xml").is_file() and reader_name.endswith("_int8"):
+                log.warning(
+                    "no INT8 reader: the FP32 one reads",
+                    extra={"missing": str(models_dir / f"{reader_name}.xml")},
+                )
                 reader_name = reader_name.removesuffix("_int8")
             rdr_json = models_dir / f"{reader_spec_name or reader_name}.json"
             if not rdr_json.is_file() and reader_name.endswith("_int8"):

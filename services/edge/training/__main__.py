@@ -270,7 +270,7 @@ def plan(data: str | None, out: str | None, quick: bool) -> list[tuple[str, list
         prev[trainer] = weights
         stages.append((trainer, args))
         if trainer == "reader" and last[trainer] == version:  # the shipped reader's INT8 copy
-            int8 = ["--models", target, "--work", str(root / "reader-int8")]
+            int8 = ["--models", target, "--work", str(stage_dir / "work")]  # its crop cache
             stages.append(("reader_int8", int8 + (["--calibration", "8"] if quick else [])))
     return stages
 

@@ -43,6 +43,16 @@ def quantize(
     return out
 
 
+def remove_stale_int8(models: Path) -> bool:
+    """Remove `models/reader_int8.*` (after a new reader.xml was written there, the INT8 copy
+    is of the previous reader and would be loaded instead of the new one); True if any was."""
+    stale = [models / "reader_int8.xml", models / "reader_int8.bin"]
+    found = any(p.exists() for p in stale)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.edge.training reader_int8")
     ap.add_argument("--models", type=Path, required=True, help="folder with reader.xml/.json")
@@ -50,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", type=int, default=300, help="training crops to calibrate")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.calibration < 1:
+        ap.error(f"--calibration: want at least 1 crop, got {args.calibration}")
     spec = ReaderSpec.from_file(args.models / "reader.json")
     train = [r for r in load_real_cached(args.work / "real.pkl") if r.split == "train"]
+    if not train:
+        ap.error(f"no training-split crops in {args.work / 'real.pkl'}")
     out = quantize(
         ov.Core(),
         args.models / "reader.xml",
@@ -61,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         args.calibration,
         args.seed,
     )
-    print(f"wrote {out} ({args.calibration} training crops, seed {args.seed})")
+    used = min(args.calibration, len(train))
+    print(f"wrote {out} ({used} training crops, seed {args.seed})")
     return 0
 
 

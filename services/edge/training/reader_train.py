@@ -45,6 +45,7 @@ from services.edge.training.reader_model import (
     count_params,
     widen_from,
 )
+from services.edge.training.reader_quantize import remove_stale_int8
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,12 @@ def export(model: nn.Module, out: Path, work: Path, meta: dict[str, object]) -> 
     sidecar = dict(SPEC_DICT)
     sidecar.update(meta)
     (out / "reader.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    if remove_stale_int8(out):  # quantised from the previous reader
+        print(
+            f"removed {out}/reader_int8.* (made from the previous reader): the pipeline loads "
+            f"reader.xml until `python -m services.edge.training reader_int8 --models {out}`",
+            flush=True,
+        )
 
 
 def _channels(text: str) -> tuple[int, int, int, int, int]:
