@@ -62,7 +62,7 @@ _RETRY_RELOAD_S = 30.0
 _RETRY_HUNT_S = 5.0
 # At most this many waiting entries are hunted together, in one transaction (one pass over the
 # window's distinct plates when fuzzy or wildcard entries are among them).
-_HUNT_CHUNK = 100
+_HUNT_CHUNK = 1_000
 # How long the hunter waits for the ingest thread to load the lists it is about to hunt.
 _CACHE_WAIT_S = 10.0
 # How long `stop` waits for a hunt to notice it (the hunt then rolls back).
