@@ -1,4 +1,4 @@
-"""`platewatch bench [recognition|correlator|matching]`: dispatch to each benchmark's main."""
+"""`platewatch bench [recognition|correlator|matching|retro]`: dispatch to each benchmark's main."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ TARGETS: Final = {
     "recognition": "services.edge.bench",
     "correlator": "services.correlator.bench",
     "matching": "services.correlator.bench_matching",
+    "retro": "services.correlator.bench_retro",
 }
 
 

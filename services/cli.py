@@ -41,7 +41,9 @@ COMMANDS: Final = (
         "issue 3",
     ),
     Command(
-        "bench", "Benchmarks: recognition (default), correlator, matching.", "services.bench:main"
+        "bench",
+        "Benchmarks: recognition (default), correlator, matching, retro.",
+        "services.bench:main",
     ),
     Command("db", "Database: `db upgrade` runs the migrations.", "services.db_cli:main", "issue 5"),
     Command(
