@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Select, Table, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload
 
@@ -554,13 +554,17 @@ def mark_hunted(session: Session, entries: Iterable[tuple[int, datetime]]) -> No
     """(entry id, the updated_at it was hunted at): each entry waits no more, unless it was
     changed since (compare-and-set: on SQLite nothing locks the rows a hunt read, so a change
     made meanwhile by another process must leave its entry waiting)."""
-    for entry_id, updated_at in entries:
-        session.execute(
-            update(WatchEntry)
-            .where(WatchEntry.id == entry_id, WatchEntry.updated_at == updated_at)
-            .values(hunted_at=updated_at)
-            .execution_options(synchronize_session=False)
-        )
+    params = [{"entry_id": entry_id, "seen": updated_at} for entry_id, updated_at in entries]
+    if not params:
+        return
+    table = cast(Table, WatchEntry.__table__)
+    seen = bindparam("seen", type_=table.c.updated_at.type)
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("entry_id"), table.c.updated_at == seen)
+        .values(hunted_at=seen)
+    )
+    session.execute(stmt, params)  # one executemany
 
 
 # -- sightings: search, retro-hunt, retention ---------------------------------------------
