@@ -376,8 +376,7 @@ class PlateRecognizer:
         import openvino as ov
 
         core = ov.Core()
-        if not (models_dir / f"{detector_name}.xml").is_file() and detector_name.endswith("_int8"):
-            detector_name = detector_name.removesuffix("_int8")
+        detector_name = _int8_or_fp32(models_dir, detector_name)
         det_json = models_dir / f"{detector_spec_name or detector_name.removesuffix('_int8')}.json"
         det_spec = det.DetectorSpec.from_file(det_json)
         det_xml = models_dir / f"{detector_name}.xml"
@@ -400,12 +399,7 @@ class PlateRecognizer:
         reader_model: InferenceModel | None = None
         reader_spec: rdr.ReaderSpec | None = None
         if reader_name is not None:
-            if not (models_dir / f"{reader_name}.xml").is_file() and reader_name.endswith("_int8"):
-                log.warning(
-                    "no INT8 reader: the FP32 one reads",
-                    extra={"missing": str(models_dir / f"{reader_name}.xml")},
-                )
-                reader_name = reader_name.removesuffix("_int8")
+            reader_name = _int8_or_fp32(models_dir, reader_name)
             rdr_json = models_dir / f"{reader_spec_name or reader_name}.json"
             if not rdr_json.is_file() and reader_name.endswith("_int8"):
                 rdr_json = models_dir / f"{reader_name.removesuffix('_int8')}.json"
@@ -804,6 +798,16 @@ class PlateRecognizer:
                 )
             )
         return tuple(_dedupe(plates))
+
+
+def _int8_or_fp32(models_dir: Path, name: str) -> str:
+    """`name`, or its FP32 IR's name when `name` is an absent `*_int8` IR (logged)."""
+    if name.endswith("_int8") and not (models_dir / f"{name}.xml").is_file():
+        log.warning(
+            "no INT8 model: the FP32 one stands in", extra={"missing": str(models_dir / name)}
+        )
+        return name.removesuffix("_int8")
+    return name
 
 
 def _at_precision(runtime: RuntimeOptions | None, precision: str) -> RuntimeOptions:
