@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from services.correlator.evaluate import SILENT_CATEGORIES, watchlist_alert
 from services.correlator.lists import ListHit, ListInfo
-from services.correlator.matching import MatchMode, WatchEntry, WatchIndex, match_entry
+from services.correlator.matching import Match, MatchMode, WatchEntry, WatchIndex
 from shared.events import PLATE_PATTERN, Alert, PlateRead
 from shared.store import models as m
 from shared.store import repository as repo
@@ -101,19 +101,17 @@ def retro_hunt(
             plates.update(p for p, hit in zip(batch, hits, strict=True) if hit)
     # each entry's newest hits, as a min-heap of (seen_at, event_id) no longer than the limit
     newest: dict[int, list[tuple[datetime, uuid.UUID]]] = {}
-    # per plate: the entries it matches, with the site their list is limited to (None: any)
-    matched: dict[str, tuple[tuple[int, str | None], ...]] = {}
+    # per plate (all valid: exact patterns and filtered batches): how each entry matches it
+    matched: dict[str, dict[int, Match]] = {}
     capped: set[int] = set()
     for keys in repo.sighting_keys_of_plates(session, plates, since):
         if should_stop():
             raise HuntStoppedError
         for sighting_id, plate, site_id, seen_at in keys:
             if plate not in matched:
-                found = index.match(plate, now) if _PLATE.fullmatch(plate) else []
-                matched[plate] = tuple(
-                    (f.entry.entry_id, lists[f.entry.list_id].site_id) for f in found
-                )
-            for entry_id, only_site in matched[plate]:
+                matched[plate] = {f.entry.entry_id: f for f in index.match(plate, now)}
+            for entry_id, found in matched[plate].items():
+                only_site = lists[found.entry.list_id].site_id
                 if only_site is not None and only_site != site_id:
                     continue
                 heap = newest.setdefault(entry_id, [])
@@ -132,18 +130,14 @@ def retro_hunt(
         )
     wanted = {event_id for heap in newest.values() for _, event_id in heap}
     rows = {row.event_id: row for row in repo.sightings_by_id(session, wanted)}
-    by_id = {e.entry_id: e for e in hunted}
     alerts: list[Alert] = []
     for entry_id, heap in newest.items():
-        entry = by_id[entry_id]
-        info = lists[entry.list_id]
         for _, event_id in sorted(heap, reverse=True):
             row = rows.get(event_id)
             if row is None:  # deleted by retention in between
                 continue
-            match = match_entry(entry, row.plate, now)
-            if match is None:  # cannot happen: the index matched it
-                continue
+            match = matched[row.plate][entry_id]  # the index's match of this plate
+            info = lists[match.entry.list_id]
             try:
                 read = as_read(row)
             except ValueError:  # a stored row the contract no longer accepts: skip, say so
