@@ -152,12 +152,7 @@ def test_small_plate_box_is_refined_by_the_zoomed_pass() -> None:
     big, box = _small_plate_scene()
     coarse = _detections(big, PipelineOptions(refine_below=0))
     refined = _detections(big, PipelineOptions(rezoom_context=0))  # the first zoomed pass alone
-    coarse_hits = [d for d in coarse if _overlap(d.box, box) >= 0.5]
-    refined_hits = [d for d in refined if _overlap(d.box, box) >= 0.5]
-    assert coarse_hits and len(refined_hits) == len(coarse_hits), (coarse, refined)
-    assert refined_hits[0].box != coarse_hits[0].box  # the zoomed pass replaced it
-    assert _iou(refined_hits[0].box, box) >= 0.7
-    assert refined_hits[0].score == coarse_hits[0].score
+    _assert_zoom_replaced_the_box(coarse, refined, box)
 
 
 def test_rezoom_boxes_a_small_plate_again_with_the_committed_detector() -> None:
@@ -166,12 +161,18 @@ def test_rezoom_boxes_a_small_plate_again_with_the_committed_detector() -> None:
     big, box = _small_plate_scene()
     once = _detections(big, PipelineOptions(rezoom_context=0))
     twice = _detections(big, PipelineOptions(rezoom_context=2.0))
-    once_hits = [d for d in once if _overlap(d.box, box) >= 0.5]
-    twice_hits = [d for d in twice if _overlap(d.box, box) >= 0.5]
-    assert once_hits and len(twice_hits) == len(once_hits), (once, twice)
-    assert twice_hits[0].box != once_hits[0].box  # the second pass replaced it
-    assert _iou(twice_hits[0].box, box) >= 0.7
-    assert twice_hits[0].score == once_hits[0].score
+    _assert_zoom_replaced_the_box(once, twice, box)
+
+
+def _assert_zoom_replaced_the_box(before: list[Any], after: list[Any], box: Any) -> None:
+    """The plate is found as often `after` a zoomed pass as `before` it, and that pass replaced
+    its box by one that still fits the plate (IoU >= 0.7), keeping the coarse score."""
+    before_hits = [d for d in before if _overlap(d.box, box) >= 0.5]
+    after_hits = [d for d in after if _overlap(d.box, box) >= 0.5]
+    assert before_hits and len(after_hits) == len(before_hits), (before, after)
+    assert after_hits[0].box != before_hits[0].box  # the zoomed pass replaced it
+    assert _iou(after_hits[0].box, box) >= 0.7
+    assert after_hits[0].score == before_hits[0].score
 
 
 def test_aspect_fit_detects_the_plate_with_a_detector_compiled_for_the_frame() -> None:
