@@ -73,32 +73,40 @@ for n = 1, #KEYS / 2 do
   local id, score = string.sub(arg, 1, bar1 - 1), tonumber(string.sub(arg, bar1 + 1, bar2 - 1))
   redis.call('ZADD', zkey, score, id)
   redis.call('HSET', hkey, id, string.sub(arg, bar2 + 1))
-  local newest = tonumber(redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')[2])
-  local horizon = string.format('%.0f', newest - window)
-  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
-  for _, m in ipairs(old) do redis.call('HDEL', hkey, m) end
-  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
-  local extra = redis.call('ZCARD', zkey) - cap
-  if extra > 0 then
-    local drop = redis.call('ZRANGE', zkey, 0, extra - 1)
-    for _, m in ipairs(drop) do redis.call('HDEL', hkey, m) end
-    redis.call('ZREMRANGEBYRANK', zkey, 0, extra - 1)
-  end
-  redis.call('EXPIRE', zkey, ttl)
-  redis.call('EXPIRE', hkey, ttl)
-  local lo = string.format('%.0f', score - window)
-  local hi = string.format('%.0f', score + window)
-  local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
-  local out = {n, 0}
-  for _, m in ipairs(ids) do
-    if m == id then
-      out[2] = 1
-    else
-      local d = redis.call('HGET', hkey, m)
-      if d then out[#out + 1] = m; out[#out + 1] = d end
+  if redis.call('ZCARD', zkey) == 1 then
+    -- the plate's only sighting (the common case): nothing to trim, nothing to say
+    redis.call('EXPIRE', zkey, ttl)
+    redis.call('EXPIRE', hkey, ttl)
+  else
+    local newest = tonumber(redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')[2])
+    local horizon = string.format('%.0f', newest - window)
+    local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
+    if #old > 0 then
+      for _, m in ipairs(old) do redis.call('HDEL', hkey, m) end
+      redis.call('ZREMRANGEBYSCORE', zkey, '-inf', '(' .. horizon)
     end
+    local extra = redis.call('ZCARD', zkey) - cap
+    if extra > 0 then
+      local drop = redis.call('ZRANGE', zkey, 0, extra - 1)
+      for _, m in ipairs(drop) do redis.call('HDEL', hkey, m) end
+      redis.call('ZREMRANGEBYRANK', zkey, 0, extra - 1)
+    end
+    redis.call('EXPIRE', zkey, ttl)
+    redis.call('EXPIRE', hkey, ttl)
+    local lo = string.format('%.0f', score - window)
+    local hi = string.format('%.0f', score + window)
+    local ids = redis.call('ZRANGEBYSCORE', zkey, lo, hi)
+    local out = {n, 0}
+    for _, m in ipairs(ids) do
+      if m == id then
+        out[2] = 1
+      else
+        local d = redis.call('HGET', hkey, m)
+        if d then out[#out + 1] = m; out[#out + 1] = d end
+      end
+    end
+    if out[2] == 0 or #out > 2 then results[#results + 1] = out end
   end
-  if out[2] == 0 or #out > 2 then results[#results + 1] = out end
 end
 return results
 """
