@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -49,10 +50,23 @@ class AlertStream(Protocol):
     def append_alerts(self, alerts_json: Sequence[str]) -> list[str]: ...
 
 
+class Observation(Protocol):
+    """Sightings sent to the cross-site state whose alerts are read later (a context manager:
+    leaving it unread gives its connection up)."""
+
+    def alerts(self) -> list[list[Alert]]: ...
+
+    def __enter__(self) -> Observation: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class CrossSite(Protocol):
     """Cross-site state (Redis): what a new sighting means across sites, and alert admission."""
 
     def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]: ...
+
+    def observe_sent(self, events: Sequence[PlateRead], now: datetime) -> Observation: ...
 
     def admit_many(self, alerts: Sequence[Alert]) -> list[Alert | None]: ...
 
@@ -289,7 +303,13 @@ class Ingestor:
         # (keyed by the ids' ints: UUID's own hash and comparisons are Python-level calls)
         unique = sorted({e.event_id.int: e for e in events}.values(), key=lambda e: e.event_id.int)
         confirmed = self._confirmed()
-        with self._sessions.begin() as session:
+        with (
+            self._sessions.begin() as session,
+            # Redis works on the cross-site history while the database stores the batch (both
+            # are idempotent per event id, so the batch's duplicates are sent too and their
+            # alerts left out below; a retried batch records itself again harmlessly).
+            self.cross.observe_sent(unique, now) if self.cross else nullcontext() as observing,
+        ):
             if confirmed:
                 repo.mark_published(session, confirmed, now)
             unseen = {
@@ -302,6 +322,15 @@ class Ingestor:
             skipped = repo.store_sightings(session, unique, now)
             fresh_events = [e for e in unique if e.event_id not in skipped] if skipped else unique
             alerts, decisions = self._evaluate_all(fresh_events, now)
+            if self.cross is not None and observing is not None:
+                found = observing.alerts()
+                alerts += [
+                    a
+                    for e, of_event in zip(unique, found, strict=True)
+                    if e.event_id not in skipped
+                    for a in of_event
+                ]
+                alerts = [a for a in self.cross.admit_many(alerts) if a is not None]
             inserted = repo.insert_alerts(session, alerts)
         self._forget(confirmed)
         self.registry.cameras |= {(e.site, e.camera) for e in unique}
@@ -314,8 +343,8 @@ class Ingestor:
     def _evaluate_all(
         self, events: Sequence[PlateRead], now: datetime
     ) -> tuple[list[Alert], list[GateDecision]]:
-        """Alerts and gate decisions of new sightings: lists and gates, then cross-site rules
-        (one Redis round trip for the batch), then cooldown and incidents per alert (one more)."""
+        """Alerts (not yet admitted) and gate decisions of new sightings from the lists and
+        the gates; the cross-site rules and the admission follow in `_store`."""
         results: list[Evaluation] = []
         hits = self.cache.hits_many([(e.plate, e.site) for e in events], now)
         gates = self.registry.gates
@@ -324,9 +353,6 @@ class Ingestor:
             if watch or is_gate:  # otherwise nothing to raise or decide (most sightings)
                 results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
         alerts = [a for r in results for a in r.alerts]
-        if self.cross is not None and events:
-            alerts += [a for found in self.cross.observe_many(events, now) for a in found]
-            alerts = [a for a in self.cross.admit_many(alerts) if a is not None]
         decisions = [r.decision for r in results if r.decision is not None]
         return alerts, decisions
 

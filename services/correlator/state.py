@@ -266,6 +266,70 @@ def _decode_sighting(plate: str, event_id: str, data: str) -> Sighting:
     )
 
 
+class PendingHistory:
+    """The history script sent on a connection of its own, its reply not yet read (see
+    `CrossSiteState.record_items_sent`). Nothing is sent for an empty batch."""
+
+    def __init__(
+        self, client: redis.Redis, script: Any, keys: list[str], args: list[str | int]
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._keys = keys
+        self._args = args
+        self._conn: Any = None
+        if keys:
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            try:
+                conn.send_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", script.sha, len(keys), *keys, *args
+                )
+            except BaseException:
+                pool.release(conn)  # send_command has dropped the socket on an error
+                raise
+            self._conn = conn
+
+    def replies(self) -> list[HistoryReply]:
+        """Read the script's answer (waiting for it); once."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            if self._keys:
+                raise StateError("replies", None, "already read or closed")
+            return []
+        try:
+            raw = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            # first use on this server, or it restarted: EVAL through the script (loads it)
+            raw = self._script(keys=self._keys, args=self._args, client=self._client)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._client.connection_pool.release(conn)
+        return [
+            HistoryReply(
+                index=int(reply[0]) - 1,
+                kept=bool(int(reply[1])),
+                others=[(_text(reply[i]), _text(reply[i + 1])) for i in range(2, len(reply), 2)],
+            )
+            for reply in cast(list[Any], raw)
+        ]
+
+    def close(self) -> None:
+        """Give the connection back unread: dropped, so no later command reads this reply."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._client.connection_pool.release(conn)
+
+    def __enter__(self) -> PendingHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class CrossSiteState:
     """Per-plate sighting history, alert cooldowns, incidents, the live alert stream and
     watch-list change notices, in Redis, safe with several correlator processes at once."""
@@ -312,10 +376,16 @@ class CrossSiteState:
     def record_items(self, items: Sequence[HistoryItem], window_s: int) -> list[HistoryReply]:
         """`record_sightings` without building a `Sighting` per item: the replies only, for the
         items that are not simply kept and alone in their window (the common case)."""
+        with self.record_items_sent(items, window_s) as pending:
+            return pending.replies()
+
+    def record_items_sent(self, items: Sequence[HistoryItem], window_s: int) -> PendingHistory:
+        """`record_items` in two halves: the script is sent now and its replies are read by
+        `replies()` of what comes back, so the caller's own work (the database insert) runs
+        while Redis works. Use it as a context manager: leaving it unread drops the connection
+        (its reply is never read into the pool's next command)."""
         if window_s < 1:
             raise StateError("window_s", window_s, "must be >= 1")
-        if not items:
-            return []
         keys: list[str] = []
         args: list[str | int] = [window_s * 1000, 2 * window_s, self._max_history]
         for plate, event_id, seen_at, site, camera in items:
@@ -325,14 +395,7 @@ class CrossSiteState:
                 raise StateError("seen_at", seen_at, "must be timezone-aware")
             keys += self.keys.history(plate)
             args.append(f"{event_id}|{_ms(seen_at)}|{_encode_record(site, camera, seen_at)}")
-        return [
-            HistoryReply(
-                index=int(reply[0]) - 1,
-                kept=bool(int(reply[1])),
-                others=[(_text(reply[i]), _text(reply[i + 1])) for i in range(2, len(reply), 2)],
-            )
-            for reply in cast(list[Any], self._record(keys=keys, args=args))
-        ]
+        return PendingHistory(self._redis, self._record, keys, args)
 
     def cooldown(
         self, kind: str, plate: str, site: str, ttl_s: int, owner: str | None = None
@@ -580,6 +643,36 @@ class ListChangeListener:
             )
 
 
+class PendingObservation:
+    """Sightings sent to the cross-site state, their alerts not yet worked out (see
+    `CrossSiteCorrelator.observe_sent`)."""
+
+    def __init__(
+        self,
+        owner: CrossSiteCorrelator,
+        events: Sequence[PlateRead],
+        now: datetime,
+        pending: PendingHistory,
+    ) -> None:
+        self._owner = owner
+        self._events = events
+        self._now = now
+        self._pending = pending
+
+    def alerts(self) -> list[list[Alert]]:
+        """The cross-site alerts of each event, in order (waits for Redis; once)."""
+        return self._owner._alerts_of(self._events, self._pending.replies(), self._now)
+
+    def close(self) -> None:
+        self._pending.close()
+
+    def __enter__(self) -> PendingObservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class CrossSiteCorrelator:
     """The consumer's cross-site port (`consumer.CrossSite`): the pure rules over the shared
     state.
@@ -620,11 +713,24 @@ class CrossSiteCorrelator:
 
     def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]:
         """`observe` for a batch, with one Redis round trip; alerts per event, in order."""
+        with self.observe_sent(events, now) as pending:
+            return pending.alerts()
+
+    def observe_sent(self, events: Sequence[PlateRead], now: datetime) -> PendingObservation:
+        """`observe_many` in two halves: the sightings are sent to Redis now, the alerts come
+        from `alerts()` of what is returned (a context manager), so other work runs between."""
         items = [(e.plate, str(e.event_id), e.captured_at, e.site, e.camera) for e in events]
+        return PendingObservation(
+            self, events, now, self._state.record_items_sent(items, self.window_s)
+        )
+
+    def _alerts_of(
+        self, events: Sequence[PlateRead], replies: Sequence[HistoryReply], now: datetime
+    ) -> list[list[Alert]]:
         results: list[list[Alert]] = [[] for _ in events]
         # Only sightings with a reply can raise anything: the others are their plate's only
         # sighting in the window, and both rules need another.
-        for reply in self._state.record_items(items, self.window_s):
+        for reply in replies:
             sighting = Sighting.from_read(events[reply.index])
             history = reply.history(sighting)
             alerts = results[reply.index]

@@ -135,6 +135,36 @@ def test_a_batch_answers_as_its_sightings_one_by_one(
         a.record_items([("ABC1234", "", T0, "london", "cam-1")], 3600)
 
 
+def test_history_sent_now_and_read_later_leaves_the_connection_clean(
+    client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    """The script goes out at once and its reply is read later (the ingest path overlaps it
+    with the database insert). Left unread, its connection is dropped rather than returned
+    with a reply pending; a server that has lost the script (SCRIPT FLUSH, a restart) is sent
+    the script itself."""
+    a = CrossSiteState(client, redis_settings.key_prefix)
+    items = [("ABC1234", "s1", T0, "london", "cam-1")]
+    with a.record_items_sent(items, 3600) as pending:
+        client.set(redis_settings.key_prefix + "meanwhile", "1")  # another connection meanwhile
+        assert pending.replies() == []  # the plate's only sighting: nothing to say
+        with pytest.raises(StateError, match="replies"):
+            pending.replies()
+    unread = a.record_items_sent([("ABC1234", "s2", T0 + timedelta(minutes=1), "depot", "c")], 3600)
+    unread.close()
+    # the pool's connections answer their own commands, not the unread reply
+    assert client.get(redis_settings.key_prefix + "meanwhile") == b"1"
+    assert client.zrange(a.keys.sightings("ABC1234"), 0, -1) == [b"s1", b"s2"]
+    client.script_flush()
+    with a.record_items_sent(
+        [("ABC1234", "s3", T0 + timedelta(minutes=2), "paris", "cam-1")], 3600
+    ) as pending:
+        (reply,) = pending.replies()
+    assert reply.kept
+    assert [event_id for event_id, _ in reply.others] == ["s1", "s2"]
+    with a.record_items_sent([], 3600) as nothing:
+        assert nothing.replies() == []
+
+
 def test_history_is_capped_at_max_history(
     client: redis.Redis, redis_settings: RedisSettings
 ) -> None:
