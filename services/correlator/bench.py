@@ -707,18 +707,30 @@ def versions(engine: sa.Engine, redis_url: str, broker_version: str | None) -> d
 
 
 def targets(throughput: list[dict[str, Any]], latency: list[dict[str, Any]]) -> dict[str, Any]:
-    per_process = [
-        r["per_process_events_per_s"] for r in throughput if r["per_process_events_per_s"]
-    ]
+    """The issue's targets. Events/s per process is judged on the run with the fewest processes
+    (one, normally): once the processes outnumber the cores that the broker, the database and
+    Redis leave free, each one's share measures the machine, not the process; the runs with
+    more processes show the scale-out (docs/decisions.md, 2026-12-08). None: not measured."""
+    runs = sorted(
+        (r for r in throughput if r["per_process_events_per_s"]), key=lambda r: r["processes"]
+    )
+    judged = runs[0] if runs else None
     at_target = [r for r in latency if r["rate"] >= TARGET_RATE]
     p99 = at_target[0]["p99_ms"] if at_target and at_target[0]["kept_up"] else None
     return {
         "events_per_s_per_process": TARGET_EVENTS_PER_S,
         "p99_ms_at_rate": TARGET_P99_MS,
         "rate": TARGET_RATE,
-        "throughput_met": bool(per_process) and min(per_process) >= TARGET_EVENTS_PER_S,
-        "latency_met": p99 is not None and p99 <= TARGET_P99_MS,
+        "throughput_judged_on_processes": judged["processes"] if judged else None,
+        "throughput_met": (
+            None if judged is None else judged["per_process_events_per_s"] >= TARGET_EVENTS_PER_S
+        ),
+        "latency_met": None if not at_target else p99 is not None and p99 <= TARGET_P99_MS,
     }
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else "met" if met else "NOT met"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -753,10 +765,10 @@ def table(result: dict[str, Any]) -> str:
     t = result["targets"]
     lines += [
         "",
-        f"target >= {t['events_per_s_per_process']}/s per process: "
-        f"{'met' if t['throughput_met'] else 'NOT met'}; "
-        f"p99 <= {t['p99_ms_at_rate']} ms at {t['rate']}/s: "
-        f"{'met' if t['latency_met'] else 'NOT met'}",
+        f"target >= {t['events_per_s_per_process']}/s per process "
+        f"(judged on {t['throughput_judged_on_processes'] or '-'} process(es)): "
+        f"{_verdict(t['throughput_met'])}; "
+        f"p99 <= {t['p99_ms_at_rate']} ms at {t['rate']}/s: {_verdict(t['latency_met'])}",
     ]
     return "\n".join(lines)
 
