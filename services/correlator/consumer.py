@@ -68,6 +68,8 @@ class CrossSite(Protocol):
 
     def observe_sent(self, events: Sequence[PlateRead], now: datetime) -> Observation: ...
 
+    def forget(self, events: Sequence[PlateRead]) -> None: ...
+
     def admit_many(self, alerts: Sequence[Alert]) -> list[Alert | None]: ...
 
 
@@ -169,6 +171,10 @@ class Ingestor:
         # Alerts published without waiting: (alert id, publish handle, monotonic time). Once the
         # broker acknowledges one, it is marked published inside the next batch's transaction.
         self._unconfirmed: list[tuple[uuid.UUID, PublishResult, float]] = []
+        # Within one flush (its retries and its one-by-one pass): the cross-site alerts read
+        # per sighting (by event id), and the sightings whose history was sent to Redis.
+        self._observed: dict[int, list[Alert]] = {}
+        self._recorded: set[int] = set()
         self._on_poison = on_poison or _drop_with_log
         self.stats = {
             "events": 0,
@@ -257,6 +263,13 @@ class Ingestor:
         if not batch.events:
             return
         try:
+            self._flush(batch)
+        finally:
+            self._observed.clear()
+            self._recorded.clear()
+
+    def _flush(self, batch: Batch) -> None:
+        try:
             alerts, decisions = self._store_with_retry(batch.events)
             done = batch.deliveries
         except Exception:
@@ -269,6 +282,7 @@ class Ingestor:
                     found, decided = self._store_with_retry([event])
                 except Exception as exc:
                     self.stats["poisoned"] += 1
+                    self._forget_history(event)
                     self._on_poison(delivery, f"processing failed: {type(exc).__name__}: {exc}")
                     continue
                 alerts += found
@@ -280,6 +294,18 @@ class Ingestor:
         self._publish(alerts, decisions, wait=False)
         ack_all(done)
         self.stats["batches"] += 1
+
+    def _forget_history(self, event: PlateRead) -> None:
+        """A sighting that is not stored must not stay in the cross-site history either."""
+        if self.cross is None or event.event_id.int not in self._recorded:
+            return
+        try:
+            self.cross.forget([event])
+        except self._retry_errors as exc:
+            log.warning(
+                "could not remove a dead-lettered sighting from the cross-site history",
+                extra={"plate": event.plate, "event_id": str(event.event_id), "error": str(exc)},
+            )
 
     # -- the transaction -----------------------------------------------------------------
     def _store_with_retry(
@@ -303,13 +329,7 @@ class Ingestor:
         # (keyed by the ids' ints: UUID's own hash and comparisons are Python-level calls)
         unique = sorted({e.event_id.int: e for e in events}.values(), key=lambda e: e.event_id.int)
         confirmed = self._confirmed()
-        with (
-            self._sessions.begin() as session,
-            # Redis works on the cross-site history while the database stores the batch (both
-            # are idempotent per event id, so the batch's duplicates are sent too and their
-            # alerts left out below; a retried batch records itself again harmlessly).
-            self.cross.observe_sent(unique, now) if self.cross else nullcontext() as observing,
-        ):
+        with self._sessions.begin() as session:
             if confirmed:
                 repo.mark_published(session, confirmed, now)
             unseen = {
@@ -322,15 +342,6 @@ class Ingestor:
             skipped = repo.store_sightings(session, unique, now)
             fresh_events = [e for e in unique if e.event_id not in skipped] if skipped else unique
             alerts, decisions = self._evaluate_all(fresh_events, now)
-            if self.cross is not None and observing is not None:
-                found = observing.alerts()
-                alerts += [
-                    a
-                    for e, of_event in zip(unique, found, strict=True)
-                    if e.event_id not in skipped
-                    for a in of_event
-                ]
-                alerts = [a for a in self.cross.admit_many(alerts) if a is not None]
             inserted = repo.insert_alerts(session, alerts)
         self._forget(confirmed)
         self.registry.cameras |= {(e.site, e.camera) for e in unique}
@@ -343,17 +354,33 @@ class Ingestor:
     def _evaluate_all(
         self, events: Sequence[PlateRead], now: datetime
     ) -> tuple[list[Alert], list[GateDecision]]:
-        """Alerts (not yet admitted) and gate decisions of new sightings from the lists and
-        the gates; the cross-site rules and the admission follow in `_store`."""
-        results: list[Evaluation] = []
-        hits = self.cache.hits_many([(e.plate, e.site) for e in events], now)
-        gates = self.registry.gates
-        for event, (watch, allow) in zip(events, hits, strict=True):
-            is_gate = event.gate_request or (event.site, event.camera) in gates
-            if watch or is_gate:  # otherwise nothing to raise or decide (most sightings)
-                results.append(evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s))
-        alerts = [a for r in results for a in r.alerts]
-        decisions = [r.decision for r in results if r.decision is not None]
+        """Alerts and gate decisions of new sightings: the cross-site history goes to Redis
+        first (one round trip for the batch), the lists and gates are matched while Redis works,
+        then the cooldowns and incidents of every alert (one more)."""
+        cross = self.cross
+        # Sightings whose history a failed attempt of this batch recorded already keep the
+        # alerts it read: recording them again would show each its later batch mates, and the
+        # symmetric rules would raise their alerts twice over.
+        to_send = [e for e in events if e.event_id.int not in self._observed] if cross else []
+        with cross.observe_sent(to_send, now) if cross and to_send else nullcontext() as observing:
+            self._recorded.update(e.event_id.int for e in to_send)
+            results: list[Evaluation] = []
+            hits = self.cache.hits_many([(e.plate, e.site) for e in events], now)
+            gates = self.registry.gates
+            for event, (watch, allow) in zip(events, hits, strict=True):
+                is_gate = event.gate_request or (event.site, event.camera) in gates
+                if watch or is_gate:  # otherwise nothing to raise or decide (most sightings)
+                    results.append(
+                        evaluate(event, watch, allow, is_gate, now, self._decision_ttl_s)
+                    )
+            alerts = [a for r in results for a in r.alerts]
+            decisions = [r.decision for r in results if r.decision is not None]
+            if observing is not None:
+                for event, found in zip(to_send, observing.alerts(), strict=True):
+                    self._observed[event.event_id.int] = found
+        if cross is not None and events:
+            alerts += [a for e in events for a in self._observed[e.event_id.int]]
+            alerts = [a for a in cross.admit_many(alerts) if a is not None]
         return alerts, decisions
 
     # -- publishing ----------------------------------------------------------------------

@@ -379,6 +379,18 @@ class CrossSiteState:
         with self.record_items_sent(items, window_s) as pending:
             return pending.replies()
 
+    def forget_sightings(self, sightings: Sequence[tuple[str, str]]) -> None:
+        """Remove these (plate, event_id) sightings from their plates' histories, in one round
+        trip (a sighting recorded and then dead-lettered, never stored)."""
+        if not sightings:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for plate, event_id in sightings:
+            zkey, hkey = self.keys.history(plate)
+            pipe.zrem(zkey, event_id)
+            pipe.hdel(hkey, event_id)
+        pipe.execute()
+
     def record_items_sent(self, items: Sequence[HistoryItem], window_s: int) -> PendingHistory:
         """`record_items` in two halves: the script is sent now and its replies are read by
         `replies()` of what comes back, so the caller's own work (the database insert) runs
@@ -723,6 +735,10 @@ class CrossSiteCorrelator:
         return PendingObservation(
             self, events, now, self._state.record_items_sent(items, self.window_s)
         )
+
+    def forget(self, events: Sequence[PlateRead]) -> None:
+        """Take these sightings out of the shared history (they were recorded, then not stored)."""
+        self._state.forget_sightings([(e.plate, str(e.event_id)) for e in events])
 
     def _alerts_of(
         self, events: Sequence[PlateRead], replies: Sequence[HistoryReply], now: datetime

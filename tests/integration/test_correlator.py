@@ -10,12 +10,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import func, select, text
 
 from services.correlator.config import CorrelatorSettings
+from services.correlator.consumer import Ingestor
 from services.correlator.service import Correlator, DrainError, drain_session
+from services.correlator.state import StateKeys
 from shared.events import Alert, GateDecision, PlateRead, decode_event, encode_event, utc_now
-from shared.mqtt import MqttClient
+from shared.mqtt import Delivery, MqttClient
 from shared.settings import DbSettings, MqttSettings, RedisSettings
 from shared.signing import generate_private_key, public_key_b64, sign_event
 from shared.store import migrate
@@ -869,7 +872,7 @@ def test_every_sighting_field_round_trips_through_the_bulk_insert(
 
 
 def test_an_event_the_code_cannot_process_is_dead_lettered_and_its_batch_mates_stored(
-    harness: Harness,
+    harness: Harness, redis_settings: RedisSettings
 ) -> None:
     real_hits = harness.c.cache.hits_many
 
@@ -890,6 +893,74 @@ def test_an_event_the_code_cannot_process_is_dead_lettered_and_its_batch_mates_s
         letter = s.scalars(select(m.DeadLetterRecord)).one()
     assert "processing failed: RuntimeError: simulated bug" in letter.reason
     assert harness.c.ingestor.stats["poisoned"] == 1
+    # its history was sent to Redis before the matching failed; not stored, so taken out again
+    keys = StateKeys(redis_settings.key_prefix)
+    client = redis.Redis.from_url(redis_settings.url)
+    try:
+        assert client.zcard(keys.sightings("POISON1")) == 0
+        assert client.hlen(keys.sighting_data("POISON1")) == 0
+        assert client.zrange(keys.sightings("GOOD001"), 0, -1) == [str(good.event_id).encode()]
+    finally:
+        client.close()
+
+
+def _own_ingestor(harness: Harness, poisoned: list[str]) -> Ingestor:
+    """An ingestor beside the running one, on the same database, lists and Redis state, fed by
+    the test itself (so a batch holds exactly the events given)."""
+    running = harness.c.ingestor
+    return Ingestor(
+        harness.c.sessions,
+        harness.c.mqtt,
+        running.cache,
+        utc_now,
+        root=harness.root,
+        cross=running.cross,
+        batch_max_ms=60_000,
+        retry_max_s=0.2,
+        retry_errors=(redis.RedisError,),
+        on_poison=lambda delivery, reason: poisoned.append(reason),
+    )
+
+
+def _delivery(event: PlateRead, root: str) -> Delivery:
+    return Delivery(plate_topic(event.site, event.camera, root), encode_event(event), 1, False, 1)
+
+
+def test_a_batch_retried_after_a_database_error_raises_its_cross_site_alert_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt records the batch's history in Redis and then loses the database; the
+    retry keeps what that attempt read instead of recording again, when each sighting would
+    also see its later batch mate and the symmetric rule would alert on both."""
+    from sqlalchemy.exc import OperationalError
+
+    _sites_with_locations(harness)
+    insert_alerts = repo.insert_alerts
+    calls: list[int] = []
+
+    def flaky(session: Any, alerts: Any) -> Any:
+        calls.append(len(alerts))
+        if len(calls) == 1:
+            raise OperationalError("INSERT INTO alert", {}, Exception("connection lost"))
+        return insert_alerts(session, alerts)
+
+    monkeypatch.setattr(repo, "insert_alerts", flaky)
+    poisoned: list[str] = []
+    ingestor = _own_ingestor(harness, poisoned)
+    t0 = utc_now()
+    for event in (
+        plate_read(plate="CLONE77", site="berlin", track_id="b", seen_at=t0),
+        plate_read(
+            plate="CLONE77", site="munich", track_id="m", seen_at=t0 + timedelta(minutes=20)
+        ),
+    ):
+        ingestor.handle(event, _delivery(event, harness.root))
+    ingestor.flush()
+    assert calls == [1, 1] and poisoned == []
+    with harness.c.sessions() as s:
+        kinds = s.scalars(select(m.AlertRecord.kind).where(m.AlertRecord.plate == "CLONE77")).all()
+    assert kinds == ["impossible_travel"]
+    assert ingestor.stats["events"] == 2 and ingestor.stats["retries"] == 1
 
 
 def test_list_with_unknown_severity_or_category_is_refused_naming_the_field(
