@@ -118,6 +118,9 @@ class Registry:
 
 #: An alert whose publish is not yet acknowledged by the broker is left to the sweeper after this.
 CONFIRM_GIVE_UP_S = 60.0
+#: Alerts the broker has acknowledged are marked published by the next batch's transaction, or
+#: by one of their own once no batch has been stored for this long (the sweeper waits 10 s).
+CONFIRM_IDLE_S = 0.2
 
 
 @dataclass
@@ -173,6 +176,7 @@ class Ingestor:
         self._unconfirmed: list[tuple[uuid.UUID, PublishResult, float]] = []
         # Within one flush (its retries and its one-by-one pass): the cross-site alerts read
         # per sighting (by event id), and the sightings whose history was sent to Redis.
+        self._last_flush = time.monotonic()
         self._observed: dict[int, list[Alert]] = {}
         self._recorded: set[int] = set()
         self._on_poison = on_poison or _drop_with_log
@@ -227,7 +231,13 @@ class Ingestor:
     def tick(self) -> None:
         if self._batch.events and self._batch_age() >= self._max_s:
             self.flush()
-        elif not self._batch.events and self._unconfirmed:
+        elif (
+            not self._batch.events
+            and self._unconfirmed
+            and time.monotonic() - self._last_flush >= CONFIRM_IDLE_S
+        ):
+            # Under load the next batch's transaction marks them; this transaction of its own
+            # is for when the traffic pauses.
             self._mark_confirmed_now()
 
     @property
@@ -294,6 +304,7 @@ class Ingestor:
         self._publish(alerts, decisions, wait=False)
         ack_all(done)
         self.stats["batches"] += 1
+        self._last_flush = time.monotonic()
 
     def _forget_history(self, event: PlateRead) -> None:
         """A sighting that is not stored must not stay in the cross-site history either."""
