@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 
 from services.correlator.bench_matching import random_plate, random_wildcard
 from shared.events import PlateRead, encode_event
@@ -62,6 +63,7 @@ from shared.mqtt import Delivery, MqttClient, PublishResult
 from shared.settings import MqttSettings
 from shared.store import migrate
 from shared.store import models as m
+from shared.store import repository as repo
 from shared.topics import alert_filter, plate_topic
 
 log = logging.getLogger(__name__)
@@ -251,7 +253,12 @@ class RowCounter:
                 sa.text("SELECT count(*) FROM sighting WHERE event_id >= :since"), since
             ).scalar_one()
             alerts = conn.execute(
-                sa.text("SELECT count(*) FROM alert WHERE sighting_event_id >= :since"), since
+                # live alerts: a retro-hunt (--hunt-entries) may also alert on these sightings
+                sa.text(
+                    "SELECT count(*) FROM alert WHERE sighting_event_id >= :since "
+                    "AND NOT historical"
+                ),
+                since,
             ).scalar_one()
         return int(rows), int(alerts)
 
@@ -439,16 +446,19 @@ class AlertWatcher:
 
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, bytes]] = []
+        #: arrivals that are not a retro-hunt's (compact JSON, as `encode_event` writes it)
+        self.live = 0
         self._lock = threading.Lock()
 
     def on_alert(self, delivery: Delivery) -> None:
         now = time.time()
         with self._lock:
             self.arrivals.append((now, delivery.payload))
+            self.live += b'"historical":true' not in delivery.payload
 
     def take(self) -> list[tuple[float, bytes]]:
         with self._lock:
-            got, self.arrivals = self.arrivals, []
+            got, self.arrivals, self.live = self.arrivals, [], 0
         return got
 
 
@@ -591,16 +601,20 @@ def latency_run(
     rate: float,
     window: int,
     stall_s: float,
+    hunt: HuntLoad | None = None,
 ) -> dict[str, Any]:
-    """Publish at `rate`; stop early when the backlog passes `window` (the rate is too high)."""
+    """Publish at `rate`; stop early when the backlog passes `window` (the rate is too high).
+    With `hunt`, a retro-hunt is set going in the correlators just before publishing."""
     counter = RowCounter(engine, first_id(events))
     truncate(engine)
+    hunt_info = hunt.start(engine) if hunt is not None else None
     counter.rows, counter.alerts = 0, 0
     watcher.take()
     sent: dict[uuid.UUID, float] = {}
     cpu0 = proc_cpu()
     counter.start()
     t0 = time.perf_counter()
+    t0_wall = time.time()
     late = 0
     kept_up = True
     for i, e in enumerate(events):
@@ -621,14 +635,18 @@ def latency_run(
     counter.stop()
     # Alerts are published after their batch commits: wait for as many as the table holds.
     deadline = time.monotonic() + stall_s
-    while len(watcher.arrivals) < counter.alerts and time.monotonic() < deadline:
+    while watcher.live < counter.alerts and time.monotonic() < deadline:
         time.sleep(_POLL_S)
     cpu = cpu_split(cpu0, proc_cpu(), procs.pids)
+    if hunt is not None and hunt_info is not None:
+        hunt_info.update(hunt.finish(engine, t0_wall))
     latencies: list[float] = []
     to_raised: list[float] = []  # publish -> the batch that raised it started (queue, batching)
     after_raised: list[float] = []  # -> alert arrived (evaluate, commit, publish, broker)
     for arrived, payload in watcher.take():
         alert = json.loads(payload)
+        if alert.get("historical"):
+            continue  # a retro-hunt's (`--hunt-entries`), possibly of this run's sightings
         sighting = alert.get("sighting_event_id")
         sent_at = sent.get(uuid.UUID(sighting)) if sighting else None
         if sent_at is not None:
@@ -670,7 +688,89 @@ def latency_run(
             ms(percentile(after_raised, 99)),
         ],
         "cpu_s": cpu,
+        "hunt": hunt_info,
     }
+
+
+def uuid7_at(t: datetime, rng: random.Random) -> uuid.UUID:
+    """A UUIDv7 for time `t` (ms precision, random rest): ids sort with the times they carry."""
+    ms = int(t.timestamp() * 1000) & ((1 << 48) - 1)
+    value = (ms << 80) | (0x7 << 76) | (rng.getrandbits(12) << 64) | (0b10 << 62)
+    return uuid.UUID(int=value | rng.getrandbits(62))
+
+
+@dataclass
+class HuntLoad:
+    """A retro-hunt running during a latency run: `sightings` older sightings are stored (their
+    plates drawn from the entries, so the hunt finds some), then `entries` random watch-list
+    entries are marked changed, which the correlators' hunter threads take up (every
+    `matching.retro_poll_s`, which the bench sets to 1 s) beside live ingest."""
+
+    entries: int
+    sightings: int
+    rng: random.Random
+
+    def start(self, engine: sa.Engine) -> dict[str, Any]:
+        started = time.perf_counter()
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, pattern, mode FROM watch_entry")).all()
+        picked = self.rng.sample(rows, min(self.entries, len(rows)))
+        exact = [str(r[1]) for r in picked if r[2] == "exact"] or ["AAA0000"]
+        now = datetime.now(UTC)
+        with sa.orm.Session(engine) as session, session.begin():
+            for start in range(0, self.sightings, 10_000):
+                reads = []
+                for i in range(start, min(start + 10_000, self.sightings)):
+                    plate = self.rng.choice(exact) if i % 20 == 0 else random_plate(self.rng)
+                    seen = now - timedelta(seconds=self.rng.randrange(60, 7 * 86_400))
+                    reads.append(
+                        PlateRead(
+                            # ids from the sighting's time: older than the run's events, which
+                            # the run's counters count by id
+                            event_id=uuid7_at(seen, self.rng),
+                            site=f"site-{i % 10}",
+                            camera="cam-1",
+                            node=f"edge-{i % 10}",
+                            track_id=f"seed-{i}",
+                            plate=plate,
+                            raw_text=plate,
+                            confidence=0.9,
+                            first_seen=seen,
+                            last_seen=seen,
+                            captured_at=seen,
+                        )
+                    )
+                repo.insert_sightings(session, reads, now)
+            session.execute(
+                sa.update(m.WatchEntry)
+                .where(m.WatchEntry.id.in_([r[0] for r in picked]))
+                .values(updated_at=now)
+            )
+        return {
+            "entries": len(picked),
+            "fuzzy": sum(r[2] == "fuzzy" for r in picked),
+            "sightings": self.sightings,
+            "seed_s": round(time.perf_counter() - started, 2),
+        }
+
+    def finish(self, engine: sa.Engine, t0_wall: float) -> dict[str, Any]:
+        """How much of the hunt ran, and when it ended against the run's start."""
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM watch_entry WHERE hunted_at IS DISTINCT FROM updated_at"
+                )
+            ).scalar_one()
+            # a hunt's alerts are stamped when they are stored: the last one is the hunt's end
+            historical, last = conn.execute(
+                sa.text("SELECT count(*), max(raised_at) FROM alert WHERE historical")
+            ).one()
+        ended = last.timestamp() - t0_wall if last is not None else None
+        return {
+            "still_waiting": int(waiting),
+            "historical_alerts": int(historical),
+            "hunt_ended_s_after_start": round(ended, 1) if ended is not None else None,
+        }
 
 
 # -- environment facts -----------------------------------------------------------------------
@@ -762,6 +862,15 @@ def table(result: dict[str, Any]) -> str:
             f"{lat['p50_ms'] or '-':>8} {lat['p90_ms'] or '-':>8} {lat['p99_ms'] or '-':>8} "
             f"{lat['max_ms'] or '-':>8}"
         )
+    for lat in result["latency"]:
+        h = lat.get("hunt")
+        if h:
+            lines.append(
+                f"  at {lat['rate']:g}/s a retro-hunt ran beside: {h['entries']} entries "
+                f"({h['fuzzy']} fuzzy) over {h['sightings']} older sightings, ended "
+                f"{h['hunt_ended_s_after_start']} s after the start, {h['still_waiting']} still "
+                f"waiting, {h['historical_alerts']} historical alerts"
+            )
     t = result["targets"]
     lines += [
         "",
@@ -879,6 +988,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stall-s", type=float, default=30.0, help="Give up when no row is stored for this long."
     )
+    parser.add_argument(
+        "--hunt-entries",
+        type=int,
+        default=0,
+        help="Retro-hunt during each latency run: mark this many random entries changed just "
+        "before it, so the correlators' hunter threads work beside live ingest (their poll is "
+        "set to 1 s). 0: no hunt.",
+    )
+    parser.add_argument(
+        "--hunt-sightings",
+        type=int,
+        default=100_000,
+        help="With --hunt-entries: older sightings stored first for the hunt to search (over 7 "
+        "days; every 20th carries a hunted entry's plate).",
+    )
     parser.add_argument("--seed", type=int, default=1, help="Random seed.")
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     parser.add_argument("--keep-schema", action="store_true", help="Do not drop the schema.")
@@ -891,6 +1015,11 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rng = random.Random(args.seed)
     overrides = dict(args.set)
+    if args.hunt_entries < 0 or args.hunt_sightings < 0:
+        print("platewatch bench: --hunt-entries and --hunt-sightings must be >= 0", file=sys.stderr)
+        return 2
+    if args.hunt_entries:
+        overrides.setdefault("MATCHING__RETRO_POLL_S", "1")
     if args.backlog:
         # A paused correlator sends no PINGREQ: the broker drops it (and, with the bench's
         # session expiry of 0, its queue) after 1.5 keep-alives. Publishing must end first.
@@ -937,6 +1066,8 @@ def main(argv: list[str]) -> int:
                 "latency_processes": args.latency_processes,
                 "hit_ratio": args.hit_ratio,
                 "seed": args.seed,
+                "hunt_entries": args.hunt_entries,
+                "hunt_sightings": args.hunt_sightings if args.hunt_entries else 0,
                 "correlator_module": args.correlator_module,
                 "correlator_env": {f"PW_CORRELATOR_{k.upper()}": v for k, v in args.set},
                 "database": sa.make_url(args.db_url).render_as_string(hide_password=True),
@@ -993,9 +1124,14 @@ def main(argv: list[str]) -> int:
                         events = make_events(n, rng, root, exact, exact_set, args.hit_ratio)
                         log.info("latency run", extra={"rate": rate, "events": n})
                         pg0 = postmaster_start(engine)
+                        hunt = (
+                            HuntLoad(args.hunt_entries, args.hunt_sightings, rng)
+                            if args.hunt_entries
+                            else None
+                        )
                         run = latency_run(
                             engine, pub, watcher, procs, events, rate, args.window * k,
-                            args.stall_s,
+                            args.stall_s, hunt,
                         )  # fmt: skip
                         run["postgres_restarted"] = postmaster_start(engine) != pg0
                         latency.append(run)

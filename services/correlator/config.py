@@ -78,6 +78,14 @@ class MatchSettings(SettingsBlock):
         description="How often each correlator looks for entries waiting for a retro-hunt "
         "without a change message (a change message or a full reload looks at once).",
     )
+    retro_hunt_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Most of the time a retro-hunt may work while it has entries waiting: after "
+        "each slice of work it pauses so that live ingest keeps the rest (1: no pauses). A big "
+        "list import then takes longer to hunt but does not delay live alerts.",
+    )
 
 
 class CorrelationSettings(SettingsBlock):

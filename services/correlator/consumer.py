@@ -395,12 +395,17 @@ class Ingestor:
         return alerts, decisions
 
     # -- publishing ----------------------------------------------------------------------
-    def publish_alerts(self, alerts: Sequence[Alert]) -> None:
-        """Publish committed alerts (MQTT + stream), wait for the broker, mark them published."""
-        self._publish(alerts, (), wait=True)
+    def publish_alerts(self, alerts: Sequence[Alert], log_each: bool = True) -> None:
+        """Publish committed alerts (MQTT + stream), wait for the broker, mark them published.
+        `log_each=False`: no log line per alert (a retro-hunt logs its count)."""
+        self._publish(alerts, (), wait=True, log_each=log_each)
 
     def _publish(
-        self, alerts: Sequence[Alert], decisions: Sequence[GateDecision], wait: bool
+        self,
+        alerts: Sequence[Alert],
+        decisions: Sequence[GateDecision],
+        wait: bool,
+        log_each: bool = True,
     ) -> None:
         pending: list[PublishResult] = []
         for decision in decisions:
@@ -423,7 +428,7 @@ class Ingestor:
         for alert, data in zip(alerts, encoded, strict=True):
             topic = alert_topic(alert.site, alert.severity, self._root)
             sent.append((alert.event_id, self._publisher.publish(topic, data)))
-        for a in alerts:
+        for a in alerts if log_each else ():
             log.info(
                 "alert raised",
                 extra={"kind": a.kind, "plate": a.plate, "site": a.site, "severity": a.severity},

@@ -33,6 +33,8 @@ from shared.store import repository as repo
 log = logging.getLogger(__name__)
 
 _PLATE = re.compile(PLATE_PATTERN)
+#: distinct plates matched per slice of a hunt (the hunter may pause between slices)
+_SLICE_PLATES = 1_000
 
 
 def as_read(row: m.Sighting) -> PlateRead:
@@ -93,7 +95,7 @@ def retro_hunt(
     index = WatchIndex.from_entries(hunted)
     plates = {e.pattern for e in hunted if e.mode is MatchMode.EXACT}
     if any(e.mode is not MatchMode.EXACT for e in hunted):
-        for batch in repo.distinct_plates_since(session, since):
+        for batch in repo.distinct_plates_since(session, since, batch=_SLICE_PLATES):
             if should_stop():
                 raise HuntStoppedError
             batch = [p for p in batch if _PLATE.fullmatch(p)]  # the contract's; never fails a hunt

@@ -63,6 +63,9 @@ _RETRY_HUNT_S = 5.0
 # At most this many waiting entries are hunted together, in one transaction (one pass over the
 # window's distinct plates when fuzzy or wildcard entries are among them).
 _HUNT_CHUNK = 1_000
+#: historical alerts are published this many at a time, with the hunt's pause in between
+_HUNT_PUBLISH_GROUP = 100
+_HUNT_MAX_PAUSE_S = 1.0
 # How long the hunter waits for the ingest thread to load the lists it is about to hunt.
 _CACHE_WAIT_S = 10.0
 # How long `stop` waits for a hunt to notice it (the hunt then rolls back).
@@ -236,6 +239,7 @@ class Correlator:
         # retro-hunts run on a thread of their own, woken by list changes and full reloads
         self._hunt_wake = threading.Event()
         self._hunter_stop = threading.Event()
+        self._hunt_slice_started = time.monotonic()
         self._hunter: threading.Thread | None = None
         self._next_reload = 0.0
         self._reload_asked_at = -math.inf  # monotonic time of the last resync request
@@ -502,7 +506,8 @@ class Correlator:
                 break
             try:
                 while not stop.is_set() and self._hunt_waiting() == _HUNT_CHUNK:
-                    pass
+                    if self._hunt_pause():  # a full chunk: more may wait; give way first
+                        break
             except HuntStoppedError:
                 break
             except Exception as exc:
@@ -520,6 +525,7 @@ class Correlator:
         the entries marked hunted in one transaction, then the alerts published; returns the
         entries taken. With `retro_hunt_days` 0 they are only marked."""
         days = self.settings.matching.retro_hunt_days
+        self._hunt_slice_started = time.monotonic()
         with self.sessions.begin() as session:
             rows = repo.pending_hunts(session, _HUNT_CHUNK)
             if not rows:
@@ -537,12 +543,7 @@ class Correlator:
                     except (ValueError, MatchingError):  # live matching cannot load it either
                         log.exception("retro-hunt skipped a bad entry", extra={"entry_id": r.id})
                 found = retro_hunt(
-                    session,
-                    entries,
-                    lists,
-                    self._clock(),
-                    days,
-                    should_stop=self._hunter_stop.is_set,
+                    session, entries, lists, self._clock(), days, should_stop=self._hunt_pause
                 )
                 now = self._clock()  # raised when stored: the sweeper leaves them to us
                 alerts = [a.model_copy(update={"raised_at": now}) for a in found]
@@ -550,11 +551,27 @@ class Correlator:
             repo.mark_hunted(session, [(r.id, r.updated_at) for r in rows])
         fresh_alerts = [a for a in alerts if a.event_id in inserted]
         try:
-            self.ingestor.publish_alerts(fresh_alerts)
+            for start in range(0, len(fresh_alerts), _HUNT_PUBLISH_GROUP):
+                if start and self._hunt_pause():
+                    break  # stopping: the sweeper publishes the rest
+                self.ingestor.publish_alerts(
+                    fresh_alerts[start : start + _HUNT_PUBLISH_GROUP], log_each=False
+                )
         except Exception:  # stored already: the sweeper publishes them
             log.exception("retro-hunt alerts not published; the sweeper will")
         log.info("retro-hunt done", extra={"entries": len(rows), "alerts": len(fresh_alerts)})
         return len(rows)
+
+    def _hunt_pause(self) -> bool:
+        """Between two slices of a hunt's work: pause so that the hunt takes at most
+        `matching.retro_hunt_share` of the time (live ingest shares the process's GIL and the
+        machine's cores with it), then say whether the hunter is stopping."""
+        share = self.settings.matching.retro_hunt_share
+        busy = time.monotonic() - self._hunt_slice_started
+        pause = min(_HUNT_MAX_PAUSE_S, busy * (1 - share) / share)
+        stopping = self._hunter_stop.wait(pause) if pause > 0 else self._hunter_stop.is_set()
+        self._hunt_slice_started = time.monotonic()
+        return stopping
 
     def _wait_for_lists(self, lists: dict[int, m.WatchList]) -> None:
         """Have the ingest thread load these lists at (at least) these versions, and wait

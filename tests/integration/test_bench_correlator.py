@@ -93,6 +93,36 @@ def test_bench_backlog_mode_drains_what_was_published_while_paused(
     assert run["publisher_waited_s"] == 0  # nothing was published during the drain
 
 
+def test_bench_latency_run_with_a_retro_hunt_beside_it(
+    broker: tuple[str, int], redis_url: str, tmp_path: Path
+) -> None:
+    """`--hunt-entries`: older sightings are stored and entries marked changed just before the
+    latency run; the hunter takes them up during it, and its historical alerts (some of them
+    on the run's own sightings) are counted apart, never as live latencies."""
+    out = tmp_path / "bench.json"
+    argv = [
+        *_argv(broker, redis_url, os.environ.get("PW_TEST_PG", DEFAULT_PG), out),
+        "--entries", "100",
+        "--events", "100",
+        "--rate", "100",
+        "--latency-s", "4",
+        "--hit-ratio", "0.2",
+        "--hunt-entries", "40",
+        "--hunt-sightings", "400",
+    ]  # fmt: skip
+
+    assert bench.main(argv) == 0
+
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["hunt_entries"] == 40
+    (lat,) = doc["latency"]
+    hunt = lat["hunt"]
+    assert hunt["entries"] == 40 and hunt["sightings"] == 400
+    assert hunt["still_waiting"] == 0  # hunted within the run
+    assert hunt["historical_alerts"] > 0  # every 20th stored sighting carries a hunted plate
+    assert lat["alerts_received"] == lat["alerts_stored"] > 0  # live alerts only
+
+
 def test_bench_retro_hunts_each_chunk_and_writes_the_json(tmp_path: Path) -> None:
     """`platewatch bench retro` with tiny numbers: every chunk's entries are stored plates, so
     each exact entry raises at least one alert; only counts and the JSON's shape are checked."""
