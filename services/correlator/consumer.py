@@ -54,7 +54,7 @@ class Observation(Protocol):
     """Sightings sent to the cross-site state whose alerts are read later (a context manager:
     leaving it unread gives its connection up)."""
 
-    def alerts(self) -> list[list[Alert]]: ...
+    def alerts(self, hide: Callable[[str, str], bool] | None = None) -> list[list[Alert]]: ...
 
     def __enter__(self) -> Observation: ...
 
@@ -179,6 +179,8 @@ class Ingestor:
         self._last_flush = time.monotonic()
         self._observed: dict[int, list[Alert]] = {}
         self._recorded: set[int] = set()
+        # the order in which this flush first sent each sighting's history to Redis
+        self._sent_order: dict[int, int] = {}
         self._on_poison = on_poison or _drop_with_log
         self.stats = {
             "events": 0,
@@ -277,6 +279,7 @@ class Ingestor:
         finally:
             self._observed.clear()
             self._recorded.clear()
+            self._sent_order.clear()
 
     def _flush(self, batch: Batch) -> None:
         try:
@@ -305,6 +308,17 @@ class Ingestor:
         ack_all(done)
         self.stats["batches"] += 1
         self._last_flush = time.monotonic()
+
+    def _sent_after(self, event_id: str, other_id: str) -> bool:
+        """`other_id` was first sent to Redis in this flush after `event_id`: the first send
+        could not have shown it to `event_id`, so a resend (its reply was lost) must not
+        either, or the symmetric rules would alert on both."""
+        try:
+            mine = self._sent_order.get(uuid.UUID(event_id).int)
+            theirs = self._sent_order.get(uuid.UUID(other_id).int)
+        except ValueError:  # not an id this service wrote: not one of the flush's sightings
+            return False
+        return mine is not None and theirs is not None and theirs > mine
 
     def _forget_history(self, event: PlateRead) -> None:
         """A sighting that is not stored must not stay in the cross-site history either."""
@@ -375,6 +389,8 @@ class Ingestor:
         to_send = [e for e in events if e.event_id.int not in self._observed] if cross else []
         with cross.observe_sent(to_send, now) if cross and to_send else nullcontext() as observing:
             self._recorded.update(e.event_id.int for e in to_send)
+            for e in to_send:
+                self._sent_order.setdefault(e.event_id.int, len(self._sent_order))
             results: list[Evaluation] = []
             hits = self.cache.hits_many([(e.plate, e.site) for e in events], now)
             gates = self.registry.gates
@@ -387,7 +403,8 @@ class Ingestor:
             alerts = [a for r in results for a in r.alerts]
             decisions = [r.decision for r in results if r.decision is not None]
             if observing is not None:
-                for event, found in zip(to_send, observing.alerts(), strict=True):
+                found_all = observing.alerts(hide=self._sent_after)
+                for event, found in zip(to_send, found_all, strict=True):
                     self._observed[event.event_id.int] = found
         if cross is not None and events:
             alerts += [a for e in events for a in self._observed[e.event_id.int]]

@@ -66,6 +66,9 @@ _HUNT_CHUNK = 1_000
 #: historical alerts are published this many at a time, with the hunt's pause in between
 _HUNT_PUBLISH_GROUP = 100
 _HUNT_MAX_PAUSE_S = 1.0
+#: a hunt's publishing pauses only this long after its alerts were stored (`raised_at`): the
+#: sweeper publishes alerts left unpublished 10 s after they were raised
+_HUNT_PACED_PUBLISH_S = 4.0
 # How long the hunter waits for the ingest thread to load the lists it is about to hunt.
 _CACHE_WAIT_S = 10.0
 # How long `stop` waits for a hunt to notice it (the hunt then rolls back).
@@ -550,9 +553,13 @@ class Correlator:
             inserted = repo.insert_alerts(session, alerts)
             repo.mark_hunted(session, [(r.id, r.updated_at) for r in rows])
         fresh_alerts = [a for a in alerts if a.event_id in inserted]
+        stored = self._hunt_slice_started = time.monotonic()
         try:
             for start in range(0, len(fresh_alerts), _HUNT_PUBLISH_GROUP):
-                if start and self._hunt_pause():
+                # Paced too, but only while the sweeper (which republishes what is unpublished
+                # 10 s after it was raised) cannot take them: never both publish one alert.
+                paced = time.monotonic() - stored < _HUNT_PACED_PUBLISH_S
+                if start and paced and self._hunt_pause():
                     break  # stopping: the sweeper publishes the rest
                 self.ingestor.publish_alerts(
                     fresh_alerts[start : start + _HUNT_PUBLISH_GROUP], log_each=False

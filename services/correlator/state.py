@@ -10,6 +10,7 @@ The rules themselves are pure (`services.correlator.rules`); this module only st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -671,9 +672,10 @@ class PendingObservation:
         self._now = now
         self._pending = pending
 
-    def alerts(self) -> list[list[Alert]]:
-        """The cross-site alerts of each event, in order (waits for Redis; once)."""
-        return self._owner._alerts_of(self._events, self._pending.replies(), self._now)
+    def alerts(self, hide: Callable[[str, str], bool] | None = None) -> list[list[Alert]]:
+        """The cross-site alerts of each event, in order (waits for Redis; once). `hide(event
+        id, other id)`: leave that other sighting out of the event's history."""
+        return self._owner._alerts_of(self._events, self._pending.replies(), self._now, hide)
 
     def close(self) -> None:
         self._pending.close()
@@ -741,12 +743,21 @@ class CrossSiteCorrelator:
         self._state.forget_sightings([(e.plate, str(e.event_id)) for e in events])
 
     def _alerts_of(
-        self, events: Sequence[PlateRead], replies: Sequence[HistoryReply], now: datetime
+        self,
+        events: Sequence[PlateRead],
+        replies: Sequence[HistoryReply],
+        now: datetime,
+        hide: Callable[[str, str], bool] | None = None,
     ) -> list[list[Alert]]:
         results: list[list[Alert]] = [[] for _ in events]
         # Only sightings with a reply can raise anything: the others are their plate's only
         # sighting in the window, and both rules need another.
         for reply in replies:
+            if hide is not None and reply.others:
+                own = str(events[reply.index].event_id)
+                kept = [o for o in reply.others if not hide(own, o[0])]
+                if len(kept) != len(reply.others):
+                    reply = dataclasses.replace(reply, others=kept)
             sighting = Sighting.from_read(events[reply.index])
             history = reply.history(sighting)
             alerts = results[reply.index]

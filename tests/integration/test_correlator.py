@@ -963,6 +963,44 @@ def test_a_batch_retried_after_a_database_error_raises_its_cross_site_alert_once
     assert ingestor.stats["events"] == 2 and ingestor.stats["retries"] == 1
 
 
+def test_a_batch_resent_after_its_redis_reply_was_lost_raises_its_cross_site_alert_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the history script but its reply never arrived (a timeout): the retry sends
+    the batch again, and each sighting must still see only what the first send showed it, not
+    its later batch mates, or the symmetric rule alerts on both."""
+    from services.correlator.state import PendingHistory
+
+    _sites_with_locations(harness)
+    replies = PendingHistory.replies
+    calls: list[int] = []
+
+    def lost_once(self: PendingHistory) -> Any:
+        got = replies(self)  # Redis did the work...
+        calls.append(len(got))
+        if len(calls) == 1:
+            raise redis.TimeoutError("reply lost")  # ...but the answer did not arrive
+        return got
+
+    monkeypatch.setattr(PendingHistory, "replies", lost_once)
+    poisoned: list[str] = []
+    ingestor = _own_ingestor(harness, poisoned)
+    t0 = utc_now()
+    for event in (
+        plate_read(plate="CLONE88", site="berlin", track_id="b", seen_at=t0),
+        plate_read(
+            plate="CLONE88", site="munich", track_id="m", seen_at=t0 + timedelta(minutes=20)
+        ),
+    ):
+        ingestor.handle(event, _delivery(event, harness.root))
+    ingestor.flush()
+    assert len(calls) == 2 and poisoned == []
+    with harness.c.sessions() as s:
+        kinds = s.scalars(select(m.AlertRecord.kind).where(m.AlertRecord.plate == "CLONE88")).all()
+    assert kinds == ["impossible_travel"]
+    assert ingestor.stats["retries"] == 1
+
+
 def test_list_with_unknown_severity_or_category_is_refused_naming_the_field(
     harness: Harness,
 ) -> None:
