@@ -722,7 +722,7 @@ class HuntLoad:
                 reads = []
                 for i in range(start, min(start + 10_000, self.sightings)):
                     plate = self.rng.choice(exact) if i % 20 == 0 else random_plate(self.rng)
-                    seen = now - timedelta(seconds=self.rng.randrange(60, 7 * 86_400))
+                    seen = now - timedelta(seconds=self.rng.randrange(600, 7 * 86_400))
                     reads.append(
                         PlateRead(
                             # ids from the sighting's time: older than the run's events, which
