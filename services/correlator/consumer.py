@@ -174,9 +174,9 @@ class Ingestor:
         # Alerts published without waiting: (alert id, publish handle, monotonic time). Once the
         # broker acknowledges one, it is marked published inside the next batch's transaction.
         self._unconfirmed: list[tuple[uuid.UUID, PublishResult, float]] = []
+        self._last_flush = time.monotonic()
         # Within one flush (its retries and its one-by-one pass): the cross-site alerts read
         # per sighting (by event id), and the sightings whose history was sent to Redis.
-        self._last_flush = time.monotonic()
         self._observed: dict[int, list[Alert]] = {}
         self._recorded: set[int] = set()
         # the order in which this flush first sent each sighting's history to Redis

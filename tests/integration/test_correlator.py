@@ -926,6 +926,25 @@ def _delivery(event: PlateRead, root: str) -> Delivery:
     return Delivery(plate_topic(event.site, event.camera, root), encode_event(event), 1, False, 1)
 
 
+def _flush_one_batch_at_two_sites(harness: Harness, plate: str, poisoned: list[str]) -> Ingestor:
+    """`plate` at Berlin, then 20 minutes later at Munich (impossible travel), stored as one
+    batch by an ingestor of the test's own."""
+    ingestor = _own_ingestor(harness, poisoned)
+    t0 = utc_now()
+    for event in (
+        plate_read(plate=plate, site="berlin", track_id="b", seen_at=t0),
+        plate_read(plate=plate, site="munich", track_id="m", seen_at=t0 + timedelta(minutes=20)),
+    ):
+        ingestor.handle(event, _delivery(event, harness.root))
+    ingestor.flush()
+    return ingestor
+
+
+def _alert_kinds(harness: Harness, plate: str) -> list[str]:
+    with harness.c.sessions() as s:
+        return list(s.scalars(select(m.AlertRecord.kind).where(m.AlertRecord.plate == plate)))
+
+
 def test_a_batch_retried_after_a_database_error_raises_its_cross_site_alert_once(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -946,20 +965,9 @@ def test_a_batch_retried_after_a_database_error_raises_its_cross_site_alert_once
 
     monkeypatch.setattr(repo, "insert_alerts", flaky)
     poisoned: list[str] = []
-    ingestor = _own_ingestor(harness, poisoned)
-    t0 = utc_now()
-    for event in (
-        plate_read(plate="CLONE77", site="berlin", track_id="b", seen_at=t0),
-        plate_read(
-            plate="CLONE77", site="munich", track_id="m", seen_at=t0 + timedelta(minutes=20)
-        ),
-    ):
-        ingestor.handle(event, _delivery(event, harness.root))
-    ingestor.flush()
+    ingestor = _flush_one_batch_at_two_sites(harness, "CLONE77", poisoned)
     assert calls == [1, 1] and poisoned == []
-    with harness.c.sessions() as s:
-        kinds = s.scalars(select(m.AlertRecord.kind).where(m.AlertRecord.plate == "CLONE77")).all()
-    assert kinds == ["impossible_travel"]
+    assert _alert_kinds(harness, "CLONE77") == ["impossible_travel"]
     assert ingestor.stats["events"] == 2 and ingestor.stats["retries"] == 1
 
 
@@ -984,20 +992,9 @@ def test_a_batch_resent_after_its_redis_reply_was_lost_raises_its_cross_site_ale
 
     monkeypatch.setattr(PendingHistory, "replies", lost_once)
     poisoned: list[str] = []
-    ingestor = _own_ingestor(harness, poisoned)
-    t0 = utc_now()
-    for event in (
-        plate_read(plate="CLONE88", site="berlin", track_id="b", seen_at=t0),
-        plate_read(
-            plate="CLONE88", site="munich", track_id="m", seen_at=t0 + timedelta(minutes=20)
-        ),
-    ):
-        ingestor.handle(event, _delivery(event, harness.root))
-    ingestor.flush()
+    ingestor = _flush_one_batch_at_two_sites(harness, "CLONE88", poisoned)
     assert len(calls) == 2 and poisoned == []
-    with harness.c.sessions() as s:
-        kinds = s.scalars(select(m.AlertRecord.kind).where(m.AlertRecord.plate == "CLONE88")).all()
-    assert kinds == ["impossible_travel"]
+    assert _alert_kinds(harness, "CLONE88") == ["impossible_travel"]
     assert ingestor.stats["retries"] == 1
 
 
