@@ -181,6 +181,8 @@ class Ingestor:
         self._recorded: set[int] = set()
         # the order in which this flush first sent each sighting's history to Redis
         self._sent_order: dict[int, int] = {}
+        # what admission (cooldown, incident) answered per alert (by its dedupe key)
+        self._admitted: dict[str, Alert | None] = {}
         self._on_poison = on_poison or _drop_with_log
         self.stats = {
             "events": 0,
@@ -280,6 +282,7 @@ class Ingestor:
             self._observed.clear()
             self._recorded.clear()
             self._sent_order.clear()
+            self._admitted.clear()
 
     def _flush(self, batch: Batch) -> None:
         try:
@@ -408,8 +411,18 @@ class Ingestor:
                     self._observed[event.event_id.int] = found
         if cross is not None and events:
             alerts += [a for e in events for a in self._observed[e.event_id.int]]
-            alerts = [a for a in cross.admit_many(alerts) if a is not None]
+            alerts = self._admit(cross, alerts)
         return alerts, decisions
+
+    def _admit(self, cross: CrossSite, alerts: list[Alert]) -> list[Alert]:
+        """Cooldowns and incidents for these alerts, each asked once per flush: a retried
+        batch reuses the first answers, instead of counting its incident hits again."""
+        keys = [repo.alert_dedupe_key(a) for a in alerts]
+        todo = [(k, a) for k, a in zip(keys, alerts, strict=True) if k not in self._admitted]
+        if todo:
+            answers = cross.admit_many([a for _, a in todo])
+            self._admitted.update(zip((k for k, _ in todo), answers, strict=True))
+        return [a for a in (self._admitted[k] for k in keys) if a is not None]
 
     # -- publishing ----------------------------------------------------------------------
     def publish_alerts(self, alerts: Sequence[Alert], log_each: bool = True) -> None:

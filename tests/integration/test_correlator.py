@@ -971,6 +971,36 @@ def test_a_batch_retried_after_a_database_error_raises_its_cross_site_alert_once
     assert ingestor.stats["events"] == 2 and ingestor.stats["retries"] == 1
 
 
+def test_a_batch_retried_after_a_database_error_counts_its_incident_hit_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission (cooldown, incident) is asked once per alert and flush: the retry reuses the
+    first answer, so the incident does not count the one hit twice (and escalate early)."""
+    from sqlalchemy.exc import OperationalError
+
+    harness.add_list("wanted", [{"pattern": "WANTED9", "mode": "exact"}], category="stolen")
+    insert_alerts = repo.insert_alerts
+    calls: list[int] = []
+
+    def flaky(session: Any, alerts: Any) -> Any:
+        calls.append(len(alerts))
+        if len(calls) == 1:
+            raise OperationalError("INSERT INTO alert", {}, Exception("connection lost"))
+        return insert_alerts(session, alerts)
+
+    monkeypatch.setattr(repo, "insert_alerts", flaky)
+    poisoned: list[str] = []
+    ingestor = _own_ingestor(harness, poisoned)
+    event = plate_read(plate="WANTED9", track_id="w")
+    ingestor.handle(event, _delivery(event, harness.root))
+    ingestor.flush()
+    assert calls == [1, 1] and poisoned == []
+    with harness.c.sessions() as s:
+        (row,) = s.scalars(select(m.AlertRecord).where(m.AlertRecord.plate == "WANTED9")).all()
+        alert = Alert.model_validate(row.payload)
+    assert alert.kind == "watchlist" and alert.details["incident_hits"] == 1
+
+
 def test_a_batch_resent_after_its_redis_reply_was_lost_raises_its_cross_site_alert_once(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
