@@ -75,6 +75,14 @@ _CACHE_WAIT_S = 10.0
 _HUNTER_JOIN_S = 5.0
 
 
+def hunt_pause_s(busy_s: float, share: float, longest_s: float = _HUNT_MAX_PAUSE_S) -> float:
+    """How long a hunt pauses after working `busy_s`, so that it works `share` of the time
+    (at most `longest_s`; 0 when `share` is 1). Pure."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    return min(longest_s, max(0.0, busy_s) * (1 - share) / share)
+
+
 class _ListsNotLoadedError(Exception):
     """The ingest thread has not loaded the lists of the entries to hunt yet (tried again)."""
 
@@ -573,9 +581,8 @@ class Correlator:
         """Between two slices of a hunt's work: pause so that the hunt takes at most
         `matching.retro_hunt_share` of the time (live ingest shares the process's GIL and the
         machine's cores with it), then say whether the hunter is stopping."""
-        share = self.settings.matching.retro_hunt_share
         busy = time.monotonic() - self._hunt_slice_started
-        pause = min(_HUNT_MAX_PAUSE_S, busy * (1 - share) / share)
+        pause = hunt_pause_s(busy, self.settings.matching.retro_hunt_share)
         stopping = self._hunter_stop.wait(pause) if pause > 0 else self._hunter_stop.is_set()
         self._hunt_slice_started = time.monotonic()
         return stopping
