@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openvino as ov
 
 from services.edge.recognition.reader import ReaderSpec, preprocess
 from services.edge.training.reader_data import RealItem, exact_crop, load_real_cached
+
+if TYPE_CHECKING:  # imported where used: training a reader needs no OpenVINO (a GPU machine)
+    import openvino as ov
 
 
 def quantize(
@@ -39,6 +42,8 @@ def quantize(
     model = core.read_model(str(xml))
     quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
     out.parent.mkdir(parents=True, exist_ok=True)
+    import openvino as ov
+
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
 
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     train = [r for r in load_real_cached(args.work / "real.pkl") if r.split == "train"]
     if not train:
         ap.error(f"no training-split crops in {args.work / 'real.pkl'}")
+    import openvino as ov
+
     out = quantize(
         ov.Core(),
         args.models / "reader.xml",

@@ -135,7 +135,8 @@ def ctc_loss(logits: torch.Tensor, rows: list[Rows], full: list[list[int]]) -> t
     row (row 0: top line or the only line; row 1: bottom line or nothing); real two-line plates,
     whose split is unknown, are supervised on the joined 64-step sequence."""
     ctc = nn.CTCLoss(blank=SPEC.blank_index, reduction="sum", zero_infinity=True)
-    logp = logits.log_softmax(2)  # N, T, K
+    logp = logits.float().log_softmax(2)  # N, T, K
+    dev = logp.device
     _, t, _ = logp.shape
     half = t // 2
     total = logp.new_zeros(())
@@ -147,23 +148,25 @@ def ctc_loss(logits: torch.Tensor, rows: list[Rows], full: list[list[int]]) -> t
         labels = [rows[i][row] for i in known]  # type: ignore[index]
         total = total + ctc(
             logp[known, lo:hi].transpose(0, 1),
-            torch.tensor([c for lab in labels for c in lab], dtype=torch.long),
-            torch.full((len(known),), hi - lo, dtype=torch.long),
-            torch.tensor([len(lab) for lab in labels], dtype=torch.long),
+            torch.tensor([c for lab in labels for c in lab], dtype=torch.long, device=dev),
+            torch.full((len(known),), hi - lo, dtype=torch.long, device=dev),
+            torch.tensor([len(lab) for lab in labels], dtype=torch.long, device=dev),
         )
     if unknown:
         labels = [full[i] for i in unknown]
         total = total + ctc(
             logp[unknown].transpose(0, 1),
-            torch.tensor([c for lab in labels for c in lab], dtype=torch.long),
-            torch.full((len(unknown),), t, dtype=torch.long),
-            torch.tensor([len(lab) for lab in labels], dtype=torch.long),
+            torch.tensor([c for lab in labels for c in lab], dtype=torch.long, device=dev),
+            torch.full((len(unknown),), t, dtype=torch.long, device=dev),
+            torch.tensor([len(lab) for lab in labels], dtype=torch.long, device=dev),
         )
     return total / max(1, sum(len(f) for f in full))
 
 
 def train(args: argparse.Namespace) -> nn.Module:
-    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -216,6 +219,7 @@ def train(args: argparse.Namespace) -> nn.Module:
         narrow.load_state_dict(state)
         widen_from(narrow, model, seed=args.seed)
         log.info("widened", extra={"from": args.widen_from, "channels": args.channels})
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     log.info("model", extra={"params": count_params(model)})
     warm = args.warmup
@@ -261,7 +265,7 @@ def train(args: argparse.Namespace) -> nn.Module:
             args.tiny_p,
             args.far_p,
         )
-        loss = ctc_loss(model(x), rows, full)
+        loss = ctc_loss(model(x.to(device, non_blocking=True)), rows, full)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -281,6 +285,7 @@ def train(args: argparse.Namespace) -> nn.Module:
             )
         steps_done = step + 1
     model.eval()
+    model.to("cpu")  # exported and saved from the CPU
     args.steps_done = steps_done
     args.train_seconds = round(time.time() - t0, 1)
     return model
@@ -409,6 +414,18 @@ def main(argv: list[str] | None = None) -> int:
         help="override sampling weights of real datasets, e.g. 'us_openalpr_benchmarks_seg_ocr=2'",
     )
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument(
+        "--no-export",
+        action="store_true",
+        help="save WORK/reader.pt only (no OpenVINO needed); export it later with "
+        "`--init WORK/reader.pt --steps 0`",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the training steps, e.g. cuda on a GPU machine (batches are "
+        "still built on the CPU; the model is exported from the CPU). Default cpu: one thread.",
+    )
     args = ap.parse_args(argv)
     for flag in ("tiny_p", "far_p"):
         value = getattr(args, flag)
@@ -428,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         "precision": "FP32",
         "training": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
     }
+    if args.no_export:  # e.g. on a GPU machine without OpenVINO: export here later
+        print(json.dumps({"saved": str(Path(args.work) / "reader.pt")}), flush=True)
+        return 0
     export(model, Path(args.out), Path(args.work), meta)
     print(json.dumps({"exported": str(Path(args.out) / "reader.xml")}), flush=True)
     return 0
