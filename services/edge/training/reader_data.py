@@ -177,7 +177,46 @@ def load_pseudo(path: Path, root: Path = DATA_ROOT) -> list[RealItem]:
     return items
 
 
+#: a crop pack: the real crops JPEG-encoded, to carry them where ../shared is not (a GPU machine
+#: takes 64 MiB with the repo; the decoded cache is about 170 MB, the pack about 30)
+PACK_SUFFIX = ".jpgpack"
+
+
+def save_pack(items: list[RealItem], path: Path, quality: int = 95) -> int:
+    """Write `items` as a crop pack (each crop JPEG-encoded at `quality`); returns its bytes."""
+    rows = []
+    for item in items:
+        ok, jpeg = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError(f"{item.dataset}: a crop of {item.text!r} could not be encoded")
+        rows.append((item.dataset, item.split, item.text, item.lines, item.region, item.box,
+                     jpeg.tobytes()))  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump({"format": "platewatch-crops-1", "quality": quality, "items": rows}, f)
+    return path.stat().st_size
+
+
+def load_pack(path: Path) -> list[RealItem]:
+    """The crops of a pack written by `save_pack` (decoded; JPEG-lossy against the cache)."""
+    with path.open("rb") as f:
+        doc = pickle.load(f)  # our own pack file
+    if not isinstance(doc, dict) or doc.get("format") != "platewatch-crops-1":
+        raise ValueError(f"{path}: not a crop pack (format platewatch-crops-1)")
+    items = []
+    for dataset, split, text, lines, region, box, jpeg in doc["items"]:
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{path}: a crop of {text!r} ({dataset}) does not decode")
+        items.append(RealItem(dataset, split, text, lines, region, image, tuple(box)))
+    return items
+
+
 def load_real_cached(cache: Path) -> list[RealItem]:
+    """The real crops: from a crop pack (`*.jpgpack`), else from the decoded cache, which is
+    built from ../shared/data when missing."""
+    if cache.suffix == PACK_SUFFIX:
+        return load_pack(cache)
     if cache.is_file():
         with cache.open("rb") as f:
             return pickle.load(f)  # our own cache file
@@ -379,3 +418,32 @@ def resize_bank(x: np.ndarray, spec: ReaderSpec) -> np.ndarray:
         for j in range(c):
             out[i, j] = cv2.resize(x[i, j].astype(np.float32), size, interpolation=cv2.INTER_AREA)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.edge.training.reader_data pack --work W --out F.jpgpack`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m services.edge.training.reader_data")
+    sub = ap.add_subparsers(dest="command", required=True)
+    pack = sub.add_parser("pack", help="write the real crops as a JPEG crop pack")
+    pack.add_argument("--work", type=Path, default=Path("work-data/reader"), help="crop cache")
+    pack.add_argument("--out", type=Path, required=True, help=f"the pack (*{PACK_SUFFIX})")
+    pack.add_argument("--quality", type=int, default=95, help="JPEG quality 50-100")
+    pack.add_argument(
+        "--splits", default="train", help="comma list of splits to keep (never 'test' for training)"
+    )
+    args = ap.parse_args(argv)
+    if args.out.suffix != PACK_SUFFIX:
+        ap.error(f"--out: want a *{PACK_SUFFIX} file, got {args.out}")
+    if not 50 <= args.quality <= 100:
+        ap.error(f"--quality: want 50-100, got {args.quality}")
+    splits = set(args.splits.split(","))
+    items = [r for r in load_real_cached(args.work / "real.pkl") if r.split in splits]
+    size = save_pack(items, args.out, args.quality)
+    print(f"wrote {args.out}: {len(items)} crops ({sorted(splits)}), {size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

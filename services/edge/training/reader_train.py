@@ -171,7 +171,7 @@ def train(args: argparse.Namespace) -> nn.Module:
     random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     work = Path(args.work)
-    real_all = load_real_cached(work / "real.pkl")
+    real_all = load_real_cached(Path(args.real) if args.real else work / "real.pkl")
     real = [r for r in real_all if r.split == "train"]
     # weight datasets so that small/rare sets (two-line, scenes) are seen often enough
     ds_weight = {
@@ -414,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override sampling weights of real datasets, e.g. 'us_openalpr_benchmarks_seg_ocr=2'",
     )
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument(
+        "--real",
+        default="",
+        help="the real crops: a crop pack (reader_data pack, *.jpgpack) or a decoded cache; "
+        "default WORK/real.pkl, built from ../shared/data when missing",
+    )
     ap.add_argument(
         "--no-export",
         action="store_true",
