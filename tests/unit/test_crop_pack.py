@@ -60,3 +60,23 @@ def test_the_pack_command_keeps_the_asked_splits_only(tmp_path: Path) -> None:
     assert [b.text for b in load_pack(out)] == ["ABC1234", "XY99"]  # the test split stays home
     with pytest.raises(SystemExit):
         main(["pack", "--work", str(work), "--out", str(tmp_path / "x.pkl")])
+
+
+def test_fonts_carried_to_a_folder_render_the_same_plates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pack --fonts DIR` copies the synthetic plates' fonts; with $PW_SYNTH_FONTS naming DIR
+    (a machine without the Debian font packages) the same seed renders the same plates."""
+    from services.edge.training.synth import FONTS_ENV, PlateSynth, default_font_paths
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "real.pkl").write_bytes(pickle.dumps(_items()))
+    fonts = tmp_path / "fonts"
+    assert main(["pack", "--work", str(work), "--out", str(tmp_path / "p.jpgpack"),
+                 "--fonts", str(fonts)]) == 0  # fmt: skip
+    here = [PlateSynth(seed=3).sample(i).image for i in range(3)]
+    monkeypatch.setenv(FONTS_ENV, str(fonts))
+    assert all(p.startswith(str(fonts)) for p in default_font_paths())
+    there = [PlateSynth(seed=3).sample(i).image for i in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(here, there, strict=True))

@@ -433,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument(
         "--splits", default="train", help="comma list of splits to keep (never 'test' for training)"
     )
+    pack.add_argument(
+        "--fonts",
+        type=Path,
+        help="also copy the synthetic plates' fonts here (set PW_SYNTH_FONTS to it there)",
+    )
     args = ap.parse_args(argv)
     if args.out.suffix != PACK_SUFFIX:
         ap.error(f"--out: want a *{PACK_SUFFIX} file, got {args.out}")
@@ -442,6 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     items = [r for r in load_real_cached(args.work / "real.pkl") if r.split in splits]
     size = save_pack(items, args.out, args.quality)
     print(f"wrote {args.out}: {len(items)} crops ({sorted(splits)}), {size / 1e6:.1f} MB")
+    if args.fonts is not None:
+        import shutil
+
+        from services.edge.training.synth import DEFAULT_FONT_PATHS
+
+        args.fonts.mkdir(parents=True, exist_ok=True)
+        found = [Path(p) for p in DEFAULT_FONT_PATHS if Path(p).is_file()]
+        for font in found:
+            shutil.copyfile(font, args.fonts / font.name)
+        print(f"copied {len(found)} of {len(DEFAULT_FONT_PATHS)} fonts to {args.fonts}")
     return 0
 
 

@@ -18,6 +18,7 @@ plate's characters in reading order (top line first), A-Z0-9 only.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,20 @@ DEFAULT_FONT_PATHS: tuple[str, ...] = (
     "/usr/share/fonts/truetype/open-sans/OpenSans-CondBold.ttf",
     "/usr/share/fonts/truetype/open-sans/OpenSans-Bold.ttf",
 )
+
+#: a folder holding the same font files by name, for a machine without the Debian packages
+#: (a GPU machine: `reader_data pack --fonts DIR` copies them)
+FONTS_ENV = "PW_SYNTH_FONTS"
+
+
+def default_font_paths() -> tuple[str, ...]:
+    """DEFAULT_FONT_PATHS, or the same files (by name, in the same order, so the same seed
+    renders the same plates) in the folder named by $PW_SYNTH_FONTS."""
+    folder = os.environ.get(FONTS_ENV)
+    if not folder:
+        return DEFAULT_FONT_PATHS
+    return tuple(str(Path(folder) / Path(p).name) for p in DEFAULT_FONT_PATHS)
+
 
 _RENDER_PX = 96  # font size used to rasterise text before it is fitted into its box
 
@@ -277,7 +292,7 @@ class PlateSynth:
             self.weights = w / w.sum()
         else:
             self.weights = np.full(len(names), 1.0 / len(names))
-        paths = DEFAULT_FONT_PATHS if font_paths is None else tuple(font_paths)
+        paths = default_font_paths() if font_paths is None else tuple(font_paths)
         self.fonts: tuple[ImageFont.FreeTypeFont, ...] = tuple(
             ImageFont.truetype(p, _RENDER_PX) for p in paths if Path(p).is_file()
         )
