@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -163,6 +164,47 @@ def ctc_loss(logits: torch.Tensor, rows: list[Rows], full: list[list[int]]) -> t
     return total / max(1, sum(len(f) for f in full))
 
 
+class BatchSource(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Endless training batches (`make_batch`). In the training process it draws from the
+    run's own generator (`stream`); in DataLoader workers each worker draws from
+    (seed, worker id)."""
+
+    def __init__(
+        self,
+        real: list[RealItem],
+        real_weights: np.ndarray,
+        synth_x: np.ndarray,
+        synth_rows_: list[Rows],
+        synth_weights: np.ndarray,
+        batch: int,
+        real_frac: float,
+        loose_p: float,
+        tiny_p: float,
+        far_p: float,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.args = (real, real_weights, synth_x, synth_rows_, synth_weights, batch, real_frac)
+        self.augment = (loose_p, tiny_p, far_p)
+        self.seed = seed
+
+    def stream(
+        self, rng: np.random.Generator
+    ) -> Iterator[tuple[torch.Tensor, list[Rows], list[list[int]]]]:
+        while True:
+            yield make_batch(*self.args, rng, *self.augment)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[Rows], list[list[int]]]]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        return self.stream(np.random.default_rng([self.seed, 1 + worker]))
+
+
+def _as_is(item: object) -> object:
+    """The DataLoader's conversion step: batches come ready-made."""
+    return item
+
+
 def train(args: argparse.Namespace) -> nn.Module:
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -240,6 +282,24 @@ def train(args: argparse.Namespace) -> nn.Module:
         p = progress(step, elapsed)
         return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
+    source = BatchSource(
+        real, w, synth_x, rows_bank, sw, args.batch, args.real_frac,
+        args.loose_p, args.tiny_p, args.far_p, args.seed,
+    )  # fmt: skip
+    if args.workers > 0:
+        # built in worker processes (a GPU machine's cores), each with its own random stream:
+        # the batches differ from those of --workers 0, the one-process default
+        loader = torch.utils.data.DataLoader(
+            source,
+            batch_size=None,
+            num_workers=args.workers,
+            collate_fn=_as_is,
+            prefetch_factor=4,
+            persistent_workers=True,
+        )
+        batches = iter(loader)
+    else:
+        batches = source.stream(rng)
     model.train()
     t0 = time.time()
     running = 0.0
@@ -252,19 +312,7 @@ def train(args: argparse.Namespace) -> nn.Module:
         lr = lr_at(step, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, rows, full = make_batch(
-            real,
-            w,
-            synth_x,
-            rows_bank,
-            sw,
-            args.batch,
-            args.real_frac,
-            rng,
-            args.loose_p,
-            args.tiny_p,
-            args.far_p,
-        )
+        x, rows, full = next(batches)
         loss = ctc_loss(model(x.to(device, non_blocking=True)), rows, full)
         opt.zero_grad()
         loss.backward()
@@ -425,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="save WORK/reader.pt only (no OpenVINO needed); export it later with "
         "`--init WORK/reader.pt --steps 0`",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="build batches in this many worker processes (a GPU machine; their random "
+        "streams differ from the default's); 0: in the training process, reproducible",
     )
     ap.add_argument(
         "--device",
