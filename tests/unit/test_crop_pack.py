@@ -80,3 +80,20 @@ def test_fonts_carried_to_a_folder_render_the_same_plates(
     assert all(p.startswith(str(fonts)) for p in default_font_paths())
     there = [PlateSynth(seed=3).sample(i).image for i in range(3)]
     assert all(np.array_equal(a, b) for a, b in zip(here, there, strict=True))
+
+
+def test_the_synthetic_bank_is_the_same_rendered_by_one_process_or_several(
+    tmp_path: Path,
+) -> None:
+    """Each plate comes from (seed, index) alone: parts rendered by worker processes (a GPU
+    machine's cores) join into the bank one process renders."""
+    from services.edge.recognition.reader import ReaderSpec
+    from services.edge.training.reader_data import synth_bank
+
+    spec = ReaderSpec.from_file(Path("services/edge/models/reader.json"))
+    one = synth_bank(spec, 12, 5, tmp_path / "one.pkl", workers=1, part=5)
+    two = synth_bank(spec, 12, 5, tmp_path / "two.pkl", workers=2, part=5)
+    assert one[1] == two[1] and len(one[1]) == 12
+    assert one[0].shape == two[0].shape and np.array_equal(one[0], two[0])
+    cached = synth_bank(spec, 12, 5, tmp_path / "two.pkl")  # read back from its cache
+    assert np.array_equal(cached[0], two[0]) and cached[1] == two[1]

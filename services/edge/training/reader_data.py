@@ -382,10 +382,28 @@ def encode_text(text: str, spec: ReaderSpec) -> list[int]:
     return out
 
 
-def synth_bank(spec: ReaderSpec, n: int, seed: int, cache: Path) -> tuple[np.ndarray, list[str]]:
-    """`n` preprocessed synthetic plates (float16 (n, C, 48, 128)) and their texts, cached."""
+def _render_part(
+    spec: ReaderSpec, seed: int, start: int, stop: int
+) -> tuple[np.ndarray, list[str]]:
+    """Plates `start`..`stop` of the seed's stream, preprocessed (each is drawn from
+    (seed, index) alone, so parts rendered apart join into the same bank)."""
     from services.edge.training.synth import PlateSynth
 
+    synth = PlateSynth(seed=seed)
+    x = np.empty((stop - start, spec.channels, spec.input_height, spec.input_width), np.float16)
+    texts = []
+    for j, i in enumerate(range(start, stop)):
+        s = synth.sample(i)
+        x[j] = preprocess(s.image, spec)[0]
+        texts.append(s.text)
+    return x, texts
+
+
+def synth_bank(
+    spec: ReaderSpec, n: int, seed: int, cache: Path, workers: int = 1, part: int = 1_000
+) -> tuple[np.ndarray, list[str]]:
+    """`n` preprocessed synthetic plates (float16 (n, C, 48, 128)) and their texts, cached;
+    rendered by `workers` processes (the same bank for any number)."""
     if cache.is_file():
         with cache.open("rb") as f:
             x, texts = pickle.load(f)  # our own cache file
@@ -393,15 +411,23 @@ def synth_bank(spec: ReaderSpec, n: int, seed: int, cache: Path) -> tuple[np.nda
             return x, texts
     # rendered at 48 x 128 (the first reader's input); `resize_bank` fits it to other sizes
     spec = replace(spec, input_height=48, input_width=128)
-    synth = PlateSynth(seed=seed)
-    x = np.empty((n, spec.channels, spec.input_height, spec.input_width), np.float16)
-    texts = []
-    for i in range(n):
-        s = synth.sample(i)
-        x[i] = preprocess(s.image, spec)[0]
-        texts.append(s.text)
-        if i % 5000 == 0:
-            log.info("synthetic plates", extra={"done": i, "of": n})
+    parts = [(spec, seed, a, min(a + part, n)) for a in range(0, n, part)]
+    if workers > 1 and len(parts) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            done = list(pool.map(_render_part, *zip(*parts, strict=True)))
+    else:
+        done = []
+        for part in parts:
+            done.append(_render_part(*part))
+            log.info("synthetic plates", extra={"done": part[3], "of": n})
+    x = (
+        np.concatenate([d[0] for d in done])
+        if done
+        else np.empty((0, spec.channels, spec.input_height, spec.input_width), np.float16)
+    )
+    texts = [t for d in done for t in d[1]]
     cache.parent.mkdir(parents=True, exist_ok=True)
     with cache.open("wb") as f:
         pickle.dump((x, texts), f, protocol=4)

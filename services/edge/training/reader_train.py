@@ -243,7 +243,7 @@ def train(args: argparse.Namespace) -> nn.Module:
     log.info("train real", extra={"n": len(real), "two_line": sum(r.lines == 2 for r in real)})
     # the cache is keyed by seed too: synth_rows below recomputes the line split from the seed
     cache = work / f"synth_{args.synth}_seed{args.seed}.pkl"
-    synth_x, synth_t = synth_bank(SPEC, args.synth, args.seed, cache)
+    synth_x, synth_t = synth_bank(SPEC, args.synth, args.seed, cache, max(1, args.workers))
     if synth_x.shape[2:] != (SPEC.input_height, SPEC.input_width):
         synth_x = resize_bank(synth_x, SPEC)
 
