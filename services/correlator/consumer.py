@@ -64,8 +64,6 @@ class Observation(Protocol):
 class CrossSite(Protocol):
     """Cross-site state (Redis): what a new sighting means across sites, and alert admission."""
 
-    def observe_many(self, events: Sequence[PlateRead], now: datetime) -> list[list[Alert]]: ...
-
     def observe_sent(self, events: Sequence[PlateRead], now: datetime) -> Observation: ...
 
     def forget(self, events: Sequence[PlateRead]) -> None: ...
@@ -176,10 +174,9 @@ class Ingestor:
         self._unconfirmed: list[tuple[uuid.UUID, PublishResult, float]] = []
         self._last_flush = time.monotonic()
         # Within one flush (its retries and its one-by-one pass): the cross-site alerts read
-        # per sighting (by event id), and the sightings whose history was sent to Redis.
+        # per sighting (by event id), and the sightings whose history was sent to Redis, in
+        # the order first sent.
         self._observed: dict[int, list[Alert]] = {}
-        self._recorded: set[int] = set()
-        # the order in which this flush first sent each sighting's history to Redis
         self._sent_order: dict[int, int] = {}
         # what admission (cooldown, incident) answered per alert (by its dedupe key)
         self._admitted: dict[str, Alert | None] = {}
@@ -280,7 +277,6 @@ class Ingestor:
             self._flush(batch)
         finally:
             self._observed.clear()
-            self._recorded.clear()
             self._sent_order.clear()
             self._admitted.clear()
 
@@ -325,7 +321,7 @@ class Ingestor:
 
     def _forget_history(self, event: PlateRead) -> None:
         """A sighting that is not stored must not stay in the cross-site history either."""
-        if self.cross is None or event.event_id.int not in self._recorded:
+        if self.cross is None or event.event_id.int not in self._sent_order:
             return
         try:
             self.cross.forget([event])
@@ -391,7 +387,6 @@ class Ingestor:
         # symmetric rules would raise their alerts twice over.
         to_send = [e for e in events if e.event_id.int not in self._observed] if cross else []
         with cross.observe_sent(to_send, now) if cross and to_send else nullcontext() as observing:
-            self._recorded.update(e.event_id.int for e in to_send)
             for e in to_send:
                 self._sent_order.setdefault(e.event_id.int, len(self._sent_order))
             results: list[Evaluation] = []
