@@ -517,23 +517,30 @@ def test_retro_hunts_run_off_the_ingest_thread(
     assert threads and set(threads) == {"retro-hunt"}
 
 
-def test_a_retro_hunt_that_fails_is_tried_again_not_lost(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _alert_insert_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The database drops the connection at the first alert insert, then works again; returns
+    the list of each call's alert count."""
     from sqlalchemy.exc import OperationalError
 
-    harness.publish(plate_read(plate="XYZ9876", track_id="before"))
-    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
     insert_alerts = repo.insert_alerts
     calls: list[int] = []
 
     def flaky(session: Any, alerts: Any) -> Any:
         calls.append(len(alerts))
-        if len(calls) == 1:  # the database drops the connection in the middle of the hunt
+        if len(calls) == 1:
             raise OperationalError("INSERT INTO alert", {}, Exception("connection lost"))
         return insert_alerts(session, alerts)
 
     monkeypatch.setattr(repo, "insert_alerts", flaky)
+    return calls
+
+
+def test_a_retro_hunt_that_fails_is_tried_again_not_lost(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness.publish(plate_read(plate="XYZ9876", track_id="before"))
+    harness.wait_for(lambda: harness.count(m.Sighting) == 1)
+    calls = _alert_insert_fails_once(monkeypatch)
     with harness.c.sessions.begin() as s:
         wl = repo.create_list(s, "flaky", utc_now(), category="stolen", severity="high")
         repo.add_entries(s, wl, [{"pattern": "XYZ9876", "mode": "exact"}], utc_now())
@@ -951,19 +958,8 @@ def test_a_batch_retried_after_a_database_error_raises_its_cross_site_alert_once
     """The first attempt records the batch's history in Redis and then loses the database; the
     retry keeps what that attempt read instead of recording again, when each sighting would
     also see its later batch mate and the symmetric rule would alert on both."""
-    from sqlalchemy.exc import OperationalError
-
     _sites_with_locations(harness)
-    insert_alerts = repo.insert_alerts
-    calls: list[int] = []
-
-    def flaky(session: Any, alerts: Any) -> Any:
-        calls.append(len(alerts))
-        if len(calls) == 1:
-            raise OperationalError("INSERT INTO alert", {}, Exception("connection lost"))
-        return insert_alerts(session, alerts)
-
-    monkeypatch.setattr(repo, "insert_alerts", flaky)
+    calls = _alert_insert_fails_once(monkeypatch)
     poisoned: list[str] = []
     ingestor = _flush_one_batch_at_two_sites(harness, "CLONE77", poisoned)
     assert calls == [1, 1] and poisoned == []
@@ -976,19 +972,8 @@ def test_a_batch_retried_after_a_database_error_counts_its_incident_hit_once(
 ) -> None:
     """Admission (cooldown, incident) is asked once per alert and flush: the retry reuses the
     first answer, so the incident does not count the one hit twice (and escalate early)."""
-    from sqlalchemy.exc import OperationalError
-
     harness.add_list("wanted", [{"pattern": "WANTED9", "mode": "exact"}], category="stolen")
-    insert_alerts = repo.insert_alerts
-    calls: list[int] = []
-
-    def flaky(session: Any, alerts: Any) -> Any:
-        calls.append(len(alerts))
-        if len(calls) == 1:
-            raise OperationalError("INSERT INTO alert", {}, Exception("connection lost"))
-        return insert_alerts(session, alerts)
-
-    monkeypatch.setattr(repo, "insert_alerts", flaky)
+    calls = _alert_insert_fails_once(monkeypatch)
     poisoned: list[str] = []
     ingestor = _own_ingestor(harness, poisoned)
     event = plate_read(plate="WANTED9", track_id="w")
