@@ -692,6 +692,32 @@ def latency_run(
     }
 
 
+def past_read(
+    plate: str,
+    seen: datetime,
+    site: int,
+    track_id: str,
+    first_seen: datetime | None = None,
+    event_id: uuid.UUID | None = None,
+) -> PlateRead:
+    """A read of `plate` at `seen` by camera cam-1 of site-{site} (node edge-{site}), to store
+    as an older sighting (the benches that search stored sightings)."""
+    extra = {"event_id": event_id} if event_id is not None else {}
+    return PlateRead(
+        site=f"site-{site}",
+        camera="cam-1",
+        node=f"edge-{site}",
+        track_id=track_id,
+        plate=plate,
+        raw_text=plate,
+        confidence=0.9,
+        first_seen=seen if first_seen is None else first_seen,
+        last_seen=seen,
+        captured_at=seen,
+        **extra,
+    )
+
+
 def uuid7_at(t: datetime, rng: random.Random) -> uuid.UUID:
     """A UUIDv7 for time `t` (ms precision, random rest): ids sort with the times they carry."""
     ms = int(t.timestamp() * 1000) & ((1 << 48) - 1)
@@ -723,23 +749,10 @@ class HuntLoad:
                 for i in range(start, min(start + 10_000, self.sightings)):
                     plate = self.rng.choice(exact) if i % 20 == 0 else random_plate(self.rng)
                     seen = now - timedelta(seconds=self.rng.randrange(600, 7 * 86_400))
-                    reads.append(
-                        PlateRead(
-                            # ids from the sighting's time: older than the run's events, which
-                            # the run's counters count by id
-                            event_id=uuid7_at(seen, self.rng),
-                            site=f"site-{i % 10}",
-                            camera="cam-1",
-                            node=f"edge-{i % 10}",
-                            track_id=f"seed-{i}",
-                            plate=plate,
-                            raw_text=plate,
-                            confidence=0.9,
-                            first_seen=seen,
-                            last_seen=seen,
-                            captured_at=seen,
-                        )
-                    )
+                    # ids from the sighting's time: older than the run's events, which the
+                    # run's counters count by id
+                    event_id = uuid7_at(seen, self.rng)
+                    reads.append(past_read(plate, seen, i % 10, f"seed-{i}", event_id=event_id))
                 repo.insert_sightings(session, reads, now)
             session.execute(
                 sa.update(m.WatchEntry)

@@ -23,12 +23,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from services.correlator.bench import DEFAULT_DB, bench_schema
+from services.correlator.bench import DEFAULT_DB, bench_schema, past_read
 from services.correlator.bench_matching import random_plate
 from services.correlator.lists import ListInfo
 from services.correlator.matching import MatchMode, WatchEntry
 from services.correlator.retro import retro_hunt
-from shared.events import PlateRead, utc_now
+from shared.events import utc_now
 from shared.machine import cpu_model, git_sha
 from shared.settings import DbSettings
 from shared.store import repository as repo
@@ -81,20 +81,7 @@ def _store(url: str, args: argparse.Namespace, rng: random.Random) -> tuple[list
             plate = plates[i % len(plates)]
             seen = now - timedelta(seconds=rng.randrange(args.days * 86_400))
             k = rng.randrange(SITES)
-            reads.append(
-                PlateRead(
-                    site=f"site-{k}",
-                    camera="cam-1",
-                    node=f"edge-{k}",
-                    track_id=f"t{i}",
-                    plate=plate,
-                    raw_text=plate,
-                    confidence=0.9,
-                    first_seen=seen - timedelta(seconds=2),
-                    last_seen=seen,
-                    captured_at=seen,
-                )
-            )
+            reads.append(past_read(plate, seen, k, f"t{i}", first_seen=seen - timedelta(seconds=2)))
         with sessions.begin() as s:
             repo.insert_sightings(s, reads, now)
     with sessions.begin() as s:
