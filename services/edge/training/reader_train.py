@@ -14,12 +14,13 @@ reader.pt (work dir), reader.xml/.bin (FP32 IR) and the sidecar reader.json to -
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,6 +78,7 @@ SPEC = ReaderSpec.from_dict(SPEC_DICT)  # type: ignore[arg-type]
 
 
 Rows = tuple[list[int], list[int]] | None  # (top-row, bottom-row) labels, None: not known
+Batch = tuple[torch.Tensor, list[Rows], list[list[int]]]  # images, per-row labels, full labels
 
 
 def synth_rows(seed: int, texts: list[str]) -> list[Rows]:
@@ -109,7 +111,7 @@ def make_batch(
     loose_p: float = 0.0,
     tiny_p: float = 0.0,
     far_p: float = 0.0,
-) -> tuple[torch.Tensor, list[Rows], list[list[int]]]:
+) -> Batch:
     """Images, per-row labels (None where the line split is unknown) and full labels."""
     xs: list[np.ndarray] = []
     rows: list[Rows] = []
@@ -165,36 +167,20 @@ def ctc_loss(logits: torch.Tensor, rows: list[Rows], full: list[list[int]]) -> t
 
 
 class BatchSource(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
-    """Endless training batches (`make_batch`). In the training process it draws from the
-    run's own generator (`stream`); in DataLoader workers each worker draws from
-    (seed, worker id)."""
+    """Endless training batches from `draw(rng=...)` (`make_batch` with all but its generator
+    bound). In the training process it draws from the run's own generator (`stream`); in
+    DataLoader workers each worker draws from (seed, worker id)."""
 
-    def __init__(
-        self,
-        real: list[RealItem],
-        real_weights: np.ndarray,
-        synth_x: np.ndarray,
-        synth_rows_: list[Rows],
-        synth_weights: np.ndarray,
-        batch: int,
-        real_frac: float,
-        loose_p: float,
-        tiny_p: float,
-        far_p: float,
-        seed: int,
-    ) -> None:
+    def __init__(self, draw: Callable[..., Batch], seed: int) -> None:
         super().__init__()
-        self.args = (real, real_weights, synth_x, synth_rows_, synth_weights, batch, real_frac)
-        self.augment = (loose_p, tiny_p, far_p)
+        self.draw = draw
         self.seed = seed
 
-    def stream(
-        self, rng: np.random.Generator
-    ) -> Iterator[tuple[torch.Tensor, list[Rows], list[list[int]]]]:
+    def stream(self, rng: np.random.Generator) -> Iterator[Batch]:
         while True:
-            yield make_batch(*self.args, rng, *self.augment)
+            yield self.draw(rng=rng)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[Rows], list[list[int]]]]:
+    def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         return self.stream(np.random.default_rng([self.seed, 1 + worker]))
@@ -282,10 +268,12 @@ def train(args: argparse.Namespace) -> nn.Module:
         p = progress(step, elapsed)
         return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
-    source = BatchSource(
-        real, w, synth_x, rows_bank, sw, args.batch, args.real_frac,
-        args.loose_p, args.tiny_p, args.far_p, args.seed,
+    draw = functools.partial(
+        make_batch, real=real, real_weights=w, synth_x=synth_x, synth_rows_=rows_bank,
+        synth_weights=sw, batch=args.batch, real_frac=args.real_frac, loose_p=args.loose_p,
+        tiny_p=args.tiny_p, far_p=args.far_p,
     )  # fmt: skip
+    source = BatchSource(draw, args.seed)
     if args.workers > 0:
         # built in worker processes (a GPU machine's cores), each with its own random stream:
         # the batches differ from those of --workers 0, the one-process default
