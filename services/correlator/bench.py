@@ -770,9 +770,7 @@ class HuntLoad:
         """How much of the hunt ran, and when it ended against the run's start."""
         with engine.connect() as conn:
             waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM watch_entry WHERE hunted_at IS DISTINCT FROM updated_at"
-                )
+                sa.select(sa.func.count()).select_from(m.WatchEntry).where(repo.hunt_pending())
             ).scalar_one()
             # a hunt's alerts are stamped when they are stored: the last one is the hunt's end
             historical, last = conn.execute(
